@@ -1,0 +1,52 @@
+#include "comm/mpi_runtime.h"
+
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "framework/error.h"
+
+namespace routemoe::comm {
+
+void init_mpi(int* argc, char*** argv) {
+  int initialized = 0;
+  RM_MPI_CHECK(MPI_Initialized(&initialized));
+  if (initialized) return;
+  int provided = 0;
+  RM_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  // Errors come back as return codes, which RM_MPI_CHECK turns into typed errors.
+  RM_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+bool mpi_active() noexcept {
+  int initialized = 0;
+  int finalized = 0;
+  if (MPI_Initialized(&initialized) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS) return false;
+  return initialized && !finalized;
+}
+
+void finalize_mpi() {
+  if (mpi_active()) RM_MPI_CHECK(MPI_Finalize());
+}
+
+int world_rank() noexcept {
+  int r = 0;
+  if (mpi_active() && MPI_Comm_rank(MPI_COMM_WORLD, &r) != MPI_SUCCESS) r = 0;
+  return r;
+}
+
+int world_size() noexcept {
+  int s = 1;
+  if (mpi_active() && MPI_Comm_size(MPI_COMM_WORLD, &s) != MPI_SUCCESS) s = 1;
+  return s;
+}
+
+void abort_world(int code) noexcept {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (mpi_active() && world_size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+}  // namespace routemoe::comm

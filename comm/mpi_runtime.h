@@ -1,0 +1,21 @@
+#pragma once
+// The lifetime of the MPI library in a routemoe process. MPI is started and finished
+// explicitly by the command that needs it (never from a destructor, which must not run
+// collectives); on an error, abort_world() ends every rank instead of hanging the survivors.
+
+namespace routemoe::comm {
+
+// MPI_Init_thread with MPI_THREAD_FUNNELED (only the main thread calls MPI). Idempotent.
+void init_mpi(int* argc, char*** argv);
+// MPI_Finalize if MPI is initialised and not yet finalised (a collective: every rank calls it).
+void finalize_mpi();
+// True between init_mpi and finalize_mpi.
+bool mpi_active() noexcept;
+// MPI_COMM_WORLD rank and size (0 and 1 when MPI is not active).
+int world_rank() noexcept;
+int world_size() noexcept;
+// Ends all ranks with `code` (MPI_Abort when MPI is active and has more than one rank, else
+// std::exit). Never returns.
+[[noreturn]] void abort_world(int code) noexcept;
+
+}  // namespace routemoe::comm

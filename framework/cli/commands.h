@@ -1,0 +1,18 @@
+#pragma once
+// Subcommands of the `routemoe` executable. Each register_* function adds its subcommand (with
+// options bound to an options struct it owns) to the CLI11 app and returns a callable that runs
+// it after parsing.
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <memory>
+
+namespace routemoe::cli {
+
+using Runner = std::function<int()>;
+
+// `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
+Runner register_bench_gemm(CLI::App& bench);
+
+}  // namespace routemoe::cli

@@ -1,0 +1,42 @@
+// routemoe: the single executable. Subcommands are registered in framework/cli/*.cpp.
+//
+// Errors: any routemoe::Error or std::exception ends the process with exit code 1 and a one-line
+// message naming the rank; in a multi-rank job every rank is ended (MPI_Abort) instead of
+// leaving the others waiting in a collective.
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "comm/mpi_runtime.h"
+#include "framework/cli/commands.h"
+#include "framework/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"routemoe: expert-parallel Mixture-of-Experts training with graph-of-tokens and "
+               "adaptive-clustering routers"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "routemoe 0.1.0");
+
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks (not tests): print measured figures");
+  bench->require_subcommand(1);
+  routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    int rc = 1;
+    if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
+    routemoe::comm::finalize_mpi();
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "routemoe: %s\n", e.what());
+    routemoe::comm::abort_world(1);
+  }
+}

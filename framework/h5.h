@@ -1,0 +1,78 @@
+#pragma once
+// A thin RAII layer over the HDF5 C API for what routemoe stores: n-d float32/int32/uint8
+// datasets, scalars and string attributes, addressed by '/'-separated paths (intermediate
+// groups are created on write). Every HDF5 call is checked (RM_HDF5_CHECK), so failures are
+// Error(Hdf5) naming the call and HDF5's own message; the file path is added by the callers
+// that know the context.
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace routemoe::h5 {
+
+// An owned HDF5 identifier of any kind, closed with H5Oclose/H5Fclose/... in the destructor
+// (never throws).
+class Handle {
+ public:
+  Handle() = default;
+  explicit Handle(hid_t id) : id_(id) {}
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& o) noexcept : id_(o.id_) { o.id_ = H5I_INVALID_HID; }
+  Handle& operator=(Handle&& o) noexcept;
+  ~Handle();
+  hid_t id() const noexcept { return id_; }
+  bool valid() const noexcept { return id_ >= 0; }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+};
+
+class File {
+ public:
+  // Creates (truncating) `path`. HDF5's automatic error printing is switched off.
+  static File create(const std::string& path);
+  static File open_read(const std::string& path);
+  static File open_rw(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  hid_t id() const { return handle_.id(); }
+  bool exists(const std::string& obj) const;
+  // Flushes to disk and closes (errors are reported, unlike in the destructor).
+  void close();
+
+  void write_f32(const std::string& obj, const float* data, const Shape& shape);
+  void write_i32(const std::string& obj, const std::int32_t* data, const Shape& shape);
+  void write_u8(const std::string& obj, const std::uint8_t* data, const Shape& shape);
+  void write_i64(const std::string& obj, const std::int64_t* data, const Shape& shape);
+  void write_scalar(const std::string& obj, double value);
+  void set_attr(const std::string& obj, const std::string& name, const std::string& value);
+  void set_attr(const std::string& obj, const std::string& name, std::int64_t value);
+
+  Shape shape_of(const std::string& obj) const;
+  std::vector<float> read_f32(const std::string& obj, Shape* shape = nullptr) const;
+  std::vector<std::int32_t> read_i32(const std::string& obj, Shape* shape = nullptr) const;
+  std::vector<std::int64_t> read_i64(const std::string& obj, Shape* shape = nullptr) const;
+  double read_scalar(const std::string& obj) const;
+  std::string attr_string(const std::string& obj, const std::string& name) const;
+  std::int64_t attr_int(const std::string& obj, const std::string& name) const;
+  bool has_attr(const std::string& obj, const std::string& name) const;
+  // Names of the members of a group, sorted.
+  std::vector<std::string> list(const std::string& group) const;
+
+ private:
+  File(Handle h, std::string path) : handle_(std::move(h)), path_(std::move(path)) {}
+  void write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, const void* data,
+                 const Shape& shape);
+  void read_raw(const std::string& obj, hid_t mem_type, void* data, std::int64_t expect) const;
+
+  Handle handle_;
+  std::string path_;
+};
+
+}  // namespace routemoe::h5
