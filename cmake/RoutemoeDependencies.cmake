@@ -110,7 +110,9 @@ if(NOT ROUTEMOE_CUDA STREQUAL "OFF")
       endif()
     endif()
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 20)
+    # CMake 3.25 cannot pass C++20 to nvcc; the .cu sources and the headers they include are
+    # C++17.
+    set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     if(NOT TARGET CUDA::cublas)

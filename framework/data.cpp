@@ -22,9 +22,9 @@ namespace fs = std::filesystem;
 namespace {
 
 std::int32_t read_le32(const unsigned char* p) {
-  const std::uint32_t v = static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
-                          (static_cast<std::uint32_t>(p[2]) << 16) |
-                          (static_cast<std::uint32_t>(p[3]) << 24);
+  const std::uint32_t v =
+      static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+      (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
   return static_cast<std::int32_t>(v);
 }
 
@@ -47,7 +47,8 @@ void read_tokens(std::ifstream& in, const std::string& path, std::int64_t count,
   const auto bytes = static_cast<std::streamsize>(count * 2);
   in.read(reinterpret_cast<char*>(out.data()), bytes);
   if (in.gcount() != bytes) {
-    RM_FAIL(Data, fmt::format("{}: read failed after {} of {} token bytes", path, in.gcount(), bytes));
+    RM_FAIL(Data,
+            fmt::format("{}: read failed after {} of {} token bytes", path, in.gcount(), bytes));
   }
   if constexpr (std::endian::native == std::endian::big) {
     for (auto& t : out) t = static_cast<std::uint16_t>((t >> 8) | (t << 8));
@@ -100,11 +101,21 @@ std::string json_escape(std::string_view s) {
   out.reserve(s.size() + 2);
   for (const char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
@@ -138,7 +149,8 @@ bool glob_match(std::string_view pattern, std::string_view name) {
 }
 
 // Regular files in `dir` whose name matches one of `patterns`, sorted by path.
-std::vector<std::string> match_in_dir(const fs::path& dir, const std::vector<std::string>& patterns) {
+std::vector<std::string> match_in_dir(const fs::path& dir,
+                                      const std::vector<std::string>& patterns) {
   std::vector<std::string> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -160,13 +172,14 @@ bool is_prepared_output(const std::string& name) {
 }  // namespace
 
 TokenShard load_tokens(const std::string& path, int vocab_size, bool allow_headerless) {
-  RM_CHECK_KIND(Config, vocab_size >= 1 && vocab_size <= 65536,
-                fmt::format("{}: vocab_size {} is outside [1, 65536] for uint16 tokens", path,
-                            vocab_size));
+  RM_CHECK_KIND(
+      Config, vocab_size >= 1 && vocab_size <= 65536,
+      fmt::format("{}: vocab_size {} is outside [1, 65536] for uint16 tokens", path, vocab_size));
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (!fs::exists(st)) RM_FAIL(Data, fmt::format("{}: no such token shard file", path));
-  if (fs::is_directory(st)) RM_FAIL(Data, fmt::format("{}: is a directory, not a token shard", path));
+  if (fs::is_directory(st))
+    RM_FAIL(Data, fmt::format("{}: is a directory, not a token shard", path));
   const std::uintmax_t size_u = fs::file_size(path, ec);
   if (ec) RM_FAIL(Data, fmt::format("{}: cannot stat token shard: {}", path, ec.message()));
   const auto size = static_cast<std::int64_t>(size_u);
@@ -222,8 +235,8 @@ TokenShard load_tokens(const std::string& path, int vocab_size, bool allow_heade
                               path, size, kShardHeaderBytes));
   } else {
     const std::int32_t magic = read_le32(header.data());
-    RM_FAIL(Data, fmt::format("{}: not a routemoe/llm.c token shard (magic {}, expected {}){}", path,
-                              magic, kShardMagic,
+    RM_FAIL(Data, fmt::format("{}: not a routemoe/llm.c token shard (magic {}, expected {}){}",
+                              path, magic, kShardMagic,
                               size < kShardHeaderBytes
                                   ? fmt::format("; file is {} bytes, shorter than the {}-byte "
                                                 "header",
@@ -265,8 +278,8 @@ std::string decode_bytes(std::span<const std::uint16_t> tokens) {
   std::string out(tokens.size(), '\0');
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] > 255) {
-      RM_FAIL(Data, fmt::format("token {} at position {} is not a byte token (vocab 256)",
-                                tokens[i], i));
+      RM_FAIL(Data,
+              fmt::format("token {} at position {} is not a byte token (vocab 256)", tokens[i], i));
     }
     out[i] = static_cast<char>(static_cast<unsigned char>(tokens[i]));
   }
@@ -350,9 +363,9 @@ PrepareResult prepare_text(const std::vector<std::string>& inputs, const std::st
         const std::string path =
             (fs::path(out_dir) / fmt::format("{}_{:06d}.bin", split, i)).string();
         tmps.push_back(path + ".tmp");
-        write_shard_file(tmps.back(), std::span<const std::uint16_t>(tokens).subspan(
-                                          static_cast<std::size_t>(s),
-                                          static_cast<std::size_t>(e - s)));
+        write_shard_file(tmps.back(),
+                         std::span<const std::uint16_t>(tokens).subspan(
+                             static_cast<std::size_t>(s), static_cast<std::size_t>(e - s)));
         paths.push_back(path);
       }
     };
@@ -396,8 +409,7 @@ std::vector<std::string> list_shards(const std::string& source, const std::strin
   }
   std::error_code ec;
   if (fs::is_directory(pattern, ec)) {
-    std::vector<std::string> files =
-        match_in_dir(pattern, {split + "_*.bin", split + ".bin"});
+    std::vector<std::string> files = match_in_dir(pattern, {split + "_*.bin", split + ".bin"});
     if (files.empty()) {
       RM_FAIL(Data, fmt::format("{}: no {}_*.bin or {}.bin shard files for split '{}'", pattern,
                                 split, split, split));
@@ -409,7 +421,8 @@ std::vector<std::string> list_shards(const std::string& source, const std::strin
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   if (name.find_first_of("*?") == std::string::npos) {
     if (!fs::exists(p, ec)) {
-      RM_FAIL(Data, fmt::format("{}: no such shard file or directory (split '{}')", pattern, split));
+      RM_FAIL(Data,
+              fmt::format("{}: no such shard file or directory (split '{}')", pattern, split));
     }
     return {pattern};
   }
@@ -419,7 +432,8 @@ std::vector<std::string> list_shards(const std::string& source, const std::strin
   }
   std::vector<std::string> files = match_in_dir(dir, {name});
   if (files.empty()) {
-    RM_FAIL(Data, fmt::format("{}: no shard files match this pattern (split '{}')", pattern, split));
+    RM_FAIL(Data,
+            fmt::format("{}: no shard files match this pattern (split '{}')", pattern, split));
   }
   return files;
 }
@@ -534,9 +548,8 @@ std::vector<Batch> BatchLoader::eval_batches(std::int64_t max_batches, std::int6
   if (available == 0) {
     RM_FAIL(Data, fmt::format("{}: split '{}' has {} tokens, fewer than one eval batch of {} x {} "
                               "(+1) = {} tokens",
-                              data_->source(), data_->split(), data_->size(),
-                              options_.batch_size, options_.seq_len,
-                              options_.batch_size * options_.seq_len + 1));
+                              data_->source(), data_->split(), data_->size(), options_.batch_size,
+                              options_.seq_len, options_.batch_size * options_.seq_len + 1));
   }
   const std::int64_t count = max_batches <= 0 ? available : std::min(max_batches, available);
   std::vector<Batch> out;

@@ -35,7 +35,7 @@ inline constexpr int kByteVocabSize = 256;
 inline constexpr std::uint64_t kDataStreamBase = 0xDA7A000000000000ull;
 
 enum class ShardFormat {
-  LlmC,      // 1024-byte header + uint16 tokens
+  LlmC,       // 1024-byte header + uint16 tokens
   Headerless  // nanoGPT: raw uint16 tokens
 };
 
@@ -101,7 +101,7 @@ class TokenDataset {
   struct FileInfo {
     std::string path;
     ShardFormat format;
-    std::int64_t offset;     // first token of this file in tokens()
+    std::int64_t offset;  // first token of this file in tokens()
     std::int64_t num_tokens;
   };
 
@@ -127,13 +127,14 @@ class TokenDataset {
 
 // One batch, or the rows [row_begin, row_begin + rows) of one global batch.
 struct Batch {
-  std::int64_t step = 0;       // training step, or eval batch index
-  std::int64_t row_begin = 0;  // first global row held here
-  std::int64_t rows = 0;       // B (local rows)
-  std::int64_t seq_len = 0;    // T
-  std::vector<std::int32_t> inputs;   // [rows, T] row-major
-  std::vector<std::int32_t> targets;  // [rows, T] row-major: targets[r][t] = token after inputs[r][t]
-  std::vector<std::int64_t> starts;   // [rows] offset in the split of each row's first input token
+  std::int64_t step = 0;             // training step, or eval batch index
+  std::int64_t row_begin = 0;        // first global row held here
+  std::int64_t rows = 0;             // B (local rows)
+  std::int64_t seq_len = 0;          // T
+  std::vector<std::int32_t> inputs;  // [rows, T] row-major
+  std::vector<std::int32_t>
+      targets;  // [rows, T] row-major: targets[r][t] = token after inputs[r][t]
+  std::vector<std::int64_t> starts;  // [rows] offset in the split of each row's first input token
 };
 
 struct BatchLoaderOptions {

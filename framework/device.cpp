@@ -71,7 +71,11 @@ void device_copy(void* dst, Device dst_device, const void* src, Device src_devic
     return;
   }
 #if ROUTEMOE_HAVE_CUDA
+  // Kernels run on non-blocking context streams, which cudaMemcpy does not wait for: fence on
+  // both sides so that a copy sees finished producers and finishes before any consumer.
+  RM_CUDA_CHECK(cudaDeviceSynchronize());
   RM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  RM_CUDA_CHECK(cudaDeviceSynchronize());
 #else
   RM_FAIL(Check, "copy to or from CUDA memory in a build without CUDA");
 #endif
@@ -84,7 +88,9 @@ void device_zero(void* ptr, Device device, std::size_t bytes) {
     return;
   }
 #if ROUTEMOE_HAVE_CUDA
+  RM_CUDA_CHECK(cudaDeviceSynchronize());  // see device_copy
   RM_CUDA_CHECK(cudaMemset(ptr, 0, bytes));
+  RM_CUDA_CHECK(cudaDeviceSynchronize());
 #else
   RM_FAIL(Check, "zeroing CUDA memory in a build without CUDA");
 #endif

@@ -103,6 +103,8 @@ Model::Model(const ModelConfig& config) : config_(config), activations_("activat
   params_.initialize(c.seed);
 }
 
+Model::~Model() = default;
+
 StepStats Model::forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                                   std::int64_t batch, std::int64_t seq, double grad_scale) {
   return run(inputs, targets, batch, seq, true, grad_scale, nullptr);

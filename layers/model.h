@@ -48,6 +48,7 @@ class Model {
   explicit Model(const ModelConfig& config);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
+  ~Model();
 
   const ModelConfig& config() const { return config_; }
   ParamStore& params() { return params_; }

@@ -57,10 +57,12 @@ void similarity_graph(const MoeDims& dims, const RouterOptions& opts, const T* u
   cpu::softmax_forward<T>(s, s, B * Tn, Tn);
 }
 
+}  // namespace
+
 // AC feature weights (docs/model.md): M_i = w_{c_i}, with w from the previous layer's top-1
 // assignment c. Constant for the backward.
 template <typename T>
-void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* prev, T* m, Arena& arena) {
+void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* prev, T* m) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
   std::vector<double> mu(static_cast<std::size_t>(E * d), 0.0), mad(static_cast<std::size_t>(E * d), 0.0);
   std::vector<std::int64_t> count(static_cast<std::size_t>(E), 0);
@@ -93,6 +95,7 @@ void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* pre
       total += w;
     }
   }
+  if (present == 0) return;  // no tokens
   const double clip = 10.0 * total / static_cast<double>(present * d);
   std::vector<double> colmean(static_cast<std::size_t>(d), 0.0);
   for (std::int64_t e = 0; e < E; ++e) {
@@ -109,10 +112,7 @@ void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* pre
       m[i * d + f] = static_cast<T>(mad[static_cast<std::size_t>(c * d + f)] / colmean[static_cast<std::size_t>(f)]);
     }
   }
-  (void)arena;
 }
-
-}  // namespace
 
 template <typename T>
 void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, std::int64_t k) {
@@ -135,7 +135,7 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
 template <typename T>
 void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
                  const T* u, const T* attn_avg, const std::int32_t* prev_top1, T* y,
-                 MoeCache<T>& cache, Arena& arena) {
+                 MoeCache<T>& cache, Arena& arena, const T* ac_scale) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, K = dims.top_k, F = dims.d_ff;
   RM_CHECK(K >= 1 && K <= E, fmt::format("top_k {} with {} experts", K, E));
   MoeCache<T>& c = cache;
@@ -146,12 +146,17 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
 
   // --- Router: selection vector, routing probabilities, z-loss logits ------------------------
   if (opts.kind == RouterKind::AC) {
-    RM_CHECK(prev_top1 != nullptr && w.expert_emb != nullptr, "ac router needs the previous layer's assignment and expert embeddings");
+    RM_CHECK((prev_top1 != nullptr || ac_scale != nullptr) && w.expert_emb != nullptr,
+             "ac router needs the previous layer's assignment and expert embeddings");
     c.scale = alloc_array<T>(arena, N * d);
     c.scaled = alloc_array<T>(arena, N * d);
     c.emb_unit = alloc_array<T>(arena, E * d);
     c.emb_norm = alloc_array<T>(arena, E);
-    ac_feature_weights<T>(dims, u, prev_top1, c.scale, arena);
+    if (ac_scale != nullptr) {
+      std::copy(ac_scale, ac_scale + N * d, c.scale);
+    } else {
+      ac_feature_weights<T>(dims, u, prev_top1, c.scale);
+    }
     for (std::int64_t i = 0; i < N * d; ++i) c.scaled[i] = u[i] * c.scale[i];
     for (std::int64_t e = 0; e < E; ++e) {
       double s = 0;
@@ -397,7 +402,8 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   template void topk_rows<T>(const T*, std::int32_t*, std::int64_t, std::int64_t, std::int64_t); \
   template void moe_forward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,     \
                                const T*, const T*, const std::int32_t*, T*, MoeCache<T>&,     \
-                               Arena&);                                                       \
+                               Arena&, const T*);                                             \
+  template void ac_feature_weights<T>(const MoeDims&, const T*, const std::int32_t*, T*);     \
   template void moe_backward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,   \
                                 const MoeGrads<T>&, const T*, const T*, const MoeCache<T>&,   \
                                 const T*, T*, T*, Arena&);

@@ -89,11 +89,17 @@ struct MoeCache {
 };
 
 // y[N, d] = MoE(u[N, d]) (overwritten). attn_avg [B, T, T] is required for the attention
-// router, prev_top1 [N] for ac (the previous MoE layer's first choices).
+// router, prev_top1 [N] for ac (the previous MoE layer's first choices). ac_scale [N, d], when
+// given, replaces the AC feature weights computed from prev_top1 (gradient checks hold M fixed,
+// as the backward does).
 template <typename T>
 void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
                  const T* u, const T* attn_avg, const std::int32_t* prev_top1, T* y,
-                 MoeCache<T>& cache, Arena& arena);
+                 MoeCache<T>& cache, Arena& arena, const T* ac_scale = nullptr);
+
+// AC feature weights M[N, d] from u[N, d] and the previous layer's top-1 assignment (docs/model.md).
+template <typename T>
+void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* prev_top1, T* m);
 
 // Backward of y and of the layer's auxiliary losses (aux_coef * switch + z_coef * z):
 // du[N, d] overwritten; d_attn_avg [B, T, T] += (attention router; may be null otherwise);

@@ -1,0 +1,108 @@
+// CUDA execution context (device, non-blocking stream, cuBLAS handle), device enumeration and
+// the cuBLAS status names used by RM_CUBLAS_CHECK.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "framework/cuda/check.h"
+#include "framework/cuda/context.h"
+
+namespace routemoe::detail {
+
+const char* cublas_status_name(cublasStatus_t status) noexcept {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+      return "CUBLAS_STATUS_LICENSE_ERROR";
+    default:
+      break;
+  }
+  return "CUBLAS_STATUS_<unknown>";
+}
+
+}  // namespace routemoe::detail
+
+namespace routemoe::cuda {
+
+namespace {
+cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
+cublasHandle_t as_handle(void* h) {
+  return static_cast<cublasHandle_t>(h);
+}
+}  // namespace
+
+Context::Context(int device) : device_(device) {
+  RM_CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t stream = nullptr;
+  RM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cublasHandle_t handle = nullptr;
+  cublasStatus_t rc = cublasCreate(&handle);
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(handle, stream);
+  // Plain fp32 GEMMs (no TF32 tensor-op downgrade): the parity tests compare against CBLAS.
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+  if (rc != CUBLAS_STATUS_SUCCESS) {
+    if (handle != nullptr) (void)cublasDestroy(handle);
+    (void)cudaStreamDestroy(stream);
+    RM_CUBLAS_CHECK(rc);  // throws
+  }
+  stream_ = stream;
+  cublas_ = handle;
+}
+
+Context::~Context() {
+  // Best effort: make the context's device current so that the handle and stream are released
+  // on the device they were created on. Never throws.
+  int current = -1;
+  const bool switched = cudaGetDevice(&current) == cudaSuccess && current != device_ &&
+                        cudaSetDevice(device_) == cudaSuccess;
+  if (cublas_ != nullptr) {
+    const cublasStatus_t rc = cublasDestroy(as_handle(cublas_));
+    if (rc != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "routemoe: cublasDestroy failed: %s\n", detail::cublas_status_name(rc));
+    }
+  }
+  if (stream_ != nullptr) {
+    const cudaError_t rc = cudaStreamDestroy(as_stream(stream_));
+    if (rc != cudaSuccess) {
+      std::fprintf(stderr, "routemoe: cudaStreamDestroy failed: %s: %s\n", cudaGetErrorName(rc),
+                   cudaGetErrorString(rc));
+    }
+  }
+  if (switched) (void)cudaSetDevice(current);
+}
+
+void Context::synchronize() const {
+  RM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+}
+
+int device_count() noexcept {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the "no device"/"no driver" error
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace routemoe::cuda

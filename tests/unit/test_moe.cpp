@@ -1,0 +1,284 @@
+// MoE layer and attention: gradient checks by central finite differences through the whole
+// layer for each router (double instantiation), and routing edge cases.
+//
+// Tolerance reasoning (double): the objective is L = sum(r .* y) + aux_coef * switch +
+// z_coef * z with O(1) terms. Central differences with h = 1e-6 have truncation error
+// O(h^2 |L'''|) ~ 1e-12 and round-off ~ eps64 |L| / h ~ 1e-10, so analytic and numeric
+// derivatives must agree to |fd - an| <= 1e-6 (1 + |an|): a wrong term (a missing factor, a
+// transposed matrix) is off by O(1e-2..1) and fails by orders of magnitude. Top-k selection and
+// f_e are piecewise constant; the random inputs keep every selection margin far above h.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/arena.h"
+#include "layers/attention.h"
+#include "layers/moe.h"
+
+namespace routemoe::layers {
+namespace {
+
+using Vec = std::vector<double>;
+
+Vec random_vec(std::mt19937& rng, std::size_t n, double scale) {
+  std::normal_distribution<double> dist(0.0, scale);
+  Vec v(n);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+
+// Compares the analytic gradient `an` of f at x against central differences, element by element.
+void expect_grad(const std::string& what, Vec& x, const Vec& an, const std::function<double()>& f) {
+  ASSERT_EQ(x.size(), an.size()) << what;
+  const double h = 1e-6;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + h;
+    const double fp = f();
+    x[i] = keep - h;
+    const double fm = f();
+    x[i] = keep;
+    const double fd = (fp - fm) / (2 * h);
+    ASSERT_NEAR(fd, an[i], 1e-6 * (1 + std::abs(an[i]))) << what << "[" << i << "]";
+  }
+}
+
+struct MoeCase {
+  RouterKind kind;
+  bool causal = true;
+  double capacity = 0.0;
+  std::int64_t top_k = 2;
+  const char* name;
+};
+
+class MoeGradient : public ::testing::TestWithParam<MoeCase> {};
+
+TEST_P(MoeGradient, MatchesFiniteDifferences) {
+  const MoeCase tc = GetParam();
+  MoeDims dims{2, 5, 6, 7, 4, tc.top_k, tc.capacity};
+  RouterOptions opts{tc.kind, 0.7, tc.causal, 0.3, 0.2};
+  const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, F = dims.d_ff, B = dims.batch,
+                     T = dims.seq;
+  std::mt19937 rng(1234);
+  Vec u = random_vec(rng, N * d, 1.0), gate = random_vec(rng, E * d, 0.8),
+      emb = random_vec(rng, E * d, 0.5), w1 = random_vec(rng, E * F * d, 0.4),
+      b1 = random_vec(rng, E * F, 0.1), w2 = random_vec(rng, E * d * F, 0.4),
+      b2 = random_vec(rng, E * d, 0.1), r = random_vec(rng, N * d, 1.0);
+  // Attention probabilities: causal rows summing to one.
+  Vec avg(B * T * T, 0.0);
+  std::uniform_real_distribution<double> uni(0.1, 1.0);
+  for (std::int64_t row = 0; row < B * T; ++row) {
+    const std::int64_t i = row % T;
+    double s = 0;
+    for (std::int64_t j = 0; j <= i; ++j) s += avg[row * T + j] = uni(rng);
+    for (std::int64_t j = 0; j <= i; ++j) avg[row * T + j] /= s;
+  }
+  std::vector<std::int32_t> prev(N);
+  for (std::int64_t i = 0; i < N; ++i) prev[i] = static_cast<std::int32_t>((i * 7 + 3) % (E - 1));  // expert E-1 empty
+  // AC feature weights held fixed, as in the backward (M carries no gradient).
+  Vec scale(N * d);
+  ac_feature_weights<double>(dims, u.data(), prev.data(), scale.data());
+
+  Arena arena("test", Device::CPU);
+  auto weights = [&] {
+    MoeWeights<double> w;
+    w.gate = gate.data();
+    w.expert_emb = emb.data();
+    w.w1 = w1.data(); w.b1 = b1.data(); w.w2 = w2.data(); w.b2 = b2.data();
+    return w;
+  };
+  const double* ac = tc.kind == RouterKind::AC ? scale.data() : nullptr;
+  auto objective = [&] {
+    arena.reset();
+    MoeCache<double> cache;
+    Vec y(N * d);
+    moe_forward<double>(dims, opts, weights(), u.data(), avg.data(), prev.data(), y.data(), cache, arena, ac);
+    double L = opts.aux_coef * cache.switch_loss + opts.z_coef * cache.z_loss;
+    for (std::int64_t i = 0; i < N * d; ++i) L += r[i] * y[i];
+    return L;
+  };
+  // Analytic gradients.
+  arena.reset();
+  MoeCache<double> cache;
+  Vec y(N * d);
+  moe_forward<double>(dims, opts, weights(), u.data(), avg.data(), prev.data(), y.data(), cache, arena, ac);
+  if (tc.capacity > 0) {
+    EXPECT_GT(cache.dropped, 0) << "the capacity case must drop slots";
+  }
+  Vec du(N * d), dgate(E * d, 0.0), demb(E * d, 0.0), dw1(E * F * d, 0.0), db1(E * F, 0.0),
+      dw2(E * d * F, 0.0), db2(E * d, 0.0), davg(B * T * T, 0.0);
+  MoeGrads<double> g{dgate.data(), demb.data(), dw1.data(), db1.data(), dw2.data(), db2.data()};
+  moe_backward<double>(dims, opts, weights(), g, u.data(), avg.data(), cache, r.data(), du.data(), davg.data(), arena);
+
+  expect_grad("u", u, du, objective);
+  expect_grad("w1", w1, dw1, objective);
+  expect_grad("b1", b1, db1, objective);
+  expect_grad("w2", w2, dw2, objective);
+  expect_grad("b2", b2, db2, objective);
+  if (tc.kind == RouterKind::AC) {
+    expect_grad("expert_emb", emb, demb, objective);
+  } else {
+    expect_grad("gate", gate, dgate, objective);
+  }
+  if (tc.kind == RouterKind::Attention) expect_grad("attn_avg", avg, davg, objective);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Routers, MoeGradient,
+    ::testing::Values(MoeCase{RouterKind::TopK, true, 0.0, 2, "topk"},
+                      MoeCase{RouterKind::TopK, true, 0.0, 1, "topk_k1"},
+                      MoeCase{RouterKind::TopK, true, 0.0, 4, "topk_kE"},
+                      MoeCase{RouterKind::TopK, true, 0.6, 2, "topk_capacity"},
+                      MoeCase{RouterKind::Similarity, true, 0.0, 2, "similarity"},
+                      MoeCase{RouterKind::Similarity, false, 0.0, 2, "similarity_noncausal"},
+                      MoeCase{RouterKind::Attention, true, 0.0, 2, "attention"},
+                      MoeCase{RouterKind::AC, true, 0.0, 2, "ac"},
+                      MoeCase{RouterKind::AC, true, 0.6, 2, "ac_capacity"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) {
+  AttentionDims dims{2, 5, 8, 2};
+  const std::int64_t N = dims.tokens(), d = dims.d, B = dims.batch, T = dims.seq;
+  std::mt19937 rng(99);
+  Vec h = random_vec(rng, N * d, 1.0), qkv_w = random_vec(rng, 3 * d * d, 0.4),
+      qkv_b = random_vec(rng, 3 * d, 0.1), proj_w = random_vec(rng, d * d, 0.4),
+      proj_b = random_vec(rng, d, 0.1), r = random_vec(rng, N * d, 1.0),
+      ra = random_vec(rng, B * T * T, 1.0);
+  Arena arena("test", Device::CPU);
+  auto w = [&] { return AttentionWeights<double>{qkv_w.data(), qkv_b.data(), proj_w.data(), proj_b.data()}; };
+  auto objective = [&] {
+    arena.reset();
+    AttentionCache<double> cache;
+    Vec out(N * d), avg(B * T * T);
+    attention_forward<double>(dims, w(), h.data(), out.data(), avg.data(), cache, arena);
+    double L = 0;
+    for (std::int64_t i = 0; i < N * d; ++i) L += r[i] * out[i];
+    for (std::int64_t i = 0; i < B * T * T; ++i) L += ra[i] * avg[i];
+    return L;
+  };
+  arena.reset();
+  AttentionCache<double> cache;
+  Vec out(N * d), avg(B * T * T);
+  attention_forward<double>(dims, w(), h.data(), out.data(), avg.data(), cache, arena);
+  // Causality: averaged probabilities vanish above the diagonal, rows sum to one.
+  for (std::int64_t row = 0; row < B * T; ++row) {
+    double s = 0;
+    for (std::int64_t j = 0; j < T; ++j) {
+      if (j > row % T) {
+        EXPECT_EQ(avg[row * T + j], 0.0);
+      }
+      s += avg[row * T + j];
+    }
+    EXPECT_NEAR(s, 1.0, 1e-12);
+  }
+  Vec dh(N * d), dqkv_w(3 * d * d, 0.0), dqkv_b(3 * d, 0.0), dproj_w(d * d, 0.0), dproj_b(d, 0.0);
+  attention_backward<double>(dims, w(), {dqkv_w.data(), dqkv_b.data(), dproj_w.data(), dproj_b.data()},
+                             h.data(), cache, r.data(), ra.data(), dh.data(), arena);
+  expect_grad("h", h, dh, objective);
+  expect_grad("qkv_w", qkv_w, dqkv_w, objective);
+  expect_grad("qkv_b", qkv_b, dqkv_b, objective);
+  expect_grad("proj_w", proj_w, dproj_w, objective);
+  expect_grad("proj_b", proj_b, dproj_b, objective);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing edge cases (float, the production instantiation).
+
+struct Routed {
+  std::vector<std::int32_t> choice;
+  std::vector<float> gates;
+  std::vector<std::uint8_t> kept;
+  std::vector<std::int64_t> offsets;
+  std::vector<float> y;
+};
+
+Routed route(const MoeDims& dims, RouterKind kind, const std::vector<float>& u, const std::vector<float>& gate) {
+  const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, F = dims.d_ff, K = dims.top_k;
+  std::vector<float> w1(E * F * d, 0.01f), b1(E * F, 0.0f), w2(E * d * F, 0.01f), b2(E * d, 0.0f);
+  for (std::int64_t e = 0; e < E; ++e) b2[e * d] = static_cast<float>(e + 1);  // expert e adds e+1 to feature 0
+  Arena arena("test", Device::CPU);
+  MoeCache<float> c;
+  Routed out;
+  out.y.resize(N * d);
+  MoeWeights<float> w{gate.data(), nullptr, w1.data(), b1.data(), w2.data(), b2.data()};
+  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, u.data(), nullptr, nullptr, out.y.data(), c, arena);
+  out.choice.assign(c.choice, c.choice + N * K);
+  out.gates.assign(c.gates, c.gates + N * K);
+  out.kept.assign(c.kept, c.kept + N * K);
+  out.offsets.assign(c.expert_offset, c.expert_offset + E + 1);
+  return out;
+}
+
+TEST(Routing, TiesGoToTheLowerExpertIndex) {
+  MoeDims dims{1, 3, 2, 2, 4, 2, 0.0};
+  std::vector<float> u(3 * 2, 1.0f), gate(4 * 2, 0.0f);  // all logits equal: a four-way tie
+  const Routed r = route(dims, RouterKind::TopK, u, gate);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(r.choice[i * 2], 0);
+    EXPECT_EQ(r.choice[i * 2 + 1], 1);
+    EXPECT_FLOAT_EQ(r.gates[i * 2], 0.5f);
+  }
+  std::vector<float> x = {3, 1, 3, 2, 3};
+  std::vector<std::int32_t> idx(3);
+  topk_rows<float>(x.data(), idx.data(), 1, 5, 3);
+  EXPECT_EQ(idx, (std::vector<std::int32_t>{0, 2, 4}));
+}
+
+TEST(Routing, AllTokensToOneExpertLeavesOthersEmpty) {
+  MoeDims dims{2, 4, 2, 3, 4, 1, 0.0};
+  std::vector<float> u(8 * 2, 1.0f), gate(4 * 2, 0.0f);
+  gate[2 * 2] = 5.0f;  // expert 2 dominates every token
+  const Routed r = route(dims, RouterKind::TopK, u, gate);
+  EXPECT_EQ(r.offsets, (std::vector<std::int64_t>{0, 0, 0, 8, 8}));
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(r.choice[i], 2);
+    EXPECT_FLOAT_EQ(r.gates[i], 1.0f);                // k = 1: the gate is 1
+    EXPECT_NEAR(r.y[i * 2], 3.0f, 1e-3f);             // expert 2's bias (3) on feature 0
+  }
+}
+
+TEST(Routing, CapacityOverflowDropsLaterSlotsFirstChoicesFirst) {
+  // 8 tokens, k = 2, E = 4, C = 0.5: capacity ceil(0.5 * 16 / 4) = 2 slots per expert.
+  MoeDims dims{1, 8, 2, 3, 4, 2, 0.5};
+  std::vector<float> u(8 * 2, 1.0f), gate(4 * 2, 0.0f);
+  gate[0] = 3.0f;  // expert 0 first for everyone
+  gate[2] = 2.0f;  // expert 1 second
+  const Routed r = route(dims, RouterKind::TopK, u, gate);
+  int kept = 0;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(r.choice[i * 2], 0);
+    EXPECT_EQ(r.choice[i * 2 + 1], 1);
+    EXPECT_EQ(r.kept[i * 2], i < 2 ? 1 : 0) << "token " << i;  // first choices, token order
+    EXPECT_EQ(r.kept[i * 2 + 1], i < 2 ? 1 : 0) << "token " << i;
+    kept += r.kept[i * 2] + r.kept[i * 2 + 1];
+    if (i >= 2) {
+      EXPECT_EQ(r.y[i * 2], 0.0f) << "dropped token contributes nothing";
+    }
+  }
+  EXPECT_EQ(kept, 4);
+  EXPECT_EQ(r.offsets.back(), 4);
+}
+
+TEST(Routing, TopKEqualsAllExpertsUsesEveryExpert) {
+  MoeDims dims{1, 3, 2, 2, 3, 3, 0.0};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n01;
+  std::vector<float> u(6), gate(6);
+  for (float& v : u) v = n01(rng);
+  for (float& v : gate) v = n01(rng);
+  const Routed r = route(dims, RouterKind::TopK, u, gate);
+  for (int i = 0; i < 3; ++i) {
+    float s = 0;
+    for (int j = 0; j < 3; ++j) s += r.gates[i * 3 + j];
+    EXPECT_NEAR(s, 1.0f, 1e-6f);
+  }
+  EXPECT_EQ(r.offsets, (std::vector<std::int64_t>{0, 3, 6, 9}));
+}
+
+}  // namespace
+}  // namespace routemoe::layers
