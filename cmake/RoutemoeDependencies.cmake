@@ -52,18 +52,34 @@ if(NOT CLI11_FOUND)
   routemoe_missing("CLI11" "libcli11-dev")
 endif()
 
-# --- CBLAS (OpenBLAS) ----------------------------------------------------------------------
-find_package(OpenBLAS CONFIG QUIET)
-if(OpenBLAS_FOUND)
-  set(ROUTEMOE_BLAS_INCLUDE ${OpenBLAS_INCLUDE_DIRS})
-  set(ROUTEMOE_BLAS_LIBRARIES ${OpenBLAS_LIBRARIES})
-else()
-  find_path(ROUTEMOE_BLAS_INCLUDE cblas.h PATH_SUFFIXES openblas openblas-pthread)
-  find_library(ROUTEMOE_BLAS_LIBRARIES NAMES openblas)
+# --- CBLAS (OpenBLAS, OpenMP build preferred) -------------------------------------------
+# The CPU kernels use OpenMP; an OpenBLAS built on its own pthread pool makes the two thread
+# pools spin against each other (a training step several times slower on 2 cores), so the
+# OpenMP build of OpenBLAS (Debian: libopenblas-openmp-dev) is preferred.
+find_path(ROUTEMOE_BLAS_INCLUDE cblas.h
+          PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+find_library(ROUTEMOE_BLAS_LIBRARIES NAMES openblas
+             PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+if(NOT ROUTEMOE_BLAS_INCLUDE OR NOT ROUTEMOE_BLAS_LIBRARIES)
+  unset(ROUTEMOE_BLAS_INCLUDE CACHE)
+  unset(ROUTEMOE_BLAS_LIBRARIES CACHE)
+  find_package(OpenBLAS CONFIG QUIET)
+  if(OpenBLAS_FOUND)
+    set(ROUTEMOE_BLAS_INCLUDE ${OpenBLAS_INCLUDE_DIRS})
+    set(ROUTEMOE_BLAS_LIBRARIES ${OpenBLAS_LIBRARIES})
+  else()
+    find_path(ROUTEMOE_BLAS_INCLUDE cblas.h PATH_SUFFIXES openblas openblas-pthread)
+    find_library(ROUTEMOE_BLAS_LIBRARIES NAMES openblas)
+  endif()
+  if(ROUTEMOE_BLAS_LIBRARIES)
+    message(WARNING "routemoe: using ${ROUTEMOE_BLAS_LIBRARIES}, not the OpenMP build of OpenBLAS; "
+                    "its threads compete with OpenMP's. Install libopenblas-openmp-dev.")
+  endif()
 endif()
 if(NOT ROUTEMOE_BLAS_INCLUDE OR NOT ROUTEMOE_BLAS_LIBRARIES)
-  routemoe_missing("a CBLAS (OpenBLAS)" "libopenblas-dev")
+  routemoe_missing("a CBLAS (OpenBLAS)" "libopenblas-openmp-dev")
 endif()
+message(STATUS "routemoe: BLAS ${ROUTEMOE_BLAS_LIBRARIES}")
 add_library(routemoe_blas INTERFACE)
 target_include_directories(routemoe_blas SYSTEM INTERFACE ${ROUTEMOE_BLAS_INCLUDE})
 target_link_libraries(routemoe_blas INTERFACE ${ROUTEMOE_BLAS_LIBRARIES})

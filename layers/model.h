@@ -8,7 +8,7 @@
 
 #include "framework/arena.h"
 #include "layers/attention.h"
-#include "layers/model_config.h"
+#include "framework/model_config.h"
 #include "layers/moe.h"
 #include "framework/params.h"
 

@@ -10,7 +10,7 @@
 #include <cstdint>
 
 #include "framework/arena.h"
-#include "layers/model_config.h"
+#include "framework/model_config.h"
 
 namespace routemoe::layers {
 

@@ -12,6 +12,11 @@ namespace routemoe::cli {
 
 using Runner = std::function<int()>;
 
+// `routemoe train`: the training loop over a TOML config with --section.key overrides.
+Runner register_train(CLI::App& app);
+// `routemoe prepare`: text files -> token shards.
+Runner register_prepare(CLI::App& app);
+
 // `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
 Runner register_bench_gemm(CLI::App& bench);
 

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "routemoe 0.1.0");
 
+  routemoe::cli::Runner run_train = routemoe::cli::register_train(app);
+  routemoe::cli::Runner run_prepare = routemoe::cli::register_prepare(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks (not tests): print measured figures");
   bench->require_subcommand(1);
   routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
@@ -32,6 +34,8 @@ int main(int argc, char** argv) {
 
   try {
     int rc = 1;
+    if (app.got_subcommand("train")) rc = run_train();
+    if (app.got_subcommand("prepare")) rc = run_prepare();
     if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
     routemoe::comm::finalize_mpi();
     return rc;

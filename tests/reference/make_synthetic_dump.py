@@ -27,8 +27,11 @@ def random_batch(gen, cfg, B, T, ignore_frac=0.1):
     return inputs, targets
 
 
-def make_dump(cfg_dict, batch=2, train_steps=3, seed=0, bias_std=0.05):
-    """Build the dump dict (see dump_io.write_dump) from the float32 reference."""
+def make_dump(cfg_dict, batch=2, train_steps=3, seed=0, bias_std=0.05, grad_jitter=0.0):
+    """Build the dump dict (see dump_io.write_dump) from the float32 reference.
+    grad_jitter > 0 multiplies every gradient element by (1 + grad_jitter * xi), xi ~ N(0,1), in the
+    written gradients and in every training step: a stand-in for a float32 implementation with
+    less accurate reductions than torch's (self-tests use it to show the tolerances' margin)."""
     cfg = R.Config(cfg_dict)
     gen = torch.Generator().manual_seed(seed + 1000)
     T = cfg.seq_len
@@ -37,6 +40,10 @@ def make_dump(cfg_dict, batch=2, train_steps=3, seed=0, bias_std=0.05):
 
     inputs, targets = random_batch(gen, cfg, batch, T)
     out, grads = R.forward_backward(P, cfg, inputs, targets)
+    jgen = torch.Generator().manual_seed(seed + 2000)
+    if grad_jitter > 0:
+        for g in grads.values():
+            g *= 1 + grad_jitter * torch.randn(g.shape, generator=jgen)
     d = {
         "config": cfg.to_dict(),
         "params": init,
@@ -56,7 +63,7 @@ def make_dump(cfg_dict, batch=2, train_steps=3, seed=0, bias_std=0.05):
         tin, ttg, losses = [], [], []
         for s in range(train_steps):
             i, t = random_batch(gen, cfg, batch, T)
-            loss, _, _ = R.train_step(Pt, opt, cfg, s, i, t)
+            loss, _, _ = R.train_step(Pt, opt, cfg, s, i, t, grad_jitter=grad_jitter, generator=jgen)
             tin.append(i.numpy()), ttg.append(t.numpy()), losses.append(loss)
         d["train"] = {
             "inputs": np.stack(tin), "targets": np.stack(ttg), "losses": np.array(losses),
@@ -92,6 +99,8 @@ def parse_args(argv):
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grad-jitter", type=float, default=0.0,
+                    help="relative per-element gradient noise (emulates a less accurate fp32 implementation)")
     return ap.parse_args(argv)
 
 
@@ -111,7 +120,7 @@ def config_from_args(a):
 def main(argv=None):
     a = parse_args(argv)
     try:
-        d = make_dump(config_from_args(a), a.batch, a.train_steps, a.seed)
+        d = make_dump(config_from_args(a), a.batch, a.train_steps, a.seed, grad_jitter=a.grad_jitter)
     except ValueError as e:
         print(f"make_synthetic_dump: {e}", file=sys.stderr)
         return 2

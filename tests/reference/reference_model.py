@@ -455,9 +455,10 @@ def make_optimizer(P, cfg):
                              eps=cfg.eps, foreach=False)
 
 
-def train_step(P, opt, cfg, step, inputs, targets):
+def train_step(P, opt, cfg, step, inputs, targets, grad_jitter=0.0, generator=None):
     """One training step at 0-based `step`: forward/backward, clip by global norm
     (scale = min(1, clip/(G + 1e-6)), as torch.nn.utils.clip_grad_norm_), lr_at(step), AdamW.
+    grad_jitter > 0 (tests only): multiply each gradient element by (1 + grad_jitter * N(0,1)).
     Returns (loss before the update, global grad norm before clipping, forward output)."""
     opt.zero_grad(set_to_none=True)
     out = forward(P, cfg, inputs, targets)
@@ -466,6 +467,8 @@ def train_step(P, opt, cfg, step, inputs, targets):
     for t in params:            # parameters not reached by the graph get a zero gradient
         if t.grad is None:
             t.grad = torch.zeros_like(t)
+        if grad_jitter > 0:
+            t.grad *= 1 + grad_jitter * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.dtype)
     gnorm = torch.sqrt(sum((t.grad.double() ** 2).sum() for t in params)).item()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

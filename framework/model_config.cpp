@@ -1,4 +1,4 @@
-#include "layers/model_config.h"
+#include "framework/model_config.h"
 
 #include <fmt/format.h>
 

@@ -1,0 +1,179 @@
+#include "framework/config.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "framework/error.h"
+
+namespace routemoe {
+
+namespace {
+
+// The single table of configuration keys: registration, documentation test and TOML export
+// all walk it, so they cannot drift apart.
+template <typename Fn>
+void for_each_key(RunConfig& c, Fn&& fn) {
+  ModelConfig& m = c.model;
+  fn("model.vocab_size", m.vocab_size, "vocabulary size (256 for the byte tokenizer)");
+  fn("model.seq_len", m.seq_len, "context length T (tokens per training sequence)");
+  fn("model.d_model", m.d_model, "model width d");
+  fn("model.n_heads", m.n_heads, "attention heads (divides d_model)");
+  fn("model.n_layers", m.n_layers, "transformer blocks");
+  fn("model.d_ff", m.d_ff, "hidden width of the dense FFN and of every expert");
+  fn("model.n_experts", m.n_experts, "experts per MoE layer");
+  fn("model.top_k", m.top_k, "experts per token");
+  fn("model.moe_every", m.moe_every, "block l is MoE iff l % moe_every == moe_every - 1");
+  fn("model.routers", m.routers, "router per MoE layer: topk, similarity, attention, ac (one entry = all)");
+  fn("model.capacity_factor", m.capacity_factor, "expert capacity factor; <= 0 is dropless");
+  fn("model.similarity_tau", m.similarity_tau, "temperature of the similarity router");
+  fn("model.similarity_causal", m.similarity_causal, "similarity graph only over earlier tokens");
+  fn("model.aux_loss_coef", m.aux_loss_coef, "Switch load-balancing loss coefficient");
+  fn("model.z_loss_coef", m.z_loss_coef, "router z-loss coefficient");
+  fn("model.ln_eps", m.ln_eps, "LayerNorm epsilon");
+  fn("model.seed", m.seed, "parameter initialisation seed");
+  OptimConfig& o = c.optim;
+  fn("optim.lr", o.lr, "peak learning rate");
+  fn("optim.lr_min", o.lr_min, "final learning rate of the cosine schedule");
+  fn("optim.warmup", o.warmup, "linear warmup steps");
+  fn("optim.beta1", o.beta1, "AdamW beta1");
+  fn("optim.beta2", o.beta2, "AdamW beta2");
+  fn("optim.eps", o.eps, "AdamW epsilon");
+  fn("optim.weight_decay", o.weight_decay, "decoupled weight decay (not on biases and LayerNorms)");
+  fn("optim.grad_clip", o.grad_clip, "clip the global gradient norm to this (<= 0: off)");
+  TrainConfig& t = c.train;
+  fn("train.steps", t.steps, "optimiser steps");
+  fn("train.batch_size", t.batch_size, "global sequences per step");
+  fn("train.grad_accum", t.grad_accum, "micro-batches per step on each rank");
+  fn("train.eval_every", t.eval_every, "steps between validation passes (0: at the end only)");
+  fn("train.eval_batches", t.eval_batches, "validation batches per pass (0: whole split)");
+  fn("train.log_every", t.log_every, "steps between console lines");
+  fn("train.seed", t.seed, "data order seed");
+  fn("train.threads", t.threads, "CPU threads per rank (0: cores / ranks per node)");
+  fn("train.out_dir", t.out_dir, "run directory for metrics and the resolved config");
+  fn("train.progress", t.progress, "progress bar when stdout is a terminal");
+  DataConfig& d = c.data;
+  fn("data.path", d.path, "shard directory, or a pattern with {split}");
+  fn("data.headerless", d.headerless, "also accept headerless nanoGPT .bin files");
+  fn("data.train_split", d.train_split, "split name of the training shards");
+  fn("data.val_split", d.val_split, "split name of the validation shards");
+  fn("parallel.ep_size", c.parallel.ep_size, "expert-parallel group size");
+}
+
+template <typename T>
+std::string toml_value(const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return fmt::format("\"{}\"", v);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) s += fmt::format("{}\"{}\"", i ? ", " : "", v[i]);
+    return s + "]";
+  } else {
+    return fmt::format("{}", v);
+  }
+}
+
+}  // namespace
+
+void RunConfig::validate() const {
+  model.validate();
+  optim.validate();
+  auto positive = [](const char* key, std::int64_t v) {
+    RM_CHECK_KIND(Config, v > 0, fmt::format("{} must be positive, got {}", key, v));
+  };
+  positive("train.steps", train.steps);
+  positive("train.batch_size", train.batch_size);
+  positive("train.grad_accum", train.grad_accum);
+  positive("train.log_every", train.log_every);
+  positive("parallel.ep_size", parallel.ep_size);
+  RM_CHECK_KIND(Config, train.eval_every >= 0, fmt::format("train.eval_every must be >= 0, got {}", train.eval_every));
+  RM_CHECK_KIND(Config, train.eval_batches >= 0, fmt::format("train.eval_batches must be >= 0, got {}", train.eval_batches));
+  RM_CHECK_KIND(Config, train.threads >= 0, fmt::format("train.threads must be >= 0, got {}", train.threads));
+  RM_CHECK_KIND(Config, train.batch_size % train.grad_accum == 0,
+                fmt::format("train.batch_size {} is not divisible by train.grad_accum {}",
+                            train.batch_size, train.grad_accum));
+  RM_CHECK_KIND(Config, !train.out_dir.empty(), "train.out_dir must not be empty");
+  RM_CHECK_KIND(Config, !data.path.empty(), "data.path must not be empty");
+  RM_CHECK_KIND(Config, model.n_experts % parallel.ep_size == 0,
+                fmt::format("parallel.ep_size {} does not divide model.n_experts {}", parallel.ep_size,
+                            model.n_experts));
+}
+
+std::string RunConfig::to_toml() const {
+  RunConfig copy = *this;
+  std::string out, section;
+  for_each_key(copy, [&](const char* key, auto& value, const char*) {
+    const std::string k = key;
+    const std::string sec = k.substr(0, k.find('.'));
+    if (sec != section) {
+      out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", sec);
+      section = sec;
+    }
+    out += fmt::format("{} = {}\n", k.substr(k.find('.') + 1), toml_value(value));
+  });
+  return out;
+}
+
+std::string RunConfig::to_json() const {
+  RunConfig copy = *this;
+  std::string out = "{";
+  for_each_key(copy, [&](const char* key, auto& value, const char*) {
+    out += fmt::format("{}\"{}\": {}", out.size() > 1 ? ", " : "", key, toml_value(value));
+  });
+  return out + "}";
+}
+
+void register_run_options(CLI::App& cmd, RunConfig& cfg, std::string& config_path) {
+  cmd.add_option("--config", config_path, "TOML configuration file (sections [model], [optim], "
+                                          "[train], [data], [parallel]; see docs/configuration.md)");
+  for_each_key(cfg, [&](const char* key, auto& value, const char* help) {
+    CLI::Option* opt = cmd.add_option(fmt::format("--{}", key), value, help)->capture_default_str();
+    if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::vector<std::string>>) {
+      opt->delimiter(',');
+    }
+  });
+}
+
+void apply_config_file(CLI::App& cmd, const std::string& path) {
+  if (path.empty()) return;
+  RM_CHECK_KIND(Config, std::filesystem::is_regular_file(path),
+                fmt::format("config file {} does not exist or is not a file", path));
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_file(path);
+  } catch (const CLI::Error& e) {
+    RM_FAIL(Config, fmt::format("{}: cannot parse: {}", path, e.what()));
+  }
+  for (const CLI::ConfigItem& item : items) {
+    if (item.name == "++" || item.name == "--") continue;  // section markers
+    std::string key;
+    for (const std::string& p : item.parents) key += p + ".";
+    key += item.name;
+    CLI::Option* opt = nullptr;
+    try {
+      opt = cmd.get_option("--" + key);
+    } catch (const CLI::Error&) {
+      opt = nullptr;
+    }
+    RM_CHECK_KIND(Config, opt != nullptr && key.find('.') != std::string::npos,
+                  fmt::format("{}: unknown configuration key '{}' (see docs/configuration.md)", path, key));
+    if (opt->count() > 0) continue;  // the command line wins
+    try {
+      for (const std::string& v : item.inputs) opt->add_result(v);
+      opt->run_callback();
+    } catch (const CLI::Error& e) {
+      RM_FAIL(Config, fmt::format("{}: {}: {}", path, key, e.what()));
+    }
+  }
+}
+
+std::vector<std::string> config_keys() {
+  RunConfig cfg;
+  std::vector<std::string> keys;
+  for_each_key(cfg, [&](const char* key, auto&, const char*) { keys.emplace_back(key); });
+  return keys;
+}
+
+}  // namespace routemoe

@@ -1,0 +1,66 @@
+#pragma once
+// The run configuration: TOML file sections [model], [optim], [train], [data], [parallel],
+// each key also settable as --section.key=value (the command line wins over the file).
+// Every key is documented in docs/configuration.md; unknown keys and out-of-range values are
+// errors (Error(Config) naming the key), never ignored.
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "framework/model_config.h"
+#include "framework/optim.h"
+
+namespace routemoe {
+
+struct TrainConfig {
+  std::int64_t steps = 1000;       // optimiser steps
+  std::int64_t batch_size = 8;     // global sequences per step (all ranks, all micro-batches)
+  std::int64_t grad_accum = 1;     // micro-batches per step on each rank
+  std::int64_t eval_every = 100;   // steps between validation passes (0: only at the end)
+  std::int64_t eval_batches = 8;   // validation batches per pass (0: the whole split)
+  std::int64_t log_every = 10;     // steps between console lines
+  std::uint64_t seed = 1;          // data order
+  int threads = 0;                 // CPU threads per rank (0: all cores / ranks on the node)
+  std::string out_dir = "runs/default";  // run directory (must not hold an earlier run)
+  bool progress = true;            // progress bar when stdout is a terminal
+};
+
+struct DataConfig {
+  std::string path = "data/opticks";  // directory of <split>_*.bin shards, or a {split} pattern
+  bool headerless = false;             // also accept headerless nanoGPT .bin files
+  std::string train_split = "train";
+  std::string val_split = "val";
+};
+
+struct ParallelConfig {
+  std::int64_t ep_size = 1;  // expert-parallel group size; divides the world size and n_experts
+};
+
+struct RunConfig {
+  ModelConfig model;
+  OptimConfig optim;
+  TrainConfig train;
+  DataConfig data;
+  ParallelConfig parallel;
+
+  // Checks every section (Error(Config) naming the key).
+  void validate() const;
+  // The resolved configuration as TOML (saved in the run directory) and as one-line JSON.
+  std::string to_toml() const;
+  std::string to_json() const;
+};
+
+// Adds a --section.key option for every configuration key to `cmd`, bound to `cfg`, plus
+// --config FILE. After parsing the command line, call apply_config_file.
+void register_run_options(CLI::App& cmd, RunConfig& cfg, std::string& config_path);
+// Reads the TOML file (if `path` is non-empty) into the options of `cmd` that were not given on
+// the command line. Unknown keys, malformed files and invalid values throw Error(Config)
+// naming the file and the key.
+void apply_config_file(CLI::App& cmd, const std::string& path);
+// Every configuration key as "section.key" (for the documentation test).
+std::vector<std::string> config_keys();
+
+}  // namespace routemoe

@@ -1,0 +1,201 @@
+#include "framework/train/trainer.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "framework/cpu/kernels.h"
+#include "framework/data.h"
+#include "framework/error.h"
+#include "framework/optim.h"
+#include "framework/timer.h"
+#include "layers/model.h"
+
+namespace routemoe {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string json_loads(const std::vector<MoeLayerStats>& moe) {
+  std::string s = "[";
+  for (std::size_t m = 0; m < moe.size(); ++m) s += fmt::format("{}[{}]", m ? ", " : "", fmt::join(moe[m].load, ", "));
+  return s + "]";
+}
+
+// Mean validation cross-entropy over `max_batches` sequential batches (0: all).
+double evaluate(Model& model, const BatchLoader& val, std::int64_t max_batches) {
+  const std::vector<Batch> batches = val.eval_batches(max_batches);
+  double sum = 0;
+  std::int64_t tokens = 0;
+  for (const Batch& b : batches) {
+    const StepStats s = model.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len);
+    sum += s.ce_loss * static_cast<double>(s.tokens);
+    tokens += s.tokens;
+  }
+  return tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
+}
+
+class ProgressBar {
+ public:
+  ProgressBar(bool enabled, std::int64_t total) : enabled_(enabled && isatty(STDOUT_FILENO) == 1), total_(total) {}
+  void update(std::int64_t done, const std::string& text) {
+    if (!enabled_) return;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * done / std::max<std::int64_t>(1, total_));
+    std::printf("\r[%s%s] %3d%% %s\033[K", std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                std::string(static_cast<std::size_t>(kWidth - filled), '.').c_str(),
+                static_cast<int>(100 * done / std::max<std::int64_t>(1, total_)), text.c_str());
+    std::fflush(stdout);
+  }
+  // Clears the bar so that a normal line can be printed.
+  void clear() {
+    if (enabled_) std::printf("\r\033[K");
+  }
+
+ private:
+  bool enabled_;
+  std::int64_t total_;
+};
+
+}  // namespace
+
+double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size) {
+  std::vector<double> count(static_cast<std::size_t>(vocab_size), 0.0);
+  for (std::uint16_t t : tokens) count[t] += 1;
+  double h = 0;
+  const auto n = static_cast<double>(tokens.size());
+  for (double c : count) {
+    if (c > 0) h -= c / n * std::log(c / n);
+  }
+  return h;
+}
+
+TrainSummary run_training(const RunConfig& cfg) {
+  cfg.validate();
+  RM_CHECK_KIND(Config, cfg.parallel.ep_size == 1,
+                fmt::format("parallel.ep_size = {} needs a multi-rank launch (mpirun)", cfg.parallel.ep_size));
+  if (cfg.train.threads > 0) cpu::set_num_threads(cfg.train.threads);
+  const TrainConfig& tc = cfg.train;
+  const ModelConfig& mc = cfg.model;
+
+  // Run directory: never reuse one that holds an earlier run.
+  const fs::path out(tc.out_dir);
+  RM_CHECK_KIND(Config, !fs::exists(out / "metrics.jsonl"),
+                fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose another directory",
+                            tc.out_dir));
+  fs::create_directories(out);
+  {
+    std::ofstream f(out / "config.toml");
+    f << cfg.to_toml();
+    RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", (out / "config.toml").string()));
+  }
+  std::ofstream metrics(out / "metrics.jsonl");
+  RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
+
+  // Data.
+  const int vocab = static_cast<int>(mc.vocab_size);
+  TokenDataset train_data(cfg.data.path, cfg.data.train_split, vocab, cfg.data.headerless);
+  TokenDataset val_data(cfg.data.path, cfg.data.val_split, vocab, cfg.data.headerless);
+  BatchLoaderOptions lo;
+  lo.batch_size = tc.batch_size;
+  lo.seq_len = mc.seq_len;
+  lo.seed = tc.seed;
+  BatchLoader train_loader(train_data, lo);
+  BatchLoader val_loader(val_data, lo);
+
+  TrainSummary summary;
+  summary.out_dir = tc.out_dir;
+  summary.unigram_entropy = unigram_entropy(train_data.tokens(), mc.vocab_size);
+
+  Model model(mc);
+  AdamW optimizer(model.params(), cfg.optim);
+  fmt::print("routemoe train: {} parameters, {} layers ({} MoE, routers {}), {} experts top-{}\n",
+             model.params().numel(), mc.n_layers, mc.n_moe_layers(), fmt::join(mc.expanded_routers(), ","),
+             mc.n_experts, mc.top_k);
+  fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
+             train_data.size(), val_data.size(), cfg.data.path, summary.unigram_entropy);
+  fmt::print("run directory: {}\n", tc.out_dir);
+  std::fflush(stdout);
+
+  const std::int64_t micro = tc.batch_size / tc.grad_accum;
+  const std::int64_t tokens_per_step = tc.batch_size * mc.seq_len;
+  ProgressBar bar(tc.progress, tc.steps);
+  Timer run_timer, interval_timer;
+  double interval_loss = 0;
+  std::int64_t interval_steps = 0;
+  bool have_val = false;
+  for (std::int64_t step = 0; step < tc.steps; ++step) {
+    model.params().zero_grads();
+    StepStats agg;
+    for (std::int64_t a = 0; a < tc.grad_accum; ++a) {
+      const Batch b = train_loader.batch_at(step, a * micro, micro);
+      const StepStats s = model.forward_backward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len,
+                                                 1.0 / static_cast<double>(tc.grad_accum));
+      agg.loss += s.loss / static_cast<double>(tc.grad_accum);
+      agg.ce_loss += s.ce_loss / static_cast<double>(tc.grad_accum);
+      agg.aux_loss += s.aux_loss / static_cast<double>(tc.grad_accum);
+      if (a == 0) {
+        agg.moe = s.moe;
+      } else {
+        for (std::size_t m = 0; m < s.moe.size(); ++m) {
+          for (std::size_t e = 0; e < s.moe[m].load.size(); ++e) agg.moe[m].load[e] += s.moe[m].load[e];
+        }
+      }
+    }
+    RM_CHECK_KIND(Data, std::isfinite(agg.loss), fmt::format("training loss became {} at step {}", agg.loss, step));
+    const double grad_norm = std::sqrt(local_grad_sq_norm(model.params()));
+    clip_grads(model.params(), cfg.optim.grad_clip, grad_norm);
+    const double lr = lr_at(cfg.optim, step, tc.steps);
+    optimizer.step(lr);
+    if (step == 0) summary.first_loss = agg.loss;
+    interval_loss += agg.loss;
+    ++interval_steps;
+    const double elapsed = run_timer.seconds();
+    const double tok_s = static_cast<double>((step + 1) * tokens_per_step) / elapsed;
+    metrics << fmt::format(
+        "{{\"step\": {}, \"epoch\": {}, \"loss\": {:.6f}, \"ce_loss\": {:.6f}, \"aux_loss\": {:.6f}, "
+        "\"lr\": {:.6e}, \"grad_norm\": {:.6f}, \"tokens_per_s\": {:.1f}, \"expert_load\": {}}}\n",
+        step, train_loader.epoch_of_step(step), agg.loss, agg.ce_loss, agg.aux_loss, lr, grad_norm,
+        tok_s, json_loads(agg.moe));
+    summary.expert_load.clear();
+    for (const MoeLayerStats& m : agg.moe) summary.expert_load.push_back(m.load);
+
+    const bool last = step + 1 == tc.steps;
+    const bool do_eval = last || (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0);
+    std::string val_text;
+    if (do_eval) {
+      summary.final_val_loss = evaluate(model, val_loader, tc.eval_batches);
+      summary.best_val_loss = have_val ? std::min(summary.best_val_loss, summary.final_val_loss)
+                                       : summary.final_val_loss;
+      have_val = true;
+      metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}}}\n", step, summary.final_val_loss);
+      val_text = fmt::format(" | val {:.4f}", summary.final_val_loss);
+    }
+    metrics.flush();
+    if ((step + 1) % tc.log_every == 0 || last || do_eval) {
+      const double mean = interval_loss / static_cast<double>(interval_steps);
+      const double itok = static_cast<double>(interval_steps * tokens_per_step) / interval_timer.seconds();
+      bar.clear();
+      fmt::print("step {:>6}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s{}\n",
+                 step + 1, tc.steps, mean, agg.aux_loss, lr, grad_norm, itok, val_text);
+      std::fflush(stdout);
+      summary.final_loss = mean;
+      interval_loss = 0;
+      interval_steps = 0;
+      interval_timer.restart();
+    }
+    bar.update(step + 1, fmt::format("step {}/{} loss {:.4f}", step + 1, tc.steps, agg.loss));
+  }
+  bar.clear();
+  summary.steps = tc.steps;
+  summary.seconds = run_timer.seconds();
+  summary.tokens_per_s = static_cast<double>(tc.steps * tokens_per_step) / summary.seconds;
+  return summary;
+}
+
+}  // namespace routemoe
