@@ -19,6 +19,13 @@ void init_mpi(int* argc, char*** argv) {
   RM_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
 }
 
+bool launched_by_mpi() noexcept {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"}) {
+    if (std::getenv(v) != nullptr) return true;
+  }
+  return false;
+}
+
 bool mpi_active() noexcept {
   int initialized = 0;
   int finalized = 0;
@@ -42,9 +49,24 @@ int world_size() noexcept {
   return s;
 }
 
+int ranks_on_node() {
+  if (!mpi_active()) return 1;
+  MPI_Comm node = MPI_COMM_NULL;
+  RM_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int n = 1;
+  RM_MPI_CHECK(MPI_Comm_size(node, &n));
+  RM_MPI_CHECK(MPI_Comm_free(&node));
+  return n;
+}
+
 void abort_world(int code) noexcept {
   std::fflush(stdout);
   std::fflush(stderr);
+  if (mpi_active() && world_size() == 1) {
+    // A single process has no peers to release: finish MPI cleanly, then exit.
+    MPI_Finalize();
+    std::_Exit(code);
+  }
   if (mpi_active() && world_size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);
 }

@@ -9,11 +9,16 @@ namespace routemoe::comm {
 void init_mpi(int* argc, char*** argv);
 // MPI_Finalize if MPI is initialised and not yet finalised (a collective: every rank calls it).
 void finalize_mpi();
+// True when the environment shows an MPI launcher (mpirun, srun): then commands start MPI;
+// a plain `routemoe train` runs as one process without MPI.
+bool launched_by_mpi() noexcept;
 // True between init_mpi and finalize_mpi.
 bool mpi_active() noexcept;
 // MPI_COMM_WORLD rank and size (0 and 1 when MPI is not active).
 int world_rank() noexcept;
 int world_size() noexcept;
+// Ranks of MPI_COMM_WORLD on this node (1 when MPI is not active). Collective when active.
+int ranks_on_node();
 // Ends all ranks with `code` (MPI_Abort when MPI is active and has more than one rank, else
 // std::exit). Never returns.
 [[noreturn]] void abort_world(int code) noexcept;

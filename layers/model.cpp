@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "comm/communicator.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
@@ -51,15 +52,25 @@ struct Model::Block {
   float* fc_act = nullptr;
 };
 
-Model::Model(const ModelConfig& config) : config_(config), activations_("activations", Device::CPU) {
+Model::Model(const ModelConfig& config, comm::Communicator* ep)
+    : config_(config), ep_(ep), activations_("activations", Device::CPU) {
   config_.validate();
+  const int ep_size = ep != nullptr ? ep->size() : 1;
+  const int ep_rank = ep != nullptr ? ep->rank() : 0;
+  RM_CHECK_KIND(Config, config_.n_experts % ep_size == 0,
+                fmt::format("model.n_experts {} is not divisible by the expert-parallel size {}",
+                            config_.n_experts, ep_size));
+  const std::int64_t local_experts = config_.n_experts / ep_size;
+  const std::int64_t first_expert = ep_rank * local_experts;
   const ModelConfig& c = config_;
   const std::int64_t d = c.d_model, V = c.vocab_size, F = c.d_ff, E = c.n_experts;
   const float proj_std = static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layers)));
   const InitSpec normal02{InitKind::Normal, 0.02f}, ones{InitKind::Ones, 0}, zeros{InitKind::Zeros, 0};
   const InitSpec proj{InitKind::Normal, proj_std};
   auto declare = [&](const std::string& name, Shape shape, InitSpec init, bool expert = false) {
-    return params_.declare(name, std::move(shape), init, !is_no_decay(name), expert);
+    return expert ? params_.declare(name, std::move(shape), init, !is_no_decay(name), true,
+                                    first_expert, local_experts)
+                  : params_.declare(name, std::move(shape), init, !is_no_decay(name));
   };
   declare("wte", {V, d}, normal02);
   declare("wpe", {c.seq_len, d}, InitSpec{InitKind::Normal, 0.01f});
@@ -80,7 +91,7 @@ Model::Model(const ModelConfig& config) : config_(config), activations_("activat
       b->moe_index = moe_index;
       b->router = c.effective_router(moe_index);
       if (b->router == RouterKind::AC) {
-        b->emb = params_.declare(p + "moe.expert_emb", {E, d}, InitSpec{InitKind::Orthogonal, 0.32f}, true);
+        b->emb = declare(p + "moe.expert_emb", {E, d}, InitSpec{InitKind::Orthogonal, 0.32f});
       } else {
         b->gate = declare(p + "moe.gate.weight", {E, d}, normal02);
       }
@@ -181,7 +192,7 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
       if (b.gate != SIZE_MAX) w.gate = P(b.gate);
       if (b.emb != SIZE_MAX) w.expert_emb = P(b.emb);
       w.w1 = P(b.w1); w.b1 = P(b.b1); w.w2 = P(b.w2); w.b2 = P(b.b2);
-      layers::moe_forward<float>(mdims, opts, w, b.ln2, b.avg_probs, prev_top1, branch, b.moe, A);
+      layers::moe_forward<float>(mdims, opts, w, {b.ln2, b.avg_probs, prev_top1, nullptr, ep_}, branch, b.moe, A);
       prev_top1 = b.moe.top1;
       MoeLayerStats ms;
       ms.layer = b.index;
@@ -255,7 +266,7 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
       w.w1 = P(b.w1); w.b1 = P(b.b1); w.w2 = P(b.w2); w.b2 = P(b.b2);
       g.w1 = G(b.w1); g.b1 = G(b.b1); g.w2 = G(b.w2); g.b2 = G(b.b2);
       if (b.avg_probs != nullptr) d_avg = alloc_zeroed<float>(A, batch * seq * seq);
-      layers::moe_backward<float>(mdims, opts, w, g, b.ln2, b.avg_probs, b.moe, dx, du, d_avg, A);
+      layers::moe_backward<float>(mdims, opts, w, g, {b.ln2, b.avg_probs, nullptr, nullptr, ep_}, b.moe, dx, du, d_avg, A);
     } else {
       float* dact = alloc_array<float>(A, N * F);
       cpu::linear_backward<float>(dx, b.fc_act, P(b.fcp_w), dact, G(b.fcp_w), G(b.fcp_b), N, F, d);

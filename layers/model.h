@@ -14,6 +14,10 @@
 
 namespace routemoe {
 
+namespace comm {
+class Communicator;
+}
+
 struct MoeLayerStats {
   std::int64_t layer = 0;            // block index
   RouterKind router = RouterKind::TopK;
@@ -45,7 +49,9 @@ struct RoutingView {
 
 class Model {
  public:
-  explicit Model(const ModelConfig& config);
+  // `ep`: the expert-parallel group (null: all experts on this process). The model holds
+  // experts [rank*E/P, (rank+1)*E/P) of every MoE layer; forward/backward are collective over ep.
+  explicit Model(const ModelConfig& config, comm::Communicator* ep = nullptr);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
   ~Model();
@@ -73,6 +79,7 @@ class Model {
                 std::int64_t seq, bool backward, double grad_scale, float* logits_out);
 
   ModelConfig config_;
+  comm::Communicator* ep_ = nullptr;
   ParamStore params_;
   std::vector<std::unique_ptr<Block>> blocks_;
   Arena activations_;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "comm/communicator.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
@@ -132,10 +133,112 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
   }
 }
 
+namespace {
+
+bool expert_parallel(const comm::Communicator* ep) { return ep != nullptr && ep->size() > 1; }
+
+// Builds the exchange plan from the per-expert slot counts (collective over the ep group).
+template <typename T>
+void plan_exchange(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, Arena& arena) {
+  const int P = ep.size();
+  const std::int64_t L = E / P;
+  c.ep_size = P;
+  c.local_experts = L;
+  std::int64_t* counts = alloc_array<std::int64_t>(arena, E);
+  for (std::int64_t e = 0; e < E; ++e) counts[e] = c.expert_offset[e + 1] - c.expert_offset[e];
+  std::int64_t* recv_counts = alloc_array<std::int64_t>(arena, E);  // [src][l]
+  ep.all_to_all(counts, recv_counts, L, comm::DataType::I64);
+  c.send_rows = alloc_zeroed<std::int64_t>(arena, P);
+  c.recv_rows = alloc_zeroed<std::int64_t>(arena, P);
+  for (int p = 0; p < P; ++p) {
+    for (std::int64_t l = 0; l < L; ++l) {
+      c.send_rows[p] += counts[p * L + l];
+      c.recv_rows[p] += recv_counts[p * L + l];
+    }
+  }
+  std::vector<std::int64_t> src_begin(static_cast<std::size_t>(P) + 1, 0);
+  for (int p = 0; p < P; ++p) src_begin[static_cast<std::size_t>(p) + 1] = src_begin[static_cast<std::size_t>(p)] + c.recv_rows[p];
+  c.owner_rows = src_begin[static_cast<std::size_t>(P)];
+  c.local_offset = alloc_array<std::int64_t>(arena, L + 1);
+  c.owner_perm = alloc_array<std::int32_t>(arena, c.owner_rows);
+  std::int64_t pos = 0;
+  for (std::int64_t l = 0; l < L; ++l) {
+    c.local_offset[l] = pos;
+    for (int p = 0; p < P; ++p) {
+      std::int64_t start = src_begin[static_cast<std::size_t>(p)];
+      for (std::int64_t l2 = 0; l2 < l; ++l2) start += recv_counts[p * L + l2];
+      for (std::int64_t r = 0; r < recv_counts[p * L + l]; ++r) c.owner_perm[pos++] = static_cast<std::int32_t>(start + r);
+    }
+  }
+  c.local_offset[L] = pos;
+}
+
+// Slot-order rows [S, width] -> expert-major rows on the owners [R, width].
+template <typename T>
+void to_owners(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows,
+               std::int64_t width, Arena& arena) {
+  const int P = c.ep_size;
+  std::vector<std::int64_t> sc(static_cast<std::size_t>(P)), sd(static_cast<std::size_t>(P)), rc(static_cast<std::size_t>(P)), rd(static_cast<std::size_t>(P));
+  std::int64_t so = 0, ro = 0;
+  for (int p = 0; p < P; ++p) {
+    const auto i = static_cast<std::size_t>(p);
+    sc[i] = c.send_rows[p] * width;
+    sd[i] = so;
+    so += sc[i];
+    rc[i] = c.recv_rows[p] * width;
+    rd[i] = ro;
+    ro += rc[i];
+  }
+  T* recv = alloc_array<T>(arena, c.owner_rows * width);
+  comm::all_to_all_v<T>(ep, slot_rows, sc.data(), sd.data(), recv, rc.data(), rd.data());
+  cpu::gather_rows_forward<T>(recv, c.owner_perm, owner_rows, c.owner_rows, c.owner_rows, width);
+}
+
+// Expert-major rows on the owners [R, width] -> slot-order rows back on the sources [S, width].
+template <typename T>
+void to_sources(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows,
+                std::int64_t width, Arena& arena) {
+  const int P = c.ep_size;
+  std::vector<std::int64_t> sc(static_cast<std::size_t>(P)), sd(static_cast<std::size_t>(P)), rc(static_cast<std::size_t>(P)), rd(static_cast<std::size_t>(P));
+  std::int64_t so = 0, ro = 0;
+  for (int p = 0; p < P; ++p) {
+    const auto i = static_cast<std::size_t>(p);
+    sc[i] = c.recv_rows[p] * width;
+    sd[i] = so;
+    so += sc[i];
+    rc[i] = c.send_rows[p] * width;
+    rd[i] = ro;
+    ro += rc[i];
+  }
+  T* send = alloc_array<T>(arena, c.owner_rows * width);
+  // Inverse of the owner permutation: received-order row owner_perm[i] <- expert-major row i.
+  std::fill(send, send + c.owner_rows * width, T(0));
+  cpu::scatter_add_rows_forward<T>(owner_rows, c.owner_perm, nullptr, send, c.owner_rows, c.owner_rows, width);
+  comm::all_to_all_v<T>(ep, send, sc.data(), sd.data(), slot_rows, rc.data(), rd.data());
+}
+
+// The local experts over their contiguous row blocks: one GEMM pair per expert.
+template <typename T>
+void experts_forward(const MoeDims& dims, const MoeWeights<T>& w, MoeCache<T>& c) {
+  const std::int64_t d = dims.d, F = dims.d_ff;
+  for (std::int64_t e = 0; e < c.local_experts; ++e) {
+    const std::int64_t s0 = c.local_offset[e], rows = c.local_offset[e + 1] - s0;
+    if (rows == 0) continue;
+    cpu::linear_forward<T>(c.ex_in + s0 * d, w.w1 + e * F * d, w.b1 + e * F, c.h_pre + s0 * F, rows, d, F);
+    cpu::gelu_forward<T>(c.h_pre + s0 * F, c.h_act + s0 * F, rows * F);
+    cpu::linear_forward<T>(c.h_act + s0 * F, w.w2 + e * d * F, w.b2 + e * d, c.ex_out + s0 * d, rows, F, d);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
-                 const T* u, const T* attn_avg, const std::int32_t* prev_top1, T* y,
-                 MoeCache<T>& cache, Arena& arena, const T* ac_scale) {
+                 const MoeInputs<T>& in, T* y, MoeCache<T>& cache, Arena& arena) {
+  const T* u = in.u;
+  const T* attn_avg = in.attn_avg;
+  const std::int32_t* prev_top1 = in.prev_top1;
+  const T* ac_scale = in.ac_scale;
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, K = dims.top_k, F = dims.d_ff;
   RM_CHECK(K >= 1 && K <= E, fmt::format("top_k {} with {} experts", K, E));
   MoeCache<T>& c = cache;
@@ -264,18 +367,30 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
     }
   }
 
-  // --- Experts: one GEMM pair per expert over its contiguous rows ----------------------------
+  // --- Experts: exchange to the owning ranks, one GEMM pair per expert, exchange back ------
   c.x_in = alloc_array<T>(arena, S * d);
-  c.h_pre = alloc_array<T>(arena, S * F);
-  c.h_act = alloc_array<T>(arena, S * F);
-  c.y_out = alloc_array<T>(arena, S * d);
   cpu::gather_rows_forward<T>(u, c.slot_token, c.x_in, S, N, d);
-  for (std::int64_t e = 0; e < E; ++e) {
-    const std::int64_t s0 = c.expert_offset[e], rows = c.expert_offset[e + 1] - s0;
-    if (rows == 0) continue;
-    cpu::linear_forward<T>(c.x_in + s0 * d, w.w1 + e * F * d, w.b1 + e * F, c.h_pre + s0 * F, rows, d, F);
-    cpu::gelu_forward<T>(c.h_pre + s0 * F, c.h_act + s0 * F, rows * F);
-    cpu::linear_forward<T>(c.h_act + s0 * F, w.w2 + e * d * F, w.b2 + e * d, c.y_out + s0 * d, rows, F, d);
+  if (expert_parallel(in.ep)) {
+    RM_CHECK(E % in.ep->size() == 0, fmt::format("{} experts over {} expert-parallel ranks", E, in.ep->size()));
+    plan_exchange<T>(c, *in.ep, E, arena);
+    c.ex_in = alloc_array<T>(arena, c.owner_rows * d);
+    to_owners<T>(c, *in.ep, c.x_in, c.ex_in, d, arena);
+  } else {
+    c.local_experts = E;
+    c.owner_rows = S;
+    c.local_offset = c.expert_offset;
+    c.ex_in = c.x_in;
+  }
+  const std::int64_t R = c.owner_rows;
+  c.h_pre = alloc_array<T>(arena, R * F);
+  c.h_act = alloc_array<T>(arena, R * F);
+  c.ex_out = alloc_array<T>(arena, R * d);
+  experts_forward<T>(dims, w, c);
+  if (expert_parallel(in.ep)) {
+    c.y_out = alloc_array<T>(arena, S * d);
+    to_sources<T>(c, *in.ep, c.ex_out, c.y_out, d, arena);
+  } else {
+    c.y_out = c.ex_out;
   }
   // --- Combine -----------------------------------------------------------------------------
   zero(y, N * d);
@@ -284,25 +399,39 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
 
 template <typename T>
 void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
-                  const MoeGrads<T>& g, const T* u, const T* attn_avg, const MoeCache<T>& c,
+                  const MoeGrads<T>& g, const MoeInputs<T>& in, const MoeCache<T>& c,
                   const T* dy, T* du, T* d_attn_avg, Arena& arena) {
+  const T* u = in.u;
+  const T* attn_avg = in.attn_avg;
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, K = dims.top_k, F = dims.d_ff;
   const std::int64_t S = c.slots;
   // --- Combine: d y_out[s] = gate_s * dy[token_s], d gate_s = <dy[token_s], y_out[s]> -------
   T* dy_out = alloc_array<T>(arena, S * d);
   T* dslot_gate = alloc_array<T>(arena, S);
   cpu::scatter_add_rows_backward<T>(dy, c.slot_token, c.y_out, c.slot_gate, dy_out, dslot_gate, S, N, d);
-  // --- Experts -----------------------------------------------------------------------------
-  T* dh = alloc_array<T>(arena, S * F);
-  T* dx_in = alloc_array<T>(arena, S * d);
-  for (std::int64_t e = 0; e < E; ++e) {
-    const std::int64_t s0 = c.expert_offset[e], rows = c.expert_offset[e + 1] - s0;
+  // --- Experts (on the owners) ------------------------------------------------------------
+  const bool ep = expert_parallel(in.ep);
+  const std::int64_t R = c.owner_rows;
+  T* dex_out = dy_out;
+  if (ep) {
+    dex_out = alloc_array<T>(arena, R * d);
+    to_owners<T>(c, *in.ep, dy_out, dex_out, d, arena);
+  }
+  T* dh = alloc_array<T>(arena, R * F);
+  T* dex_in = alloc_array<T>(arena, R * d);
+  for (std::int64_t e = 0; e < c.local_experts; ++e) {
+    const std::int64_t s0 = c.local_offset[e], rows = c.local_offset[e + 1] - s0;
     if (rows == 0) continue;
-    cpu::linear_backward<T>(dy_out + s0 * d, c.h_act + s0 * F, w.w2 + e * d * F, dh + s0 * F,
+    cpu::linear_backward<T>(dex_out + s0 * d, c.h_act + s0 * F, w.w2 + e * d * F, dh + s0 * F,
                             g.w2 + e * d * F, g.b2 + e * d, rows, F, d);
     cpu::gelu_backward<T>(c.h_pre + s0 * F, dh + s0 * F, dh + s0 * F, rows * F);
-    cpu::linear_backward<T>(dh + s0 * F, c.x_in + s0 * d, w.w1 + e * F * d, dx_in + s0 * d,
+    cpu::linear_backward<T>(dh + s0 * F, c.ex_in + s0 * d, w.w1 + e * F * d, dex_in + s0 * d,
                             g.w1 + e * F * d, g.b1 + e * F, rows, d, F);
+  }
+  T* dx_in = dex_in;
+  if (ep) {
+    dx_in = alloc_array<T>(arena, S * d);
+    to_sources<T>(c, *in.ep, dex_in, dx_in, d, arena);
   }
   zero(du, N * d);
   cpu::gather_rows_backward<T>(dx_in, c.slot_token, du, S, N, d);
@@ -401,11 +530,10 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
 #define RM_INSTANTIATE(T)                                                                      \
   template void topk_rows<T>(const T*, std::int32_t*, std::int64_t, std::int64_t, std::int64_t); \
   template void moe_forward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,     \
-                               const T*, const T*, const std::int32_t*, T*, MoeCache<T>&,     \
-                               Arena&, const T*);                                             \
+                               const MoeInputs<T>&, T*, MoeCache<T>&, Arena&);                \
   template void ac_feature_weights<T>(const MoeDims&, const T*, const std::int32_t*, T*);     \
   template void moe_backward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,   \
-                                const MoeGrads<T>&, const T*, const T*, const MoeCache<T>&,   \
+                                const MoeGrads<T>&, const MoeInputs<T>&, const MoeCache<T>&,  \
                                 const T*, T*, T*, Arena&);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)

@@ -12,6 +12,10 @@
 #include "framework/arena.h"
 #include "framework/model_config.h"
 
+namespace routemoe::comm {
+class Communicator;
+}
+
 namespace routemoe::layers {
 
 struct MoeDims {
@@ -33,6 +37,19 @@ struct RouterOptions {
   double z_coef = 0.0;                 // router z-loss coefficient
 };
 
+// Inputs of the layer besides the parameters.
+template <typename T>
+struct MoeInputs {
+  const T* u = nullptr;                      // [N, d] router and expert input (LN2 output)
+  const T* attn_avg = nullptr;               // [B, T, T] head-averaged attention (attention router)
+  const std::int32_t* prev_top1 = nullptr;   // [N] previous MoE layer's first choices (ac)
+  const T* ac_scale = nullptr;               // [N, d] fixed AC weights (gradient checks), else null
+  // Expert-parallel group: rank q of P owns experts [q*E/P, (q+1)*E/P) and the weights in
+  // MoeWeights are that shard. Null (or size 1): all experts are local.
+  comm::Communicator* ep = nullptr;
+};
+
+// Expert weights hold the local experts only: [E_local, ...] with E_local = E / ep size.
 template <typename T>
 struct MoeWeights {
   const T* gate = nullptr;        // [E, d]  (topk, similarity, attention)
@@ -72,30 +89,40 @@ struct MoeCache {
   std::uint8_t* kept = nullptr;    // [N, k] 1 when the slot survived the capacity limit
   std::int32_t* top1 = nullptr;    // [N] first chosen expert
   T* top1_frac = nullptr;          // [E] f_e
-  // Dispatch (slots sorted by expert, then by token).
-  std::int64_t slots = 0;               // S kept slots
+  // Dispatch on the token side (slots sorted by global expert, then by token).
+  std::int64_t slots = 0;                 // S kept slots
   std::int64_t* expert_offset = nullptr;  // [E + 1] first slot of each expert
-  std::int32_t* slot_token = nullptr;   // [S] token of each slot
-  std::int32_t* slot_pos = nullptr;     // [S] i * k + j of each slot
-  T* slot_gate = nullptr;               // [S]
-  T* x_in = nullptr;                    // [S, d]   expert inputs
-  T* h_pre = nullptr;                   // [S, d_ff] before GELU
-  T* h_act = nullptr;                   // [S, d_ff] after GELU
-  T* y_out = nullptr;                   // [S, d]   expert outputs
+  std::int32_t* slot_token = nullptr;     // [S] token of each slot
+  std::int32_t* slot_pos = nullptr;       // [S] i * k + j of each slot
+  T* slot_gate = nullptr;                 // [S]
+  T* x_in = nullptr;                      // [S, d] expert inputs in slot order
+  T* y_out = nullptr;                     // [S, d] expert outputs in slot order
+  // Expert side: the rows this rank's experts process, grouped by local expert, then by source
+  // rank, then in slot order (one contiguous block per expert). Without expert parallelism
+  // these alias the slot-order buffers.
+  std::int64_t local_experts = 0;         // E_local
+  std::int64_t owner_rows = 0;            // R rows received for the local experts
+  std::int64_t* local_offset = nullptr;   // [E_local + 1]
+  T* ex_in = nullptr;                     // [R, d]
+  T* h_pre = nullptr;                     // [R, d_ff] before GELU
+  T* h_act = nullptr;                     // [R, d_ff] after GELU
+  T* ex_out = nullptr;                    // [R, d]
+  // Exchange plan (expert parallelism only).
+  int ep_size = 1;
+  std::int64_t* send_rows = nullptr;      // [P] slots sent to each ep rank
+  std::int64_t* recv_rows = nullptr;      // [P] rows received from each ep rank
+  std::int32_t* owner_perm = nullptr;     // [R] expert-major position -> received row
   // Loss terms of this layer (already multiplied by nothing: raw values).
   double switch_loss = 0.0;  // E * sum_e f_e P_e
   double z_loss = 0.0;       // mean_i lse_i^2
   std::int64_t dropped = 0;  // slots dropped by the capacity limit
 };
 
-// y[N, d] = MoE(u[N, d]) (overwritten). attn_avg [B, T, T] is required for the attention
-// router, prev_top1 [N] for ac (the previous MoE layer's first choices). ac_scale [N, d], when
-// given, replaces the AC feature weights computed from prev_top1 (gradient checks hold M fixed,
-// as the backward does).
+// y[N, d] = MoE(u[N, d]) (overwritten); see MoeInputs. With expert parallelism every rank of
+// the ep group must call this collectively (two all-to-all exchanges).
 template <typename T>
 void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
-                 const T* u, const T* attn_avg, const std::int32_t* prev_top1, T* y,
-                 MoeCache<T>& cache, Arena& arena, const T* ac_scale = nullptr);
+                 const MoeInputs<T>& in, T* y, MoeCache<T>& cache, Arena& arena);
 
 // AC feature weights M[N, d] from u[N, d] and the previous layer's top-1 assignment (docs/model.md).
 template <typename T>
@@ -106,7 +133,7 @@ void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* pre
 // parameter gradients += into g.
 template <typename T>
 void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
-                  const MoeGrads<T>& g, const T* u, const T* attn_avg, const MoeCache<T>& cache,
+                  const MoeGrads<T>& g, const MoeInputs<T>& in, const MoeCache<T>& cache,
                   const T* dy, T* du, T* d_attn_avg, Arena& arena);
 
 // Top-k of each row of x[n, e]: the k largest entries, best first, ties to the lower index.

@@ -19,5 +19,7 @@ Runner register_prepare(CLI::App& app);
 
 // `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
 Runner register_bench_gemm(CLI::App& bench);
+// `routemoe bench train`: training-step tokens/s vs the PyTorch reference, per router.
+Runner register_bench_train(CLI::App& bench);
 
 }  // namespace routemoe::cli

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks (not tests): print measured figures");
   bench->require_subcommand(1);
   routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
+  routemoe::cli::Runner run_bench_train = routemoe::cli::register_bench_train(*bench);
 
   try {
     app.parse(argc, argv);
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("train")) rc = run_train();
     if (app.got_subcommand("prepare")) rc = run_prepare();
     if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
+    if (bench->got_subcommand("train")) rc = run_bench_train();
     routemoe::comm::finalize_mpi();
     return rc;
   } catch (const std::exception& e) {

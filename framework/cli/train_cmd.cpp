@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "comm/communicator.h"
+#include "comm/mpi_runtime.h"
 #include "framework/cli/commands.h"
 #include "framework/config.h"
 #include "framework/data.h"
@@ -19,7 +21,16 @@ Runner register_train(CLI::App& app) {
   register_run_options(*cmd, st->cfg, st->config_path);
   return [st, cmd]() {
     apply_config_file(*cmd, st->config_path);
-    const TrainSummary s = run_training(st->cfg);
+    std::unique_ptr<comm::Communicator> world;
+    if (comm::launched_by_mpi()) {
+      comm::init_mpi(nullptr, nullptr);
+      world = comm::make_mpi_world();
+    } else {
+      world = comm::make_self();
+    }
+    comm::ProcessGroups groups = comm::ProcessGroups::create(std::move(world), static_cast<int>(st->cfg.parallel.ep_size));
+    const TrainSummary s = run_training(st->cfg, groups);
+    if (groups.world->rank() != 0) return 0;
     fmt::print("\nsummary: {} steps in {:.1f} s, {:.0f} tokens/s\n", s.steps, s.seconds, s.tokens_per_s);
     fmt::print("  train loss {:.4f} (step 1: {:.4f})\n", s.final_loss, s.first_loss);
     fmt::print("  val loss   {:.4f} (best {:.4f}); unigram entropy {:.4f} nats\n", s.final_val_loss,

@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include "comm/mpi_runtime.h"
 #include "framework/cpu/kernels.h"
 #include "framework/data.h"
 #include "framework/error.h"
@@ -27,17 +29,26 @@ std::string json_loads(const std::vector<MoeLayerStats>& moe) {
   return s + "]";
 }
 
-// Mean validation cross-entropy over `max_batches` sequential batches (0: all).
-double evaluate(Model& model, const BatchLoader& val, std::int64_t max_batches) {
-  const std::vector<Batch> batches = val.eval_batches(max_batches);
-  double sum = 0;
-  std::int64_t tokens = 0;
+// Mean validation cross-entropy over `max_batches` sequential batches (0: all); each rank takes
+// its rows of every batch.
+double evaluate(Model& model, const BatchLoader& val, std::int64_t max_batches,
+                comm::Communicator& world) {
+  const std::int64_t rows = val.options().batch_size / world.size();
+  const std::vector<Batch> batches = val.eval_batches(max_batches, world.rank() * rows, rows);
+  double acc[2] = {0.0, 0.0};  // sum of token losses, tokens
   for (const Batch& b : batches) {
     const StepStats s = model.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len);
-    sum += s.ce_loss * static_cast<double>(s.tokens);
-    tokens += s.tokens;
+    acc[0] += s.ce_loss * static_cast<double>(s.tokens);
+    acc[1] += static_cast<double>(s.tokens);
   }
-  return tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
+  world.all_reduce(acc, 2, comm::DataType::F64, comm::ReduceOp::Sum);
+  return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
+}
+
+// Threads per rank when train.threads = 0: the cores of the node shared by its ranks.
+int default_threads(int ranks_on_node) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, ranks_on_node));
 }
 
 class ProgressBar {
@@ -64,6 +75,26 @@ class ProgressBar {
 
 }  // namespace
 
+double reduce_gradients(ParamStore& params, comm::ProcessGroups& groups) {
+  const bool dp = groups.world->size() > 1;
+  double sq[2] = {0.0, 0.0};  // dense (replicated), expert (sharded over the ep group)
+  for (Param& p : params.params()) {
+    float* g = p.grad.data<float>();
+    const std::int64_t n = p.grad.numel();
+    if (p.expert) {
+      if (groups.edp->size() > 1) groups.edp->all_reduce(g, n, comm::DataType::F32, comm::ReduceOp::Sum);
+      sq[1] += cpu::sum_squares<float>(g, n);
+    } else {
+      if (dp) groups.world->all_reduce(g, n, comm::DataType::F32, comm::ReduceOp::Sum);
+      sq[0] += cpu::sum_squares<float>(g, n);
+    }
+  }
+  // Dense parameters are identical on every rank after the all-reduce: count them once. Each
+  // expert lives on exactly one rank of the ep group: sum the shards over that group.
+  if (groups.ep->size() > 1) groups.ep->all_reduce(&sq[1], 1, comm::DataType::F64, comm::ReduceOp::Sum);
+  return std::sqrt(sq[0] + sq[1]);
+}
+
 double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size) {
   std::vector<double> count(static_cast<std::size_t>(vocab_size), 0.0);
   for (std::uint16_t t : tokens) count[t] += 1;
@@ -75,27 +106,34 @@ double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vo
   return h;
 }
 
-TrainSummary run_training(const RunConfig& cfg) {
+TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, const AfterTraining& after) {
   cfg.validate();
-  RM_CHECK_KIND(Config, cfg.parallel.ep_size == 1,
-                fmt::format("parallel.ep_size = {} needs a multi-rank launch (mpirun)", cfg.parallel.ep_size));
-  if (cfg.train.threads > 0) cpu::set_num_threads(cfg.train.threads);
+  comm::Communicator& world = *groups.world;
+  const int W = world.size();
+  const bool lead = world.rank() == 0;
   const TrainConfig& tc = cfg.train;
   const ModelConfig& mc = cfg.model;
+  RM_CHECK_KIND(Config, groups.ep_size == cfg.parallel.ep_size,
+                fmt::format("process groups built for ep_size {}, config has {}", groups.ep_size, cfg.parallel.ep_size));
+  RM_CHECK_KIND(Config, tc.batch_size % (static_cast<std::int64_t>(W) * tc.grad_accum) == 0,
+                fmt::format("train.batch_size {} must be divisible by ranks ({}) x train.grad_accum ({})",
+                            tc.batch_size, W, tc.grad_accum));
+  cpu::set_num_threads(tc.threads > 0 ? tc.threads : default_threads(comm::ranks_on_node()));
 
-  // Run directory: never reuse one that holds an earlier run.
+  // Run directory (rank 0): never reuse one that holds an earlier run.
   const fs::path out(tc.out_dir);
-  RM_CHECK_KIND(Config, !fs::exists(out / "metrics.jsonl"),
-                fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose another directory",
-                            tc.out_dir));
-  fs::create_directories(out);
-  {
+  std::ofstream metrics;
+  if (lead) {
+    RM_CHECK_KIND(Config, !fs::exists(out / "metrics.jsonl"),
+                  fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose another directory",
+                              tc.out_dir));
+    fs::create_directories(out);
     std::ofstream f(out / "config.toml");
     f << cfg.to_toml();
     RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", (out / "config.toml").string()));
+    metrics.open(out / "metrics.jsonl");
+    RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
   }
-  std::ofstream metrics(out / "metrics.jsonl");
-  RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
 
   // Data.
   const int vocab = static_cast<int>(mc.vocab_size);
@@ -112,19 +150,29 @@ TrainSummary run_training(const RunConfig& cfg) {
   summary.out_dir = tc.out_dir;
   summary.unigram_entropy = unigram_entropy(train_data.tokens(), mc.vocab_size);
 
-  Model model(mc);
+  Model model(mc, groups.ep.get());
   AdamW optimizer(model.params(), cfg.optim);
+  if (lead) {
   fmt::print("routemoe train: {} parameters, {} layers ({} MoE, routers {}), {} experts top-{}\n",
              model.params().numel(), mc.n_layers, mc.n_moe_layers(), fmt::join(mc.expanded_routers(), ","),
              mc.n_experts, mc.top_k);
   fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
              train_data.size(), val_data.size(), cfg.data.path, summary.unigram_entropy);
+  fmt::print("parallel: {} rank(s), expert-parallel size {}, data-parallel groups {}\n", W,
+             groups.ep_size, W / groups.ep_size);
   fmt::print("run directory: {}\n", tc.out_dir);
   std::fflush(stdout);
+  }
 
-  const std::int64_t micro = tc.batch_size / tc.grad_accum;
+  // Each rank takes rows [rank * B/W, (rank+1) * B/W) of every global batch, in grad_accum
+  // micro-batches; every micro-batch's loss carries weight 1 / (W * grad_accum).
+  const std::int64_t rank_rows = tc.batch_size / W;
+  const std::int64_t micro = rank_rows / tc.grad_accum;
+  const double micro_scale = 1.0 / static_cast<double>(W * tc.grad_accum);
   const std::int64_t tokens_per_step = tc.batch_size * mc.seq_len;
-  ProgressBar bar(tc.progress, tc.steps);
+  // Under mpirun, stdout of a rank is a pseudo-terminal even when the job writes to a log: the
+  // console lines every log_every steps are the progress there.
+  ProgressBar bar(tc.progress && lead && !comm::launched_by_mpi(), tc.steps);
   Timer run_timer, interval_timer;
   double interval_loss = 0;
   std::int64_t interval_steps = 0;
@@ -133,12 +181,11 @@ TrainSummary run_training(const RunConfig& cfg) {
     model.params().zero_grads();
     StepStats agg;
     for (std::int64_t a = 0; a < tc.grad_accum; ++a) {
-      const Batch b = train_loader.batch_at(step, a * micro, micro);
-      const StepStats s = model.forward_backward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len,
-                                                 1.0 / static_cast<double>(tc.grad_accum));
-      agg.loss += s.loss / static_cast<double>(tc.grad_accum);
-      agg.ce_loss += s.ce_loss / static_cast<double>(tc.grad_accum);
-      agg.aux_loss += s.aux_loss / static_cast<double>(tc.grad_accum);
+      const Batch b = train_loader.batch_at(step, world.rank() * rank_rows + a * micro, micro);
+      const StepStats s = model.forward_backward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, micro_scale);
+      agg.loss += s.loss * micro_scale;
+      agg.ce_loss += s.ce_loss * micro_scale;
+      agg.aux_loss += s.aux_loss * micro_scale;
       if (a == 0) {
         agg.moe = s.moe;
       } else {
@@ -147,17 +194,29 @@ TrainSummary run_training(const RunConfig& cfg) {
         }
       }
     }
+    // Losses and loads over all ranks.
+    {
+      double l[3] = {agg.loss, agg.ce_loss, agg.aux_loss};
+      world.all_reduce(l, 3, comm::DataType::F64, comm::ReduceOp::Sum);
+      agg.loss = l[0];
+      agg.ce_loss = l[1];
+      agg.aux_loss = l[2];
+      for (MoeLayerStats& m : agg.moe) {
+        world.all_reduce(m.load.data(), static_cast<std::int64_t>(m.load.size()), comm::DataType::I64, comm::ReduceOp::Sum);
+      }
+    }
     RM_CHECK_KIND(Data, std::isfinite(agg.loss), fmt::format("training loss became {} at step {}", agg.loss, step));
-    const double grad_norm = std::sqrt(local_grad_sq_norm(model.params()));
+    const double grad_norm = reduce_gradients(model.params(), groups);
     clip_grads(model.params(), cfg.optim.grad_clip, grad_norm);
     const double lr = lr_at(cfg.optim, step, tc.steps);
     optimizer.step(lr);
     if (step == 0) summary.first_loss = agg.loss;
+    summary.losses.push_back(agg.loss);
     interval_loss += agg.loss;
     ++interval_steps;
     const double elapsed = run_timer.seconds();
     const double tok_s = static_cast<double>((step + 1) * tokens_per_step) / elapsed;
-    metrics << fmt::format(
+    if (lead) metrics << fmt::format(
         "{{\"step\": {}, \"epoch\": {}, \"loss\": {:.6f}, \"ce_loss\": {:.6f}, \"aux_loss\": {:.6f}, "
         "\"lr\": {:.6e}, \"grad_norm\": {:.6f}, \"tokens_per_s\": {:.1f}, \"expert_load\": {}}}\n",
         step, train_loader.epoch_of_step(step), agg.loss, agg.ce_loss, agg.aux_loss, lr, grad_norm,
@@ -169,19 +228,19 @@ TrainSummary run_training(const RunConfig& cfg) {
     const bool do_eval = last || (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0);
     std::string val_text;
     if (do_eval) {
-      summary.final_val_loss = evaluate(model, val_loader, tc.eval_batches);
+      summary.final_val_loss = evaluate(model, val_loader, tc.eval_batches, world);
       summary.best_val_loss = have_val ? std::min(summary.best_val_loss, summary.final_val_loss)
                                        : summary.final_val_loss;
       have_val = true;
-      metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}}}\n", step, summary.final_val_loss);
+      if (lead) metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}}}\n", step, summary.final_val_loss);
       val_text = fmt::format(" | val {:.4f}", summary.final_val_loss);
     }
-    metrics.flush();
+    if (lead) metrics.flush();
     if ((step + 1) % tc.log_every == 0 || last || do_eval) {
       const double mean = interval_loss / static_cast<double>(interval_steps);
       const double itok = static_cast<double>(interval_steps * tokens_per_step) / interval_timer.seconds();
       bar.clear();
-      fmt::print("step {:>6}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s{}\n",
+      if (lead) fmt::print("step {:>6}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s{}\n",
                  step + 1, tc.steps, mean, agg.aux_loss, lr, grad_norm, itok, val_text);
       std::fflush(stdout);
       summary.final_loss = mean;
@@ -195,6 +254,7 @@ TrainSummary run_training(const RunConfig& cfg) {
   summary.steps = tc.steps;
   summary.seconds = run_timer.seconds();
   summary.tokens_per_s = static_cast<double>(tc.steps * tokens_per_step) / summary.seconds;
+  if (after) after(model);
   return summary;
 }
 

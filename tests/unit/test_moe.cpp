@@ -93,11 +93,12 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
     return w;
   };
   const double* ac = tc.kind == RouterKind::AC ? scale.data() : nullptr;
+  auto inputs = [&] { return MoeInputs<double>{u.data(), avg.data(), prev.data(), ac, nullptr}; };
   auto objective = [&] {
     arena.reset();
     MoeCache<double> cache;
     Vec y(N * d);
-    moe_forward<double>(dims, opts, weights(), u.data(), avg.data(), prev.data(), y.data(), cache, arena, ac);
+    moe_forward<double>(dims, opts, weights(), inputs(), y.data(), cache, arena);
     double L = opts.aux_coef * cache.switch_loss + opts.z_coef * cache.z_loss;
     for (std::int64_t i = 0; i < N * d; ++i) L += r[i] * y[i];
     return L;
@@ -106,14 +107,14 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
   arena.reset();
   MoeCache<double> cache;
   Vec y(N * d);
-  moe_forward<double>(dims, opts, weights(), u.data(), avg.data(), prev.data(), y.data(), cache, arena, ac);
+  moe_forward<double>(dims, opts, weights(), inputs(), y.data(), cache, arena);
   if (tc.capacity > 0) {
     EXPECT_GT(cache.dropped, 0) << "the capacity case must drop slots";
   }
   Vec du(N * d), dgate(E * d, 0.0), demb(E * d, 0.0), dw1(E * F * d, 0.0), db1(E * F, 0.0),
       dw2(E * d * F, 0.0), db2(E * d, 0.0), davg(B * T * T, 0.0);
   MoeGrads<double> g{dgate.data(), demb.data(), dw1.data(), db1.data(), dw2.data(), db2.data()};
-  moe_backward<double>(dims, opts, weights(), g, u.data(), avg.data(), cache, r.data(), du.data(), davg.data(), arena);
+  moe_backward<double>(dims, opts, weights(), g, inputs(), cache, r.data(), du.data(), davg.data(), arena);
 
   expect_grad("u", u, du, objective);
   expect_grad("w1", w1, dw1, objective);
@@ -206,7 +207,7 @@ Routed route(const MoeDims& dims, RouterKind kind, const std::vector<float>& u, 
   Routed out;
   out.y.resize(N * d);
   MoeWeights<float> w{gate.data(), nullptr, w1.data(), b1.data(), w2.data(), b2.data()};
-  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, u.data(), nullptr, nullptr, out.y.data(), c, arena);
+  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, MoeInputs<float>{u.data()}, out.y.data(), c, arena);
   out.choice.assign(c.choice, c.choice + N * K);
   out.gates.assign(c.gates, c.gates + N * K);
   out.kept.assign(c.kept, c.kept + N * K);

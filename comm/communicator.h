@@ -1,0 +1,147 @@
+#pragma once
+// Communicators: the collectives routemoe needs, behind one interface with three backends:
+// MPI (CPU buffers; also the control plane for everything else), NCCL (CUDA buffers; built with
+// CUDA) and a single-process backend (size 1, no MPI needed). Every backend call checks its
+// return code and throws routemoe::Error (Mpi / Nccl) naming the call, file:line and rank.
+//
+// Counts and displacements are in elements of the given DataType. Calls are blocking
+// collectives: every rank of the communicator must make the same sequence of calls.
+//
+// Lifetime (the project rule: destructors never throw and never run collectives). Freeing a
+// backend handle is collective in MPI (MPI_Comm_free) and in NCCL (ncclCommFinalize; a plain
+// ncclCommDestroy finalizes internally), so destructors do not do it:
+//   - release() is the explicit, collective way to free the handle early: every rank of the
+//     communicator calls it (in the same order as its other collectives); afterwards the object
+//     may only be destroyed. MPI: MPI_Comm_free for communicators made by split(). NCCL:
+//     ncclCommFinalize, wait until quiescent, ncclCommDestroy.
+//   - Without release(), the destructor only does local work: an MPI communicator's handle is
+//     left to MPI_Finalize (which frees every communicator; communicators are few: the world
+//     and the process groups), and an NCCL communicator is ncclCommAbort-ed, which is local
+//     (every collective has completed when it returns, so nothing is in flight).
+// The MPI backend passes counts and displacements to MPI as int: any above INT_MAX is an
+// Error(Check) raised before MPI is called (on the ranks whose arguments exceed it).
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "framework/dtype.h"
+
+namespace routemoe::comm {
+
+enum class DataType { F32, F64, I32, I64, U8 };
+enum class ReduceOp { Sum, Max, Min };
+
+std::size_t datatype_size(DataType t);
+
+template <typename T>
+constexpr DataType datatype_of();
+template <>
+constexpr DataType datatype_of<float>() {
+  return DataType::F32;
+}
+template <>
+constexpr DataType datatype_of<double>() {
+  return DataType::F64;
+}
+template <>
+constexpr DataType datatype_of<std::int32_t>() {
+  return DataType::I32;
+}
+template <>
+constexpr DataType datatype_of<std::int64_t>() {
+  return DataType::I64;
+}
+template <>
+constexpr DataType datatype_of<std::uint8_t>() {
+  return DataType::U8;
+}
+
+class Communicator {
+ public:
+  Communicator() = default;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+  // Local clean-up only; never a collective, never throws (see "Lifetime" above).
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Where the buffers passed to this communicator live.
+  virtual Device device() const = 0;
+  virtual std::string backend() const = 0;  // "mpi", "nccl", "self"
+
+  // In place: buf[count] = op over ranks of buf.
+  virtual void all_reduce(void* buf, std::int64_t count, DataType type, ReduceOp op) = 0;
+  // recv[r * count .. (r+1) * count) = rank r's send[0 .. count).
+  virtual void all_gather(const void* send, void* recv, std::int64_t count, DataType type) = 0;
+  // Block r of send (count elements) goes to rank r; recv block r comes from rank r.
+  virtual void all_to_all(const void* send, void* recv, std::int64_t count, DataType type) = 0;
+  // Variable-size exchange: send_counts[r] elements from send + send_displs[r] go to rank r;
+  // recv_counts[r] elements from rank r land at recv + recv_displs[r]. Arrays have size() entries.
+  virtual void all_to_all_v(const void* send, const std::int64_t* send_counts,
+                            const std::int64_t* send_displs, void* recv,
+                            const std::int64_t* recv_counts, const std::int64_t* recv_displs,
+                            DataType type) = 0;
+  virtual void broadcast(void* buf, std::int64_t count, DataType type, int root) = 0;
+  virtual void barrier() = 0;
+  // A new communicator over the ranks with the same `color`, ordered by `key` (MPI_Comm_split).
+  virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
+  // Collective: frees the backend handle now (see "Lifetime" above). Idempotent; after it only
+  // rank(), size(), device(), backend() and the destructor may be called.
+  virtual void release() {}
+};
+
+// Typed helpers.
+template <typename T>
+void all_reduce(Communicator& c, std::span<T> buf, ReduceOp op = ReduceOp::Sum) {
+  c.all_reduce(buf.data(), static_cast<std::int64_t>(buf.size()), datatype_of<T>(), op);
+}
+template <typename T>
+T all_reduce_value(Communicator& c, T value, ReduceOp op = ReduceOp::Sum) {
+  c.all_reduce(&value, 1, datatype_of<T>(), op);
+  return value;
+}
+template <typename T>
+void all_to_all_v(Communicator& c, const T* send, const std::int64_t* send_counts,
+                  const std::int64_t* send_displs, T* recv, const std::int64_t* recv_counts,
+                  const std::int64_t* recv_displs) {
+  c.all_to_all_v(send, send_counts, send_displs, recv, recv_counts, recv_displs, datatype_of<T>());
+}
+
+// MPI_COMM_WORLD (MPI must be initialised, see comm/mpi_runtime.h).
+std::unique_ptr<Communicator> make_mpi_world();
+// A communicator of one rank that copies where others exchange (no MPI needed).
+std::unique_ptr<Communicator> make_self();
+#if ROUTEMOE_HAVE_NCCL
+// An NCCL communicator over the ranks of `control` (an MPI communicator), on CUDA `device`;
+// the NCCL unique id is broadcast over `control`. All-to-all-v uses grouped ncclSend/ncclRecv.
+// make_nccl splits `control` for its own use (a collective over `control`) and runs on its own
+// stream; since the caller's buffers may have been written on any stream, each collective first
+// waits for the whole device (cudaDeviceSynchronize) and synchronises its stream at the end.
+std::unique_ptr<Communicator> make_nccl(const Communicator& control, int device);
+// As above, but the collectives are queued on `stream` (a cudaStream_t owned by the caller,
+// e.g. cuda::Context::stream()), which orders them after the caller's work on that stream; each
+// collective still synchronises `stream` before returning. split() keeps the same stream.
+std::unique_ptr<Communicator> make_nccl(const Communicator& control, int device, void* stream);
+#endif
+
+// The process groups of expert parallelism (docs/parallelism.md). World rank r belongs to
+// expert-parallel group r / ep_size (ranks [g*ep, (g+1)*ep), which together hold all experts;
+// ep rank = r % ep_size owns experts [ep_rank*E/ep, (ep_rank+1)*E/ep)) and to expert-data-
+// parallel group r % ep_size (the ranks holding replicas of the same experts).
+struct ProcessGroups {
+  std::unique_ptr<Communicator> world;
+  std::unique_ptr<Communicator> ep;   // size ep_size
+  std::unique_ptr<Communicator> edp;  // size world / ep_size
+  int ep_size = 1;
+
+  // Splits `world` (taking ownership); throws Error(Config) unless ep_size divides its size.
+  static ProcessGroups create(std::unique_ptr<Communicator> world, int ep_size);
+  // Collective over the world: release() of edp, ep and world, in that order.
+  void release();
+};
+
+}  // namespace routemoe::comm

@@ -1,0 +1,173 @@
+// MPI backend of the communicator interface (CPU buffers; also the control plane of NCCL).
+// Lifetime: see "Lifetime" in comm/communicator.h. The destructor never calls MPI; release()
+// frees a split communicator collectively, and MPI_Finalize frees whatever is left.
+
+#include <mpi.h>
+
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/mpi_runtime.h"
+#include "framework/error.h"
+
+namespace routemoe::comm {
+namespace {
+
+MPI_Datatype mpi_type(DataType t) {
+  switch (t) {
+    case DataType::F32:
+      return MPI_FLOAT;
+    case DataType::F64:
+      return MPI_DOUBLE;
+    case DataType::I32:
+      return MPI_INT32_T;
+    case DataType::I64:
+      return MPI_INT64_T;
+    case DataType::U8:
+      return MPI_UINT8_T;
+  }
+  RM_FAIL(Check, "unknown comm::DataType " + std::to_string(static_cast<int>(t)));
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
+  }
+  RM_FAIL(Check, "unknown comm::ReduceOp " + std::to_string(static_cast<int>(op)));
+}
+
+// MPI (3.1, as in Open MPI 4.1) takes int counts; larger ones are an error, not a silent wrap.
+[[noreturn]] void bad_mpi_count(std::int64_t v, const char* what, int index) {
+  std::string msg = "MPI communicator: ";
+  msg += what;
+  if (index >= 0) msg.append("[").append(std::to_string(index)).append("]");
+  msg.append(" = ").append(std::to_string(v));
+  if (v < 0) {
+    msg += " is negative";
+  } else {
+    msg.append(" exceeds INT_MAX (").append(std::to_string(INT_MAX));
+    msg += "), the largest count or displacement MPI accepts";
+  }
+  RM_FAIL(Check, msg);
+}
+
+int to_mpi_count(std::int64_t v, const char* what, int index = -1) {
+  if (v < 0 || v > INT_MAX) bad_mpi_count(v, what, index);
+  return static_cast<int>(v);
+}
+
+std::vector<int> to_mpi_counts(const std::int64_t* v, int n, const char* what) {
+  RM_CHECK(v != nullptr || n == 0, std::string("MPI communicator: ") + what + " is null");
+  std::vector<int> out(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = to_mpi_count(v[i], what, i);
+  return out;
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // `owned`: the handle came from MPI_Comm_split and release() may free it.
+  MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+    RM_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    RM_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  // Nothing collective here (see the file comment): an unreleased split communicator is freed
+  // by MPI_Finalize.
+  ~MpiCommunicator() override = default;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Device device() const override { return Device::CPU; }
+  std::string backend() const override { return "mpi"; }
+
+  void all_reduce(void* buf, std::int64_t count, DataType type, ReduceOp op) override {
+    check_live();
+    const int n = to_mpi_count(count, "all_reduce count");
+    if (n == 0) return;  // every rank has the same count, so all of them skip
+    RM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(type), mpi_op(op), comm_));
+  }
+
+  void all_gather(const void* send, void* recv, std::int64_t count, DataType type) override {
+    check_live();
+    const int n = to_mpi_count(count, "all_gather count");
+    if (n == 0) return;
+    RM_MPI_CHECK(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
+  }
+
+  void all_to_all(const void* send, void* recv, std::int64_t count, DataType type) override {
+    check_live();
+    const int n = to_mpi_count(count, "all_to_all count");
+    if (n == 0) return;
+    RM_MPI_CHECK(MPI_Alltoall(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
+  }
+
+  void all_to_all_v(const void* send, const std::int64_t* send_counts,
+                    const std::int64_t* send_displs, void* recv, const std::int64_t* recv_counts,
+                    const std::int64_t* recv_displs, DataType type) override {
+    check_live();
+    const std::vector<int> sc = to_mpi_counts(send_counts, size_, "all_to_all_v send_counts");
+    const std::vector<int> sd = to_mpi_counts(send_displs, size_, "all_to_all_v send_displs");
+    const std::vector<int> rc = to_mpi_counts(recv_counts, size_, "all_to_all_v recv_counts");
+    const std::vector<int> rd = to_mpi_counts(recv_displs, size_, "all_to_all_v recv_displs");
+    RM_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), mpi_type(type), recv, rc.data(),
+                               rd.data(), mpi_type(type), comm_));
+  }
+
+  void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
+    check_live();
+    RM_CHECK(root >= 0 && root < size_, "MPI communicator: broadcast root " + std::to_string(root) +
+                                            " is not a rank of a size-" + std::to_string(size_) +
+                                            " communicator");
+    const int n = to_mpi_count(count, "broadcast count");
+    if (n == 0) return;
+    RM_MPI_CHECK(MPI_Bcast(buf, n, mpi_type(type), root, comm_));
+  }
+
+  void barrier() override {
+    check_live();
+    RM_MPI_CHECK(MPI_Barrier(comm_));
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) const override {
+    check_live();
+    RM_CHECK(color >= 0, "MPI communicator: split color " + std::to_string(color) +
+                             " is negative (MPI_UNDEFINED is not supported)");
+    MPI_Comm out = MPI_COMM_NULL;
+    RM_MPI_CHECK(MPI_Comm_split(comm_, color, key, &out));
+    // The error handler (MPI_ERRORS_RETURN, set on the world by init_mpi) is inherited.
+    return std::make_unique<MpiCommunicator>(out, true);
+  }
+
+  void release() override {
+    if (comm_ == MPI_COMM_NULL) return;
+    if (owned_ && mpi_active()) RM_MPI_CHECK(MPI_Comm_free(&comm_));
+    comm_ = MPI_COMM_NULL;
+  }
+
+ private:
+  void check_live() const {
+    RM_CHECK(comm_ != MPI_COMM_NULL, "MPI communicator used after release()");
+    RM_CHECK_KIND(Mpi, mpi_active(), "MPI communicator used while MPI is not active");
+  }
+
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_world() {
+  RM_CHECK_KIND(Mpi, mpi_active(),
+                "make_mpi_world: MPI is not initialised (call comm::init_mpi first)");
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+}
+
+}  // namespace routemoe::comm

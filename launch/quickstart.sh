@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's main command. On a fresh Debian/Ubuntu machine: installs what is missing,
+# builds, prepares the shipped public-domain text (Newton's Opticks) and trains a small MoE
+# language model with its experts split over 2 MPI ranks, then prints a summary.
+#
+#   launch/quickstart.sh                 about 600 steps (a few minutes on 2 CPU cores)
+#   QUICKSTART_STEPS=30 launch/quickstart.sh    a short run (CI)
+#
+# Each run gets a new directory runs/quickstart-<date>-<time>[-N]; earlier runs are never
+# overwritten.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+steps=${QUICKSTART_STEPS:-600}
+ranks=${QUICKSTART_RANKS:-2}
+
+launch/install-deps.sh --check >/dev/null 2>&1 || launch/install-deps.sh
+echo "== build (release preset)"
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)"
+bin=build/release/routemoe
+
+if [[ ! -f data/opticks/meta.json ]]; then
+  echo "== prepare data/opticks from examples/data/opticks.txt"
+  "$bin" prepare examples/data/opticks.txt --out data/opticks --val-fraction 0.1
+fi
+
+run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
+n=1
+while [[ -e $run || -e $run-$n && $n -gt 1 ]]; do run="runs/quickstart-$(date +%Y%m%d-%H%M%S)-$n"; n=$((n + 1)); done
+mkdir -p runs
+
+mpi=(mpirun -np "$ranks" --oversubscribe)
+if [[ $(id -u) -eq 0 ]]; then mpi+=(--allow-run-as-root); fi
+echo "== train: $ranks MPI ranks, experts split over them (ep_size $ranks), $steps steps -> $run"
+"${mpi[@]}" "$bin" train --config examples/configs/quickstart.toml \
+  --parallel.ep_size="$ranks" --train.steps="$steps" --train.out_dir="$run" \
+  --train.eval_every="$(( steps < 100 ? steps : 100 ))"
