@@ -21,5 +21,7 @@ Runner register_prepare(CLI::App& app);
 Runner register_bench_gemm(CLI::App& bench);
 // `routemoe bench train`: training-step tokens/s vs the PyTorch reference, per router.
 Runner register_bench_train(CLI::App& bench);
+// `routemoe bench alltoall`: expert-parallel dispatch + combine vs a bare MPI_Alltoallv (MPI).
+Runner register_bench_alltoall(CLI::App& bench);
 
 }  // namespace routemoe::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
   routemoe::cli::Runner run_bench_train = routemoe::cli::register_bench_train(*bench);
+  routemoe::cli::Runner run_bench_alltoall = routemoe::cli::register_bench_alltoall(*bench);
 
   try {
     app.parse(argc, argv);
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("prepare")) rc = run_prepare();
     if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
     if (bench->got_subcommand("train")) rc = run_bench_train();
+    if (bench->got_subcommand("alltoall")) rc = run_bench_alltoall();  // starts MPI itself
     routemoe::comm::finalize_mpi();
     return rc;
   } catch (const std::exception& e) {
