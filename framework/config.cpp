@@ -52,12 +52,20 @@ void for_each_key(RunConfig& c, Fn&& fn) {
   fn("train.threads", t.threads, "CPU threads per rank (0: cores / ranks per node)");
   fn("train.out_dir", t.out_dir, "run directory for metrics and the resolved config");
   fn("train.progress", t.progress, "progress bar when stdout is a terminal");
+  fn("train.resume", t.resume, "resume from a checkpoint: auto (newest in the run) or a path");
   DataConfig& d = c.data;
   fn("data.path", d.path, "shard directory, or a pattern with {split}");
   fn("data.headerless", d.headerless, "also accept headerless nanoGPT .bin files");
   fn("data.train_split", d.train_split, "split name of the training shards");
   fn("data.val_split", d.val_split, "split name of the validation shards");
   fn("parallel.ep_size", c.parallel.ep_size, "expert-parallel group size");
+  CheckpointConfig& k = c.checkpoint;
+  fn("checkpoint.every", k.every, "steps between checkpoints (0: none)");
+  fn("checkpoint.keep_last", k.keep_last, "checkpoints kept (older are deleted)");
+  fn("checkpoint.dir", k.dir, "checkpoint directory (default <train.out_dir>/checkpoints)");
+  fn("checkpoint.probe_tokens", k.probe_tokens, "held-out tokens routed for every routing record");
+  fn("checkpoint.record_every", k.record_every, "extra routing records every N steps (0: off)");
+  fn("checkpoint.trace", k.trace, "append routing records to <train.out_dir>/trace.h5");
 }
 
 template <typename T>
@@ -96,6 +104,14 @@ void RunConfig::validate() const {
                             train.batch_size, train.grad_accum));
   RM_CHECK_KIND(Config, !train.out_dir.empty(), "train.out_dir must not be empty");
   RM_CHECK_KIND(Config, !data.path.empty(), "data.path must not be empty");
+  RM_CHECK_KIND(Config, checkpoint.every >= 0, fmt::format("checkpoint.every must be >= 0, got {}", checkpoint.every));
+  RM_CHECK_KIND(Config, checkpoint.keep_last >= 1,
+                fmt::format("checkpoint.keep_last must be >= 1, got {}", checkpoint.keep_last));
+  RM_CHECK_KIND(Config, checkpoint.probe_tokens >= model.seq_len,
+                fmt::format("checkpoint.probe_tokens {} must be at least one sequence (model.seq_len {})",
+                            checkpoint.probe_tokens, model.seq_len));
+  RM_CHECK_KIND(Config, checkpoint.record_every >= 0,
+                fmt::format("checkpoint.record_every must be >= 0, got {}", checkpoint.record_every));
   RM_CHECK_KIND(Config, model.n_experts % parallel.ep_size == 0,
                 fmt::format("parallel.ep_size {} does not divide model.n_experts {}", parallel.ep_size,
                             model.n_experts));

@@ -26,6 +26,16 @@ struct TrainConfig {
   int threads = 0;                 // CPU threads per rank (0: all cores / ranks on the node)
   std::string out_dir = "runs/default";  // run directory (must not hold an earlier run)
   bool progress = true;            // progress bar when stdout is a terminal
+  std::string resume;              // "": fresh run; "auto": newest checkpoint of the run; or a path
+};
+
+struct CheckpointConfig {
+  std::int64_t every = 0;           // steps between checkpoints (0: none; a final one is not implied)
+  std::int64_t keep_last = 3;       // checkpoints kept in dir (older ones are deleted)
+  std::string dir;                  // "": <train.out_dir>/checkpoints
+  std::int64_t probe_tokens = 2048; // held-out validation tokens routed for every record
+  std::int64_t record_every = 0;    // extra routing records every N steps (0: epoch ends and checkpoints only)
+  bool trace = true;                // keep <train.out_dir>/trace.h5
 };
 
 struct DataConfig {
@@ -45,6 +55,7 @@ struct RunConfig {
   TrainConfig train;
   DataConfig data;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
 
   // Checks every section (Error(Config) naming the key).
   void validate() const;

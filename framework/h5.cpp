@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include <mpi.h>
+
 #include "framework/error.h"
 
 namespace routemoe::h5 {
@@ -50,11 +52,35 @@ Handle make_space(const Shape& shape) {
 }
 }  // namespace
 
+namespace {
+// Newest file-format features: checksummed metadata, so damaged headers are detected.
+Handle new_fapl() {
+  Handle fapl(RM_HDF5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+  RM_HDF5_CHECK(H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_LATEST, H5F_LIBVER_LATEST));
+  return fapl;
+}
+}  // namespace
+
 File File::create(const std::string& path) {
   quiet();
-  Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  Handle fapl = new_fapl();
+  Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
   RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("cannot create HDF5 file {}", path));
   return File(std::move(h), path);
+}
+
+File File::create_parallel(const std::string& path, const void* mpi_comm) {
+#if ROUTEMOE_HAVE_PARALLEL_HDF5
+  quiet();
+  Handle fapl = new_fapl();
+  RM_HDF5_CHECK(H5Pset_fapl_mpio(fapl.id(), *static_cast<const MPI_Comm*>(mpi_comm), MPI_INFO_NULL));
+  Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
+  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("cannot create HDF5 file {} (parallel)", path));
+  return File(std::move(h), path, true);
+#else
+  (void)mpi_comm;
+  RM_FAIL(Hdf5, fmt::format("{}: parallel HDF5 is not available in this build", path));
+#endif
 }
 
 File File::open_read(const std::string& path) {
@@ -94,13 +120,98 @@ bool File::exists(const std::string& obj) const {
   return true;
 }
 
-void File::write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, const void* data,
-                     const Shape& shape) {
+namespace {
+// Dataset creation properties: chunked (chunk_rows rows of dim 0, 0 = all) with Fletcher32
+// checksums, so flipped bytes in the data are detected on read. Scalars and empty datasets
+// stay contiguous (nothing to protect).
+Handle checked_dcpl(const Shape& shape, std::int64_t chunk_rows) {
+  Handle dcpl(RM_HDF5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+  if (shape.empty() || shape_numel(shape) == 0) return dcpl;
+  std::vector<hsize_t> chunk = dims_of(shape);
+  if (chunk_rows > 0 && chunk_rows < shape[0]) chunk[0] = static_cast<hsize_t>(chunk_rows);
+  RM_HDF5_CHECK(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()));
+  RM_HDF5_CHECK(H5Pset_fletcher32(dcpl.id()));
+  return dcpl;
+}
+
+Handle link_props() {
   Handle lcpl(RM_HDF5_CHECK(H5Pcreate(H5P_LINK_CREATE)));
   RM_HDF5_CHECK(H5Pset_create_intermediate_group(lcpl.id(), 1));
+  return lcpl;
+}
+
+Handle transfer_props(bool parallel) {
+  Handle dxpl(RM_HDF5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
+#if ROUTEMOE_HAVE_PARALLEL_HDF5
+  if (parallel) RM_HDF5_CHECK(H5Pset_dxpl_mpio(dxpl.id(), H5FD_MPIO_COLLECTIVE));
+#else
+  (void)parallel;
+#endif
+  return dxpl;
+}
+}  // namespace
+
+void File::write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, const void* data,
+                     const Shape& shape) {
+  Handle lcpl = link_props();
   Handle space = make_space(shape);
-  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT)));
-  if (shape_numel(shape) > 0) RM_HDF5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+  Handle dcpl = checked_dcpl(shape, 0);
+  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+  if (shape_numel(shape) > 0) {
+    Handle dxpl = transfer_props(parallel_);
+    RM_HDF5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, dxpl.id(), data));
+  }
+}
+
+void File::create_f32(const std::string& obj, const Shape& global_shape, std::int64_t chunk_rows) {
+  Handle lcpl = link_props();
+  Handle space = make_space(global_shape);
+  Handle dcpl = checked_dcpl(global_shape, chunk_rows);
+  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), H5T_IEEE_F32LE, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+}
+
+void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows, const float* data) {
+  Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
+  Handle fspace(RM_HDF5_CHECK(H5Dget_space(ds.id())));
+  const int nd = RM_HDF5_CHECK(H5Sget_simple_extent_ndims(fspace.id()));
+  std::vector<hsize_t> dims(static_cast<std::size_t>(nd));
+  RM_HDF5_CHECK(H5Sget_simple_extent_dims(fspace.id(), dims.data(), nullptr));
+  RM_CHECK_KIND(Shape, nd >= 1 && row_begin >= 0 && static_cast<hsize_t>(row_begin + rows) <= dims[0],
+                fmt::format("{}: rows [{}, {}) of {}", path_, row_begin, row_begin + rows, obj));
+  Handle dxpl = transfer_props(parallel_);
+  if (rows == 0) {
+    if (!parallel_) return;
+    RM_HDF5_CHECK(H5Sselect_none(fspace.id()));
+    Handle mspace(RM_HDF5_CHECK(H5Screate(H5S_NULL)));
+    RM_HDF5_CHECK(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data));
+    return;
+  }
+  std::vector<hsize_t> start(dims.size(), 0), count = dims;
+  start[0] = static_cast<hsize_t>(row_begin);
+  count[0] = static_cast<hsize_t>(rows);
+  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
+  Handle mspace(RM_HDF5_CHECK(H5Screate_simple(nd, count.data(), nullptr)));
+  RM_HDF5_CHECK(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data));
+}
+
+std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows) const {
+  const Shape shape = shape_of(obj);
+  RM_CHECK_KIND(Data, !shape.empty() && row_begin >= 0 && row_begin + rows <= shape[0],
+                fmt::format("{}: dataset {} has shape {}, cannot read rows [{}, {})", path_, obj,
+                            shape_str(shape), row_begin, row_begin + rows));
+  Shape part = shape;
+  part[0] = rows;
+  std::vector<float> out(static_cast<std::size_t>(shape_numel(part)));
+  if (out.empty()) return out;
+  Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
+  Handle fspace(RM_HDF5_CHECK(H5Dget_space(ds.id())));
+  std::vector<hsize_t> start(shape.size(), 0), count = dims_of(part);
+  start[0] = static_cast<hsize_t>(row_begin);
+  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
+  Handle mspace(RM_HDF5_CHECK(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr)));
+  const herr_t rc = H5Dread(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), H5P_DEFAULT, out.data());
+  RM_CHECK_KIND(Data, rc >= 0, fmt::format("{}: cannot read dataset {} (checksum mismatch or damaged file)", path_, obj));
+  return out;
 }
 
 void File::write_f32(const std::string& obj, const float* data, const Shape& shape) {
@@ -165,7 +276,7 @@ void File::read_raw(const std::string& obj, hid_t mem_type, void* data, std::int
   RM_CHECK_KIND(Data, n == expect, fmt::format("{}: dataset {} has {} elements, expected {}", path_, obj, n, expect));
   if (n > 0) {
     const herr_t rc = H5Dread(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    RM_CHECK_KIND(Data, rc >= 0, fmt::format("{}: cannot read dataset {} (damaged file or wrong type)", path_, obj));
+    RM_CHECK_KIND(Data, rc >= 0, fmt::format("{}: cannot read dataset {} (checksum mismatch, damaged file or wrong type)", path_, obj));
   }
 }
 

@@ -37,6 +37,10 @@ class File {
  public:
   // Creates (truncating) `path`. HDF5's automatic error printing is switched off.
   static File create(const std::string& path);
+  // Creates (truncating) `path` for collective writes by all ranks of the MPI communicator
+  // `mpi_comm` (an MPI_Comm, passed as a pointer to it). Needs parallel HDF5
+  // (ROUTEMOE_HAVE_PARALLEL_HDF5); every dataset/attribute call is then collective.
+  static File create_parallel(const std::string& path, const void* mpi_comm);
   static File open_read(const std::string& path);
   static File open_rw(const std::string& path);
 
@@ -54,6 +58,17 @@ class File {
   void set_attr(const std::string& obj, const std::string& name, const std::string& value);
   void set_attr(const std::string& obj, const std::string& name, std::int64_t value);
 
+  // A float32 dataset of `global_shape` with Fletcher32 checksums, chunked by `chunk_rows`
+  // rows of dimension 0 (0: one chunk). Collective in a parallel file.
+  void create_f32(const std::string& obj, const Shape& global_shape, std::int64_t chunk_rows = 0);
+  // Writes rows [row_begin, row_begin + rows) of dimension 0 from `data`. In a parallel file
+  // every rank calls it for every dataset (collective transfer); a rank with nothing to write
+  // passes rows = 0.
+  void write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows, const float* data);
+  // Reads rows [row_begin, row_begin + rows) of dimension 0.
+  std::vector<float> read_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows) const;
+  bool parallel() const { return parallel_; }
+
   Shape shape_of(const std::string& obj) const;
   std::vector<float> read_f32(const std::string& obj, Shape* shape = nullptr) const;
   std::vector<std::int32_t> read_i32(const std::string& obj, Shape* shape = nullptr) const;
@@ -66,13 +81,15 @@ class File {
   std::vector<std::string> list(const std::string& group) const;
 
  private:
-  File(Handle h, std::string path) : handle_(std::move(h)), path_(std::move(path)) {}
+  File(Handle h, std::string path, bool parallel = false)
+      : handle_(std::move(h)), path_(std::move(path)), parallel_(parallel) {}
   void write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, const void* data,
                  const Shape& shape);
   void read_raw(const std::string& obj, hid_t mem_type, void* data, std::int64_t expect) const;
 
   Handle handle_;
   std::string path_;
+  bool parallel_ = false;
 };
 
 }  // namespace routemoe::h5

@@ -118,12 +118,12 @@ Model::~Model() = default;
 
 StepStats Model::forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                                   std::int64_t batch, std::int64_t seq, double grad_scale) {
-  return run(inputs, targets, batch, seq, true, grad_scale, nullptr);
+  return run(inputs, targets, batch, seq, true, grad_scale, nullptr, false);
 }
 
 StepStats Model::forward(const std::int32_t* inputs, const std::int32_t* targets,
-                         std::int64_t batch, std::int64_t seq, float* logits) {
-  return run(inputs, targets, batch, seq, false, 0.0, logits);
+                         std::int64_t batch, std::int64_t seq, float* logits, bool dropless) {
+  return run(inputs, targets, batch, seq, false, 0.0, logits, dropless);
 }
 
 std::vector<RoutingView> Model::last_routing() const { return routing_; }
@@ -139,7 +139,8 @@ std::vector<ArenaStats> Model::memory_report() const {
 }
 
 StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
-                     std::int64_t seq, bool backward, double grad_scale, float* logits_out) {
+                     std::int64_t seq, bool backward, double grad_scale, float* logits_out,
+                     bool dropless) {
   const ModelConfig& c = config_;
   RM_CHECK_KIND(Shape, batch >= 1 && seq >= 1 && seq <= c.seq_len,
                 fmt::format("batch {} x seq {} (seq_len {})", batch, seq, c.seq_len));
@@ -165,7 +166,7 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
   StepStats stats;
   routing_.clear();
   const AttentionDims adims{batch, seq, d, c.n_heads};
-  const MoeDims mdims{batch, seq, d, F, c.n_experts, c.top_k, c.capacity_factor};
+  const MoeDims mdims{batch, seq, d, F, c.n_experts, c.top_k, dropless ? 0.0 : c.capacity_factor};
   const std::int32_t* prev_top1 = nullptr;
   for (auto& bp : blocks_) {
     Block& b = *bp;

@@ -65,9 +65,10 @@ class Model {
   // parameter gradients (grad_scale = 1 / micro-batches for gradient accumulation).
   StepStats forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                              std::int64_t batch, std::int64_t seq, double grad_scale = 1.0);
-  // Forward only. When logits is non-null it receives [batch, seq, vocab].
+  // Forward only. When logits is non-null it receives [batch, seq, vocab]. `dropless` ignores
+  // the capacity factor (evaluation of routing: every slot kept).
   StepStats forward(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
-                    std::int64_t seq, float* logits = nullptr);
+                    std::int64_t seq, float* logits = nullptr, bool dropless = false);
 
   // Routing of each MoE layer in the last forward (in MoE-layer order).
   std::vector<RoutingView> last_routing() const;
@@ -76,7 +77,8 @@ class Model {
  private:
   struct Block;
   StepStats run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
-                std::int64_t seq, bool backward, double grad_scale, float* logits_out);
+                std::int64_t seq, bool backward, double grad_scale, float* logits_out,
+                bool dropless);
 
   ModelConfig config_;
   comm::Communicator* ep_ = nullptr;

@@ -264,10 +264,13 @@ Runner register_bench_alltoall(CLI::App& bench) {
       "alltoall",
       "expert-parallel dispatch + combine (the MoE layer's exchange) vs a bare MPI_Alltoallv of "
       "the same bytes; run under mpirun with >= 2 ranks");
-  cmd->add_option("--tokens", opts->tokens, "tokens per rank (several: one case each)")
+  cmd->add_option("--tokens", opts->tokens,
+                  "tokens per rank (several, comma-separated: one case each)")
+      ->delimiter(',')
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24))
       ->capture_default_str();
-  cmd->add_option("--d", opts->d, "row width d_model (several: one case each)")
+  cmd->add_option("--d", opts->d, "row width d_model (several, comma-separated: one case each)")
+      ->delimiter(',')
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 16))
       ->capture_default_str();
   cmd->add_option("--top-k", opts->top_k, "experts per token")

@@ -288,6 +288,13 @@ std::string torch_command(const BenchTrainOptions& o, const std::string& script,
       shell_quote(o.python), shell_quote(script), args);
 }
 
+// 1-minute load average (getloadavg), or -1 when unavailable. Other processes on the machine
+// distort both sides (and OpenMP-parallel code badly), so the run prints it at start and end.
+double load_average() {
+  double l[1] = {-1.0};
+  return ::getloadavg(l, 1) == 1 ? l[0] : -1.0;
+}
+
 struct CaseResult {
   std::string router;
   double flops = 0;
@@ -359,6 +366,7 @@ Runner register_bench_train(CLI::App& bench) {
     else
       fmt::print("bench train torch side: unavailable: {}; reporting ours only (ratio n/a)\n",
                  torch_missing);
+    const double load_start = load_average();
     const double ceiling = square_gemm_gflops(o.square);
     fmt::print(
         "bench train ceiling: square {0}x{0}x{0} fp32 GEMM {1:.1f} GFLOP/s (best, cpu::gemm)\n",
@@ -420,13 +428,22 @@ Runner register_bench_train(CLI::App& bench) {
       }
     }
 
+    const double load_end = load_average();
+    const double cores = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
+    fmt::print("bench train load: 1-min load average {:.2f} at start, {:.2f} at end ({} cores){}\n",
+               load_start, load_end, cores,
+               std::max(load_start, load_end) > 0.75 * cores + 0.5
+                   ? "; WARNING: other processes were running, figures are not reliable"
+                   : "");
+
     if (!o.json.empty()) {
       std::ofstream f(o.json);
       RM_CHECK_KIND(Io, f.good(), fmt::format("cannot open {} for writing", o.json));
       f << fmt::format(
           "{{\"threads\": {}, \"batch\": {}, \"seq_len\": {}, \"warmup\": {}, "
-          "\"steps\": {}, \"ceiling_gflops\": {:.3f}, \"cases\": [",
-          threads, o.batch, o.seq_len, o.warmup, o.steps, ceiling);
+          "\"steps\": {}, \"ceiling_gflops\": {:.3f}, \"load_start\": {:.2f}, "
+          "\"load_end\": {:.2f}, \"cases\": [",
+          threads, o.batch, o.seq_len, o.warmup, o.steps, ceiling, load_start, load_end);
       for (std::size_t i = 0; i < results.size(); ++i) {
         const CaseResult& r = results[i];
         const std::string torch_s = r.torch.ok ? fmt::format("{:.6f}", r.torch.median_s) : "null";

@@ -16,6 +16,8 @@ using Runner = std::function<int()>;
 Runner register_train(CLI::App& app);
 // `routemoe prepare`: text files -> token shards.
 Runner register_prepare(CLI::App& app);
+// `routemoe trace`: routing-fluctuation analysis of trace files and checkpoints (no MPI).
+Runner register_trace(CLI::App& app);
 
 // `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
 Runner register_bench_gemm(CLI::App& bench);

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
 
   routemoe::cli::Runner run_train = routemoe::cli::register_train(app);
   routemoe::cli::Runner run_prepare = routemoe::cli::register_prepare(app);
+  routemoe::cli::Runner run_trace = routemoe::cli::register_trace(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks (not tests): print measured figures");
   bench->require_subcommand(1);
   routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
     int rc = 1;
     if (app.got_subcommand("train")) rc = run_train();
     if (app.got_subcommand("prepare")) rc = run_prepare();
+    if (app.got_subcommand("trace")) rc = run_trace();
     if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
     if (bench->got_subcommand("train")) rc = run_bench_train();
     if (bench->got_subcommand("alltoall")) rc = run_bench_alltoall();  // starts MPI itself

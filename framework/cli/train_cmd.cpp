@@ -19,6 +19,8 @@ Runner register_train(CLI::App& app) {
   auto st = std::make_shared<State>();
   CLI::App* cmd = app.add_subcommand("train", "train an MoE language model (see docs/configuration.md)");
   register_run_options(*cmd, st->cfg, st->config_path);
+  cmd->add_option("--resume", st->cfg.train.resume,
+                  "resume: auto (newest checkpoint of train.out_dir) or a checkpoint path (same as --train.resume)");
   return [st, cmd]() {
     apply_config_file(*cmd, st->config_path);
     std::unique_ptr<comm::Communicator> world;

@@ -14,6 +14,7 @@
 #include "framework/data.h"
 #include "framework/error.h"
 #include "framework/optim.h"
+#include "framework/train/checkpoint.h"
 #include "framework/timer.h"
 #include "layers/model.h"
 
@@ -120,20 +121,23 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
                             tc.batch_size, W, tc.grad_accum));
   cpu::set_num_threads(tc.threads > 0 ? tc.threads : default_threads(comm::ranks_on_node()));
 
-  // Run directory (rank 0): never reuse one that holds an earlier run.
+  // Run directory (rank 0): never reuse one that holds an earlier run, unless resuming it.
   const fs::path out(tc.out_dir);
+  const bool resuming = !tc.resume.empty();
+  const std::string ckpt_dir = cfg.checkpoint.dir.empty() ? (out / "checkpoints").string() : cfg.checkpoint.dir;
   std::ofstream metrics;
   if (lead) {
-    RM_CHECK_KIND(Config, !fs::exists(out / "metrics.jsonl"),
-                  fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose another directory",
-                              tc.out_dir));
+    RM_CHECK_KIND(Config, resuming || !fs::exists(out / "metrics.jsonl"),
+                  fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose another directory "
+                              "or resume it with --resume auto", tc.out_dir));
     fs::create_directories(out);
     std::ofstream f(out / "config.toml");
     f << cfg.to_toml();
     RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", (out / "config.toml").string()));
-    metrics.open(out / "metrics.jsonl");
+    metrics.open(out / "metrics.jsonl", resuming ? std::ios::app : std::ios::trunc);
     RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
   }
+  world.barrier();
 
   // Data.
   const int vocab = static_cast<int>(mc.vocab_size);
@@ -152,6 +156,33 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
 
   Model model(mc, groups.ep.get());
   AdamW optimizer(model.params(), cfg.optim);
+  std::int64_t start_step = 0;
+  if (resuming) {
+    std::string path = tc.resume;
+    if (path == "auto") {
+      const std::vector<std::string> found = list_checkpoints(ckpt_dir);
+      RM_CHECK_KIND(Config, !found.empty(), fmt::format("--resume auto: no checkpoint in {}", ckpt_dir));
+      path = found.back();
+    }
+    const CheckpointState st = load_checkpoint(path, model, optimizer);
+    RM_CHECK_KIND(Config, st.data_seed == tc.seed,
+                  fmt::format("{} was trained with train.seed {}, this run has {}: the data order would change",
+                              path, st.data_seed, tc.seed));
+    RM_CHECK_KIND(Config, st.step < tc.steps,
+                  fmt::format("{} is at step {}; train.steps is {}: nothing left to train", path, st.step, tc.steps));
+    start_step = st.step;
+    if (lead) fmt::print("resumed from {} at step {}\n", path, st.step);
+  }
+  // The probe set: the first checkpoint.probe_tokens tokens of the validation split, as whole
+  // sequences, a multiple of the rank count.
+  std::vector<std::int32_t> probe;
+  {
+    const std::int64_t unit = mc.seq_len * W;
+    const std::int64_t n = std::min(cfg.checkpoint.probe_tokens, val_data.size()) / unit * unit;
+    RM_CHECK_KIND(Config, n > 0, fmt::format("the validation split ({} tokens) is too small for one probe "
+                                             "sequence per rank ({} tokens)", val_data.size(), unit));
+    probe.assign(val_data.tokens().begin(), val_data.tokens().begin() + n);
+  }
   if (lead) {
   fmt::print("routemoe train: {} parameters, {} layers ({} MoE, routers {}), {} experts top-{}\n",
              model.params().numel(), mc.n_layers, mc.n_moe_layers(), fmt::join(mc.expanded_routers(), ","),
@@ -177,7 +208,7 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
   double interval_loss = 0;
   std::int64_t interval_steps = 0;
   bool have_val = false;
-  for (std::int64_t step = 0; step < tc.steps; ++step) {
+  for (std::int64_t step = start_step; step < tc.steps; ++step) {
     model.params().zero_grads();
     StepStats agg;
     for (std::int64_t a = 0; a < tc.grad_accum; ++a) {
@@ -210,12 +241,12 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
     clip_grads(model.params(), cfg.optim.grad_clip, grad_norm);
     const double lr = lr_at(cfg.optim, step, tc.steps);
     optimizer.step(lr);
-    if (step == 0) summary.first_loss = agg.loss;
+    if (step == start_step) summary.first_loss = agg.loss;
     summary.losses.push_back(agg.loss);
     interval_loss += agg.loss;
     ++interval_steps;
     const double elapsed = run_timer.seconds();
-    const double tok_s = static_cast<double>((step + 1) * tokens_per_step) / elapsed;
+    const double tok_s = static_cast<double>((step + 1 - start_step) * tokens_per_step) / elapsed;
     if (lead) metrics << fmt::format(
         "{{\"step\": {}, \"epoch\": {}, \"loss\": {:.6f}, \"ce_loss\": {:.6f}, \"aux_loss\": {:.6f}, "
         "\"lr\": {:.6e}, \"grad_norm\": {:.6f}, \"tokens_per_s\": {:.1f}, \"expert_load\": {}}}\n",
@@ -225,6 +256,23 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
     for (const MoeLayerStats& m : agg.moe) summary.expert_load.push_back(m.load);
 
     const bool last = step + 1 == tc.steps;
+    // Routing records and checkpoints.
+    const bool ckpt = cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0);
+    const bool epoch_end = train_loader.is_epoch_end(step);
+    const bool interval = cfg.checkpoint.record_every > 0 && (step + 1) % cfg.checkpoint.record_every == 0;
+    if (ckpt || epoch_end || interval || last) {
+      RoutingRecord rec = route_probe(model, probe, mc.seq_len, world);
+      rec.step = step + 1;
+      rec.epoch = train_loader.epoch_of_step(step);
+      rec.reason = ckpt ? "checkpoint" : epoch_end ? "epoch_end" : last ? "final" : "interval";
+      if (lead && cfg.checkpoint.trace) append_trace((out / "trace.h5").string(), cfg, probe, rec);
+      if (ckpt) {
+        const std::string path = fmt::format("{}/ckpt_{:08d}.h5", ckpt_dir, step + 1);
+        save_checkpoint(path, cfg, model, optimizer, CheckpointState{step + 1, rec.epoch, tc.seed}, rec, groups);
+        if (lead) prune_checkpoints(ckpt_dir, cfg.checkpoint.keep_last);
+        world.barrier();
+      }
+    }
     const bool do_eval = last || (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0);
     std::string val_text;
     if (do_eval) {
@@ -251,9 +299,9 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
     bar.update(step + 1, fmt::format("step {}/{} loss {:.4f}", step + 1, tc.steps, agg.loss));
   }
   bar.clear();
-  summary.steps = tc.steps;
+  summary.steps = tc.steps - start_step;
   summary.seconds = run_timer.seconds();
-  summary.tokens_per_s = static_cast<double>(tc.steps * tokens_per_step) / summary.seconds;
+  summary.tokens_per_s = static_cast<double>(summary.steps * tokens_per_step) / summary.seconds;
   if (after) after(model);
   return summary;
 }

@@ -1,0 +1,283 @@
+#include "framework/train/checkpoint.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <regex>
+
+#include "comm/mpi_runtime.h"
+#include "framework/error.h"
+#include "framework/h5.h"
+#include "framework/optim.h"
+#include "layers/model.h"
+
+namespace routemoe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Rethrows any error raised while reading `path` as one Error(Data) line naming the file.
+template <typename Fn>
+auto with_file_context(const std::string& path, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    const std::string what = e.detail().empty() ? e.what() : e.detail();
+    if (what.find(path) != std::string::npos) throw;
+    RM_FAIL(Data, fmt::format("{}: cannot load: {}", path, what));
+  }
+}
+
+}  // namespace
+
+RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, std::int64_t seq_len,
+                          comm::Communicator& world) {
+  const ModelConfig& mc = model.config();
+  const std::int64_t sequences = static_cast<std::int64_t>(probe.size()) / seq_len;
+  const int W = world.size();
+  RM_CHECK_KIND(Config, sequences > 0 && sequences % W == 0,
+                fmt::format("the probe set has {} sequences of {} tokens; it must be a positive "
+                            "multiple of the {} ranks (checkpoint.probe_tokens)", sequences, seq_len, W));
+  const std::int64_t rows = sequences / W;
+  const std::int64_t n_local = rows * seq_len;
+  const std::int32_t* in = probe.data() + world.rank() * n_local;
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(n_local), -1);
+  model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true);
+  const std::vector<RoutingView> views = model.last_routing();
+  RoutingRecord rec;
+  rec.tokens = sequences * seq_len;
+  rec.top_k = mc.top_k;
+  rec.d_model = mc.d_model;
+  const std::int64_t K = mc.top_k, E = mc.n_experts, d = mc.d_model;
+  for (std::size_t m = 0; m < views.size(); ++m) {
+    const RoutingView& v = views[m];
+    LayerRouting L;
+    L.router = router_name(mc.effective_router(static_cast<std::int64_t>(m)));
+    std::vector<float> probs(static_cast<std::size_t>(n_local * K));
+    for (std::int64_t i = 0; i < n_local; ++i) {
+      for (std::int64_t j = 0; j < K; ++j) probs[static_cast<std::size_t>(i * K + j)] = v.probs[i * E + v.choice[i * K + j]];
+    }
+    L.experts.resize(static_cast<std::size_t>(rec.tokens * K));
+    L.gates.resize(L.experts.size());
+    L.probs.resize(L.experts.size());
+    world.all_gather(v.choice, L.experts.data(), n_local * K, comm::DataType::I32);
+    world.all_gather(v.gates, L.gates.data(), n_local * K, comm::DataType::F32);
+    world.all_gather(probs.data(), L.probs.data(), n_local * K, comm::DataType::F32);
+    if (v.ac_scale != nullptr) {
+      L.ac_scale.resize(static_cast<std::size_t>(rec.tokens * d));
+      world.all_gather(v.ac_scale, L.ac_scale.data(), n_local * d, comm::DataType::F32);
+    }
+    rec.layers.push_back(std::move(L));
+  }
+  return rec;
+}
+
+void write_routing(h5::File& f, const std::string& group, const RoutingRecord& r) {
+  const std::int64_t P = r.tokens, K = r.top_k;
+  for (std::size_t m = 0; m < r.layers.size(); ++m) {
+    const LayerRouting& L = r.layers[m];
+    const std::string g = fmt::format("{}/layer{}", group, m);
+    f.write_i32(g + "/experts", L.experts.data(), {P, K});
+    f.write_f32(g + "/gates", L.gates.data(), {P, K});
+    f.write_f32(g + "/probs", L.probs.data(), {P, K});
+    if (!L.ac_scale.empty()) f.write_f32(g + "/ac_scale", L.ac_scale.data(), {P, r.d_model});
+    f.set_attr(g, "router", L.router);
+  }
+  if (r.layers.empty()) f.write_scalar(group + "/empty", 0.0);  // make the group exist
+  f.set_attr(group, "step", r.step);
+  f.set_attr(group, "epoch", r.epoch);
+  f.set_attr(group, "reason", r.reason);
+}
+
+void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
+                     const CheckpointState& state, const RoutingRecord& record,
+                     comm::ProcessGroups& groups) {
+  comm::Communicator& world = *groups.world;
+  const bool lead = world.rank() == 0;
+  const std::string tmp = path + ".tmp";
+  // Who writes expert rows: the first replica of every expert (ranks of edp rank 0).
+  const bool expert_writer = groups.edp->rank() == 0;
+  const bool parallel = world.size() > 1 && ROUTEMOE_HAVE_PARALLEL_HDF5 && comm::mpi_active();
+  if (lead) fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
+  world.barrier();
+
+  ParamStore& ps = model.params();
+  const float* m_all = opt.m().data<float>();
+  const float* v_all = opt.v().data<float>();
+  if (parallel) {
+    MPI_Comm comm = MPI_COMM_WORLD;
+    h5::File f = h5::File::create_parallel(tmp, &comm);
+    for (const Param& p : ps.params()) {
+      const std::int64_t rows = p.local_shape.empty() ? 1 : p.local_shape[0];
+      const std::int64_t chunk = p.expert ? 1 : 0;  // one chunk per expert: one writer per chunk
+      const std::int64_t begin = p.expert ? p.expert_begin : 0;
+      const bool writes = p.expert ? expert_writer : lead;
+      const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
+      const char* group[3] = {"params", "optim/m", "optim/v"};
+      for (int t = 0; t < 3; ++t) {
+        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        f.create_f32(name, p.global_shape, chunk);
+        f.write_f32_rows(name, begin, writes ? rows : 0, src[t]);
+      }
+    }
+    // The routing record (identical on all ranks) and attributes: collective, rank 0's data.
+    write_routing(f, "routing", record);
+    f.set_attr("/", "format", std::string("routemoe-checkpoint"));
+    f.set_attr("/", "format_version", kCheckpointFormatVersion);
+    f.set_attr("/", "config", cfg.to_toml());
+    f.set_attr("/", "step", state.step);
+    f.set_attr("/", "epoch", state.epoch);
+    f.set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
+    f.set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
+    f.set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
+    f.set_attr("/optim", "steps_taken", opt.steps_taken());
+    f.close();
+  } else {
+    // Gather every expert tensor over the ep group; rank 0 writes the file alone.
+    std::unique_ptr<h5::File> f;
+    if (lead) f = std::make_unique<h5::File>(h5::File::create(tmp));
+    for (const Param& p : ps.params()) {
+      const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
+      const char* group[3] = {"params", "optim/m", "optim/v"};
+      for (int t = 0; t < 3; ++t) {
+        std::vector<float> full;
+        const float* data = src[t];
+        if (p.expert && groups.ep->size() > 1) {
+          full.resize(static_cast<std::size_t>(p.value.numel() * groups.ep->size()));
+          groups.ep->all_gather(src[t], full.data(), p.value.numel(), comm::DataType::F32);
+          data = full.data();
+        }
+        if (!lead) continue;
+        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
+        f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
+      }
+    }
+    if (lead) {
+      write_routing(*f, "routing", record);
+      f->set_attr("/", "format", std::string("routemoe-checkpoint"));
+      f->set_attr("/", "format_version", kCheckpointFormatVersion);
+      f->set_attr("/", "config", cfg.to_toml());
+      f->set_attr("/", "step", state.step);
+      f->set_attr("/", "epoch", state.epoch);
+      f->set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
+      f->set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
+      f->set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
+      f->set_attr("/optim", "steps_taken", opt.steps_taken());
+      f->close();
+    }
+  }
+  world.barrier();
+  if (lead) {
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+  }
+  world.barrier();
+}
+
+CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& opt) {
+  RM_CHECK_KIND(Data, fs::is_regular_file(path), fmt::format("{}: no such checkpoint file", path));
+  return with_file_context(path, [&]() {
+    const h5::File f = h5::File::open_read(path);
+    RM_CHECK_KIND(Data, f.has_attr("/", "format") && f.attr_string("/", "format") == "routemoe-checkpoint",
+                  fmt::format("{}: not a routemoe checkpoint (no format attribute 'routemoe-checkpoint')", path));
+    const std::int64_t version = f.attr_int("/", "format_version");
+    RM_CHECK_KIND(Data, version >= 1 && version <= kCheckpointFormatVersion,
+                  fmt::format("{}: checkpoint format version {} is not supported (this build reads 1..{})",
+                              path, version, kCheckpointFormatVersion));
+    CheckpointState st;
+    st.step = f.attr_int("/", "step");
+    st.epoch = f.attr_int("/", "epoch");
+    st.data_seed = static_cast<std::uint64_t>(f.attr_int("/", "data_seed"));
+    RM_CHECK_KIND(Data, st.step >= 0, fmt::format("{}: negative step {}", path, st.step));
+    float* m_all = opt.m().data<float>();
+    float* v_all = opt.v().data<float>();
+    for (Param& p : model.params().params()) {
+      float* dst[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
+      const char* group[3] = {"params", "optim/m", "optim/v"};
+      for (int t = 0; t < 3; ++t) {
+        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        RM_CHECK_KIND(Data, f.exists(name),
+                      fmt::format("{}: missing dataset {} (a checkpoint of a different model or router?)", path, name));
+        const Shape shape = f.shape_of(name);
+        RM_CHECK_KIND(Data, shape == p.global_shape,
+                      fmt::format("{}: {} has shape {}, the model needs {} (different model shape)", path, name,
+                                  shape_str(shape), shape_str(p.global_shape)));
+        const std::int64_t rows = p.local_shape.empty() ? 1 : p.local_shape[0];
+        const std::vector<float> data = p.expert ? f.read_f32_rows(name, p.expert_begin, rows) : f.read_f32(name);
+        RM_CHECK_KIND(Data, static_cast<std::int64_t>(data.size()) == p.value.numel(),
+                      fmt::format("{}: {} has {} values, expected {}", path, name, data.size(), p.value.numel()));
+        for (float x : data) {
+          RM_CHECK_KIND(Data, std::isfinite(x), fmt::format("{}: {} holds a non-finite value", path, name));
+        }
+        std::copy(data.begin(), data.end(), dst[t]);
+      }
+    }
+    opt.set_steps_taken(f.attr_int("/optim", "steps_taken"));
+    return st;
+  });
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<std::int64_t, std::string>> found;
+  if (!fs::is_directory(dir)) return {};
+  const std::regex pattern("ckpt_([0-9]+)\\.h5");
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && std::regex_match(name, m, pattern)) {
+      found.emplace_back(std::stoll(m[1].str()), entry.path().string());
+    }
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& [step, p] : found) out.push_back(p);
+  return out;
+}
+
+void prune_checkpoints(const std::string& dir, std::int64_t keep_last) {
+  const std::vector<std::string> all = list_checkpoints(dir);
+  for (std::size_t i = 0; i + static_cast<std::size_t>(std::max<std::int64_t>(1, keep_last)) < all.size(); ++i) {
+    std::error_code ec;
+    fs::remove(all[i], ec);
+  }
+}
+
+void append_trace(const std::string& path, const RunConfig& cfg, const std::vector<std::int32_t>& probe,
+                  const RoutingRecord& record) {
+  const std::string tmp = path + ".tmp";
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  std::int64_t index = 0;
+  if (fs::exists(path)) {
+    fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
+    h5::File f = h5::File::open_rw(tmp);
+    index = static_cast<std::int64_t>(f.list("/records").size());
+    write_routing(f, fmt::format("records/{:06d}", index), record);
+    f.close();
+  } else {
+    h5::File f = h5::File::create(tmp);
+    const ModelConfig& mc = cfg.model;
+    f.set_attr("/", "format", std::string("routemoe-trace"));
+    f.set_attr("/", "format_version", kCheckpointFormatVersion);
+    f.set_attr("/", "config", cfg.to_toml());
+    f.set_attr("/", "n_moe_layers", mc.n_moe_layers());
+    f.set_attr("/", "top_k", mc.top_k);
+    f.set_attr("/", "n_experts", mc.n_experts);
+    f.set_attr("/", "seq_len", mc.seq_len);
+    std::string routers;
+    for (const std::string& r : mc.expanded_routers()) routers += (routers.empty() ? "" : ",") + r;
+    f.set_attr("/", "routers", routers);
+    f.write_i32("probe/tokens", probe.data(), {static_cast<std::int64_t>(probe.size())});
+    write_routing(f, "records/000000", record);
+    f.close();
+  }
+  fs::rename(tmp, path, ec);
+  RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+}
+
+}  // namespace routemoe

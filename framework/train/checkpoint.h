@@ -1,0 +1,81 @@
+#pragma once
+// HDF5 checkpoints and routing traces (docs/checkpoint-format.md).
+//
+// A checkpoint holds the parameters and AdamW moments with their global shapes (expert tensors
+// with all experts), the step, epoch, data seed, the resolved configuration and the routing
+// record of the probe set at that step. All ranks write it together: with parallel HDF5 every
+// rank writes its own expert slices (dense tensors by rank 0); without it the expert shards are
+// gathered and rank 0 writes. Any rank count and ep_size can load it (each rank reads its
+// slice). Files are written to <name>.tmp, closed and renamed.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "framework/config.h"
+
+namespace routemoe {
+
+class Model;
+class AdamW;
+
+inline constexpr std::int64_t kCheckpointFormatVersion = 1;
+
+// Routing of the probe set by every MoE layer (rows of all ranks, probe order).
+struct LayerRouting {
+  std::string router;
+  std::vector<std::int32_t> experts;  // [P, k]
+  std::vector<float> gates;           // [P, k]
+  std::vector<float> probs;           // [P, k] routing probability of each chosen expert
+  std::vector<float> ac_scale;        // [P, d] (ac layers only, else empty)
+};
+
+struct RoutingRecord {
+  std::int64_t step = 0;
+  std::int64_t epoch = 0;
+  std::string reason;  // epoch_end | checkpoint | final
+  std::int64_t tokens = 0;  // P
+  std::int64_t top_k = 0;
+  std::int64_t d_model = 0;
+  std::vector<LayerRouting> layers;
+};
+
+struct CheckpointState {
+  std::int64_t step = 0;   // optimiser steps completed
+  std::int64_t epoch = 0;
+  std::uint64_t data_seed = 0;
+};
+
+// Routes `probe` ([sequences, seq_len] tokens, sequences divisible by the world size) in
+// evaluation mode (no capacity dropping) and gathers the record on every rank. Collective.
+RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, std::int64_t seq_len,
+                          comm::Communicator& world);
+
+// Writes `path` (collective over groups.world). The record may be empty (no layers).
+void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
+                     const CheckpointState& state, const RoutingRecord& record,
+                     comm::ProcessGroups& groups);
+
+// Loads `path` into model and optimiser (each rank its slice); checks format, version and
+// every tensor's shape against the model. Throws Error(Data) with the file and the cause.
+CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& opt);
+
+// Checkpoint files ckpt_<step>.h5 in `dir`, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+// Deletes all but the newest `keep_last` (>= 1) checkpoints of `dir`.
+void prune_checkpoints(const std::string& dir, std::int64_t keep_last);
+
+// Appends `record` to the run's trace file (created with the probe tokens on first use).
+// Rank 0 only; the file stays valid if the process dies during an append (the record group is
+// written to a copy that replaces the trace when complete).
+void append_trace(const std::string& path, const RunConfig& cfg,
+                  const std::vector<std::int32_t>& probe, const RoutingRecord& record);
+
+// Writes a routing record into group `group` of an open file (used by checkpoints and traces).
+namespace h5 {
+class File;
+}
+void write_routing(h5::File& f, const std::string& group, const RoutingRecord& record);
+
+}  // namespace routemoe
