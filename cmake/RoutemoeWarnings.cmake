@@ -12,7 +12,8 @@ if(ROUTEMOE_SANITIZE)
   add_link_options(-fsanitize=address,undefined)
 endif()
 
-# routemoe_target_defaults(<target>): warnings, include root, feature macros.
+# routemoe_target_defaults(<target>): warnings as errors for our own targets. (The include root
+# and the feature macros come with routemoe_features, which routemoe_framework links publicly.)
 function(routemoe_target_defaults target)
   target_link_libraries(${target} PRIVATE routemoe_warnings)
 endfunction()
