@@ -18,6 +18,8 @@ Runner register_train(CLI::App& app);
 Runner register_prepare(CLI::App& app);
 // `routemoe trace`: routing-fluctuation analysis of trace files and checkpoints (no MPI).
 Runner register_trace(CLI::App& app);
+// `routemoe inspect`: what a checkpoint or trace file holds; one-line errors for damaged files.
+Runner register_inspect(CLI::App& app);
 
 // `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
 Runner register_bench_gemm(CLI::App& bench);
@@ -25,5 +27,7 @@ Runner register_bench_gemm(CLI::App& bench);
 Runner register_bench_train(CLI::App& bench);
 // `routemoe bench alltoall`: expert-parallel dispatch + combine vs a bare MPI_Alltoallv (MPI).
 Runner register_bench_alltoall(CLI::App& bench);
+// `routemoe bench checkpoint`: save/load time and size of a checkpoint (MPI for >1 rank).
+Runner register_bench_checkpoint(CLI::App& bench);
 
 }  // namespace routemoe::cli

@@ -18,6 +18,13 @@ namespace routemoe::trace {
 
 namespace fs = std::filesystem;
 
+// TRACE_REQUIRE(kind, cond, detail): Error(kind) with just `detail` (which names the file), so
+// that the one-line message reads well on the command line.
+#define TRACE_REQUIRE(kind, cond, detail) \
+  do {                                    \
+    if (!(cond)) RM_FAIL(kind, (detail)); \
+  } while (0)
+
 namespace {
 
 constexpr const char* kTraceFormat = "routemoe-trace";
@@ -59,29 +66,36 @@ std::int64_t parse_index(const std::string& s) {
 // routemoe trace or checkpoint and a format_version this reader knows. Returns the format.
 std::string check_header(const h5::File& f) {
   const std::string& path = f.path();
-  RM_CHECK_KIND(Data, f.has_attr("/", "format"),
-                fmt::format("{}: not a routemoe trace or checkpoint (no 'format' attribute)", path));
+  TRACE_REQUIRE(
+      Data, f.has_attr("/", "format"),
+      fmt::format("{}: not a routemoe trace or checkpoint (no 'format' attribute)", path));
   const std::string format = f.attr_string("/", "format");
-  RM_CHECK_KIND(Data, format == kTraceFormat || format == kCheckpointFormat,
-                fmt::format("{}: not a routemoe trace or checkpoint (format is '{}')", path, format));
-  RM_CHECK_KIND(Data, f.has_attr("/", "format_version"),
+  TRACE_REQUIRE(
+      Data, format == kTraceFormat || format == kCheckpointFormat,
+      fmt::format("{}: not a routemoe trace or checkpoint (format is '{}')", path, format));
+  TRACE_REQUIRE(Data, f.has_attr("/", "format_version"),
                 fmt::format("{}: {} without a 'format_version' attribute", path, format));
   const std::int64_t version = f.attr_int("/", "format_version");
-  RM_CHECK_KIND(Data, version <= kFormatVersion,
+  TRACE_REQUIRE(Data, version <= kFormatVersion,
                 fmt::format("{}: format_version {} is newer than this routemoe reads ({}); use a "
                             "newer routemoe",
                             path, version, kFormatVersion));
-  RM_CHECK_KIND(Data, version >= 1,
-                fmt::format("{}: invalid format_version {}", path, version));
+  TRACE_REQUIRE(Data, version >= 1, fmt::format("{}: invalid format_version {}", path, version));
   return format;
 }
 
 h5::File open_checked(const std::string& path) {
   std::error_code ec;
-  RM_CHECK_KIND(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
-  RM_CHECK_KIND(Io, !fs::is_directory(path, ec),
+  TRACE_REQUIRE(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
+  TRACE_REQUIRE(Io, !fs::is_directory(path, ec),
                 fmt::format("{}: is a directory, expected a trace or checkpoint file", path));
-  return h5::File::open_read(path);
+  // h5::File::open_read says "not a readable HDF5 file" as an HDF5 error; say what was expected.
+  try {
+    return h5::File::open_read(path);
+  } catch (const Error&) {
+    RM_FAIL(Data,
+            fmt::format("{}: not an HDF5 file (expected a routemoe trace or checkpoint)", path));
+  }
 }
 
 // Reads the record group `group` (layers layer0..layer<n-1>), checking every experts dataset
@@ -90,16 +104,17 @@ Record read_record(const h5::File& f, const std::string& group, std::int64_t n_l
                    std::int64_t& n_probe, std::int64_t& top_k) {
   Record rec;
   rec.origin = fmt::format("{}:{}", f.path(), group);
-  RM_CHECK_KIND(Data, f.exists(group), fmt::format("{}: missing group", rec.origin));
+  TRACE_REQUIRE(Data, f.exists(group), fmt::format("{}: missing group", rec.origin));
   rec.step = f.attr_int(group, "step");
   rec.epoch = f.attr_int(group, "epoch");
   if (f.has_attr(group, "reason")) rec.reason = f.attr_string(group, "reason");
   for (std::int64_t m = 0; m < n_layers; ++m) {
     const std::string layer = fmt::format("{}/layer{}", group, m);
     const std::string name = layer + "/experts";
-    RM_CHECK_KIND(Data, f.exists(name), fmt::format("{}: missing dataset layer{}/experts (the "
-                                                    "file has {} MoE layers)",
-                                                    rec.origin, m, n_layers));
+    TRACE_REQUIRE(Data, f.exists(name),
+                  fmt::format("{}: missing dataset layer{}/experts (the "
+                              "file has {} MoE layers)",
+                              rec.origin, m, n_layers));
     LayerRouting lr;
     std::vector<std::int64_t> shape;
     lr.experts = f.read_i32(name, &shape);
@@ -107,7 +122,7 @@ Record read_record(const h5::File& f, const std::string& group, std::int64_t n_l
       n_probe = shape[0];
       top_k = shape[1];
     }
-    RM_CHECK_KIND(Data, shape.size() == 2 && shape[0] == n_probe && shape[1] == top_k,
+    TRACE_REQUIRE(Data, shape.size() == 2 && shape[0] == n_probe && shape[1] == top_k,
                   fmt::format("{}: layer{}/experts has shape {}, expected [{}, {}] (every record "
                               "must route the same probe tokens with the same top_k)",
                               rec.origin, m, shape_text(shape), n_probe, top_k));
@@ -150,17 +165,29 @@ std::string run_dir_name(const fs::path& dir) {
 
 // ---- formatting helpers ----
 
-std::string num(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+std::string num(double v) {
+  return std::isfinite(v) ? fmt::format("{}", v) : "null";
+}
 
 std::string json_str(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<int>(c));
@@ -202,7 +229,9 @@ std::string render(const std::vector<std::vector<std::string>>& rows, const std:
   return out;
 }
 
-std::string f4(double v) { return fmt::format("{:.4f}", v); }
+std::string f4(double v) {
+  return fmt::format("{:.4f}", v);
+}
 
 double mean_of(const std::vector<double>& v) {
   if (v.empty()) return 0;
@@ -218,28 +247,29 @@ double mean_of(const std::vector<double>& v) {
 
 void validate(const Run& run) {
   const std::string who = run.sources.empty() ? run.label : run.sources.front();
-  RM_CHECK_KIND(Data, run.n_moe_layers >= 1,
+  TRACE_REQUIRE(Data, run.n_moe_layers >= 1,
                 fmt::format("{}: no MoE layers (n_moe_layers = {})", who, run.n_moe_layers));
-  RM_CHECK_KIND(Data, run.top_k >= 1, fmt::format("{}: top_k must be >= 1, got {}", who, run.top_k));
-  RM_CHECK_KIND(Data, run.n_experts >= run.top_k,
-                fmt::format("{}: n_experts {} is smaller than top_k {}", who, run.n_experts,
-                            run.top_k));
-  RM_CHECK_KIND(Data, run.n_probe >= 1, fmt::format("{}: empty probe set", who));
+  TRACE_REQUIRE(Data, run.top_k >= 1,
+                fmt::format("{}: top_k must be >= 1, got {}", who, run.top_k));
+  TRACE_REQUIRE(
+      Data, run.n_experts >= run.top_k,
+      fmt::format("{}: n_experts {} is smaller than top_k {}", who, run.n_experts, run.top_k));
+  TRACE_REQUIRE(Data, run.n_probe >= 1, fmt::format("{}: empty probe set", who));
   const auto want = static_cast<std::size_t>(run.n_probe * run.top_k);
   for (const Record& rec : run.records) {
     const std::string& at = rec.origin.empty() ? who : rec.origin;
-    RM_CHECK_KIND(Data, static_cast<std::int64_t>(rec.layers.size()) == run.n_moe_layers,
+    TRACE_REQUIRE(Data, static_cast<std::int64_t>(rec.layers.size()) == run.n_moe_layers,
                   fmt::format("{}: record has {} MoE layers, expected {}", at, rec.layers.size(),
                               run.n_moe_layers));
     for (std::size_t m = 0; m < rec.layers.size(); ++m) {
       const auto& ex = rec.layers[m].experts;
-      RM_CHECK_KIND(Data, ex.size() == want,
+      TRACE_REQUIRE(Data, ex.size() == want,
                     fmt::format("{}: layer{} has {} expert ids, expected probe size {} x top_k {} "
                                 "(every record must route the same probe tokens with the same "
                                 "top_k)",
                                 at, m, ex.size(), run.n_probe, run.top_k));
       for (std::size_t i = 0; i < ex.size(); ++i) {
-        RM_CHECK_KIND(Data, ex[i] >= 0 && ex[i] < run.n_experts,
+        TRACE_REQUIRE(Data, ex[i] >= 0 && ex[i] < run.n_experts,
                       fmt::format("{}: layer{} token {} chooses expert {}, outside [0, {})", at, m,
                                   i / static_cast<std::size_t>(run.top_k), ex[i], run.n_experts));
       }
@@ -318,25 +348,28 @@ LastChange last_change_epochs(const Run& run, std::int64_t layer) {
   for (std::int64_t e : epochs) hist[e] = 0;
   const auto k = static_cast<std::size_t>(run.top_k);
   const auto m = static_cast<std::size_t>(layer);
-  double sum = 0;
+  double sum = 0, sum_step = 0;
   for (std::size_t i = 0; i < static_cast<std::size_t>(run.n_probe); ++i) {
-    std::int64_t last = 0;
+    std::int64_t last = 0, last_step = 0;
     bool changed = false;
     for (std::size_t r = 1; r < run.records.size(); ++r) {
       if (run.records[r].layers[m].experts[i * k] != run.records[r - 1].layers[m].experts[i * k]) {
         last = run.records[r].epoch;
+        last_step = run.records[r].step;
         changed = true;
       }
     }
     lc.never_changed += changed ? 0 : 1;
     ++hist[last];
     sum += static_cast<double>(last);
+    sum_step += static_cast<double>(last_step);
   }
   const auto p = static_cast<double>(run.n_probe);
   for (const auto& [epoch, tokens] : hist) {
     lc.bins.push_back({epoch, tokens, static_cast<double>(tokens) / p});
   }
   lc.mean_epoch = sum / p;
+  lc.mean_step = sum_step / p;
   return lc;
 }
 
@@ -352,7 +385,8 @@ Load expert_load(const Run& run, std::size_t record, std::int64_t layer) {
     l.shares.push_back(static_cast<double>(c) / static_cast<double>(run.n_probe));
   }
   l.entropy = entropy_nats(l.counts);
-  l.entropy_norm = run.n_experts > 1 ? l.entropy / std::log(static_cast<double>(run.n_experts)) : 1.0;
+  l.entropy_norm =
+      run.n_experts > 1 ? l.entropy / std::log(static_cast<double>(run.n_experts)) : 1.0;
   return l;
 }
 
@@ -389,8 +423,15 @@ RunMetrics analyse(const Run& run) {
       out.flips.push_back(p);
     }
   }
+  if (n_rec >= 2 && run.records.front().epoch == run.records.back().epoch) {
+    out.notes.push_back(fmt::format(
+        "all records are in epoch {}: the last-change epochs cannot tell tokens apart (see the "
+        "mean last-change step)",
+        run.records.front().epoch));
+  }
   if (n_rec >= 2) {
-    for (std::int64_t m = 0; m < n_layers; ++m) out.last_change.push_back(last_change_epochs(run, m));
+    for (std::int64_t m = 0; m < n_layers; ++m)
+      out.last_change.push_back(last_change_epochs(run, m));
   }
   for (std::int64_t m = 0; m < n_layers; ++m) out.load.push_back(expert_load(run, n_rec - 1, m));
   for (std::int64_t m = 0; m + 1 < n_layers; ++m) {
@@ -418,7 +459,7 @@ RunMetrics analyse(const Run& run) {
 Run read_trace(const std::string& path) {
   h5::File f = open_checked(path);
   const std::string format = check_header(f);
-  RM_CHECK_KIND(Data, format == kTraceFormat,
+  TRACE_REQUIRE(Data, format == kTraceFormat,
                 fmt::format("{}: is a checkpoint, not a trace file", path));
   Run run;
   run.sources.push_back(path);
@@ -427,18 +468,18 @@ Run read_trace(const std::string& path) {
   run.n_experts = f.attr_int("/", "n_experts");
   if (f.has_attr("/", "routers")) run.routers = split_commas(f.attr_string("/", "routers"));
   std::vector<std::int64_t> probe_shape = f.shape_of("/probe/tokens");
-  RM_CHECK_KIND(Data, probe_shape.size() == 1,
-                fmt::format("{}: probe/tokens has shape {}, expected [P]", path,
-                            shape_text(probe_shape)));
+  TRACE_REQUIRE(
+      Data, probe_shape.size() == 1,
+      fmt::format("{}: probe/tokens has shape {}, expected [P]", path, shape_text(probe_shape)));
   run.n_probe = probe_shape[0];
-  RM_CHECK_KIND(Data, run.n_moe_layers >= 1 && run.top_k >= 1 && run.n_experts >= run.top_k,
+  TRACE_REQUIRE(Data, run.n_moe_layers >= 1 && run.top_k >= 1 && run.n_experts >= run.top_k,
                 fmt::format("{}: bad model attributes (n_moe_layers {}, top_k {}, n_experts {})",
                             path, run.n_moe_layers, run.top_k, run.n_experts));
   if (f.exists("/records")) {
     std::vector<std::pair<std::int64_t, std::string>> names;
     for (const std::string& name : f.list("/records")) {
       const std::int64_t index = parse_index(name);
-      RM_CHECK_KIND(Data, index >= 0,
+      TRACE_REQUIRE(Data, index >= 0,
                     fmt::format("{}: unexpected member records/{} (records are named by a "
                                 "6-digit index)",
                                 path, name));
@@ -450,6 +491,14 @@ Run read_trace(const std::string& path) {
       run.records.push_back(read_record(f, "/records/" + name, run.n_moe_layers, p, k));
     }
   }
+  // The router each layer actually used (ac on the first MoE layer reports topk), when the
+  // records say so; else the `routers` attribute (the configured ones).
+  if (!run.records.empty() &&
+      std::none_of(run.records.back().layers.begin(), run.records.back().layers.end(),
+                   [](const LayerRouting& l) { return l.router.empty(); })) {
+    run.routers.clear();
+    for (const LayerRouting& l : run.records.back().layers) run.routers.push_back(l.router);
+  }
   validate(run);
   return run;
 }
@@ -460,9 +509,9 @@ Run read_checkpoints(const std::vector<std::string>& paths) {
   for (const std::string& path : paths) {
     h5::File f = open_checked(path);
     const std::string format = check_header(f);
-    RM_CHECK_KIND(Data, format == kCheckpointFormat,
+    TRACE_REQUIRE(Data, format == kCheckpointFormat,
                   fmt::format("{}: is a trace, not a checkpoint file", path));
-    RM_CHECK_KIND(Data, f.exists("/routing"),
+    TRACE_REQUIRE(Data, f.exists("/routing"),
                   fmt::format("{}: checkpoint without a /routing record", path));
     std::int64_t n_layers = 0;
     for (const std::string& name : f.list("/routing")) {
@@ -470,17 +519,17 @@ Run read_checkpoints(const std::vector<std::string>& paths) {
     }
     if (run.records.empty()) {
       run.n_moe_layers = n_layers;
-      RM_CHECK_KIND(Data, n_layers >= 1,
-                    fmt::format("{}:/routing: no layer<m> groups", path));
+      TRACE_REQUIRE(Data, n_layers >= 1, fmt::format("{}:/routing: no layer<m> groups", path));
     }
-    RM_CHECK_KIND(Data, n_layers == run.n_moe_layers,
+    TRACE_REQUIRE(Data, n_layers == run.n_moe_layers,
                   fmt::format("{}:/routing has {} MoE layers, but {} has {}", path, n_layers,
                               run.sources.front(), run.n_moe_layers));
     run.records.push_back(read_record(f, "/routing", n_layers, run.n_probe, run.top_k));
     run.sources.push_back(path);
-    std::int64_t e = f.has_attr("/", "config") ? n_experts_from_config(f.attr_string("/", "config")) : 0;
+    std::int64_t e =
+        f.has_attr("/", "config") ? n_experts_from_config(f.attr_string("/", "config")) : 0;
     if (e > 0) {
-      RM_CHECK_KIND(Data, run.n_experts == 0 || run.n_experts == e,
+      TRACE_REQUIRE(Data, run.n_experts == 0 || run.n_experts == e,
                     fmt::format("{}: n_experts {} differs from {} in {}", path, e, run.n_experts,
                                 run.sources.front()));
       run.n_experts = e;
@@ -529,7 +578,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
   };
   for (const std::string& input : inputs) {
     std::error_code ec;
-    RM_CHECK_KIND(Io, fs::exists(input, ec), fmt::format("{}: no such file or directory", input));
+    TRACE_REQUIRE(Io, fs::exists(input, ec), fmt::format("{}: no such file or directory", input));
     if (fs::is_directory(input, ec)) {
       const fs::path trace = fs::path(input) / "trace.h5";
       if (fs::exists(trace, ec)) {
@@ -546,9 +595,9 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
           }
         }
       }
-      RM_CHECK_KIND(Io, !ckpts.empty(),
-                    fmt::format("{}: run directory without trace.h5 or checkpoints/ckpt_*.h5",
-                                input));
+      TRACE_REQUIRE(
+          Io, !ckpts.empty(),
+          fmt::format("{}: run directory without trace.h5 or checkpoints/ckpt_*.h5", input));
       std::sort(ckpts.begin(), ckpts.end());
       for (const std::string& c : ckpts) add_checkpoint(c);
       continue;
@@ -564,9 +613,9 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
       add_checkpoint(input);
     }
   }
-  RM_CHECK_KIND(Config, labels.empty() || labels.size() == pending.size(),
-                fmt::format("--label gives {} label(s) for {} run(s)", labels.size(),
-                            pending.size()));
+  TRACE_REQUIRE(
+      Config, labels.empty() || labels.size() == pending.size(),
+      fmt::format("--label gives {} label(s) for {} run(s)", labels.size(), pending.size()));
   std::vector<Run> runs;
   std::map<std::string, int> seen;
   for (std::size_t i = 0; i < pending.size(); ++i) {
@@ -600,9 +649,9 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
     for (std::size_t i = 0; i < run.routers.size(); ++i) routers += (i ? "," : "") + run.routers[i];
     out += fmt::format("   {} record(s)", run.records.size());
     if (!run.records.empty()) {
-      out += fmt::format(" (steps {}..{}, epochs {}..{})", run.records.front().step,
-                         run.records.back().step, run.records.front().epoch,
-                         run.records.back().epoch);
+      out +=
+          fmt::format(" (steps {}..{}, epochs {}..{})", run.records.front().step,
+                      run.records.back().step, run.records.front().epoch, run.records.back().epoch);
     }
     out += fmt::format(", {} probe tokens, top-k {}, {} experts, {} MoE layer(s){}\n", run.n_probe,
                        run.top_k, run.n_experts, run.n_moe_layers,
@@ -611,8 +660,9 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
     const auto n_layers = static_cast<std::size_t>(run.n_moe_layers);
 
     if (!rm.flips.empty()) {
-      out += "\n   routing fluctuation between consecutive records (top-1 flip rate / top-k set "
-             "change rate)\n";
+      out +=
+          "\n   routing fluctuation between consecutive records (top-1 flip rate / top-k set "
+          "change rate)\n";
       std::vector<std::vector<std::string>> rows;
       std::vector<std::string> head{"steps", "epochs"};
       for (std::size_t m = 0; m < n_layers; ++m) head.push_back(fmt::format("layer {}", m));
@@ -642,8 +692,9 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
     }
 
     if (!rm.last_change.empty()) {
-      out += "\n   last-change epoch of each token's top-1 expert (share of probe tokens; epoch 0 "
-             "includes never changed)\n";
+      out +=
+          "\n   last-change epoch of each token's top-1 expert (share of probe tokens; epoch 0 "
+          "includes never changed)\n";
       std::vector<std::vector<std::string>> rows;
       std::vector<std::string> head{"epoch"};
       for (std::size_t m = 0; m < n_layers; ++m) head.push_back(fmt::format("layer {}", m));
@@ -653,13 +704,16 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
         for (const LastChange& lc : rm.last_change) row.push_back(f4(lc.bins[b].share));
         rows.push_back(row);
       }
-      std::vector<std::string> never{"never changed"}, mean{"mean epoch"};
+      std::vector<std::string> never{"never changed"}, mean{"mean epoch"}, step{"mean step"};
       for (const LastChange& lc : rm.last_change) {
-        never.push_back(f4(static_cast<double>(lc.never_changed) / static_cast<double>(run.n_probe)));
+        step.push_back(fmt::format("{:.1f}", lc.mean_step));
+        never.push_back(
+            f4(static_cast<double>(lc.never_changed) / static_cast<double>(run.n_probe)));
         mean.push_back(fmt::format("{:.2f}", lc.mean_epoch));
       }
       rows.push_back(never);
       rows.push_back(mean);
+      rows.push_back(step);
       out += render(rows, "   ");
     }
 
@@ -713,7 +767,9 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
       for (const Load& l : rm.load) ent.push_back(l.entropy_norm);
       for (const Agreement& a : rm.agreement) agr.push_back(a.last);
       auto cell = [](const std::vector<double>& v, bool two) {
-        return v.empty() ? std::string("-") : two ? fmt::format("{:.2f}", mean_of(v)) : f4(mean_of(v));
+        return v.empty() ? std::string("-")
+               : two     ? fmt::format("{:.2f}", mean_of(v))
+                         : f4(mean_of(v));
       };
       rows.push_back({rm.run->label, fmt::format("{}", rm.run->records.size()), cell(flip, false),
                       cell(set, false), cell(last_flip, false), cell(lce, true), cell(ent, false),
@@ -731,11 +787,14 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
     const Run& run = *rm.run;
     out += ri ? ",\n  {" : "\n  {";
     out += fmt::format("\"label\": {}, \"sources\": [", json_str(run.label));
-    for (std::size_t i = 0; i < run.sources.size(); ++i) out += (i ? ", " : "") + json_str(run.sources[i]);
-    out += fmt::format("], \"n_probe\": {}, \"top_k\": {}, \"n_experts\": {}, \"n_moe_layers\": {}, "
-                       "\"routers\": [",
-                       run.n_probe, run.top_k, run.n_experts, run.n_moe_layers);
-    for (std::size_t i = 0; i < run.routers.size(); ++i) out += (i ? ", " : "") + json_str(run.routers[i]);
+    for (std::size_t i = 0; i < run.sources.size(); ++i)
+      out += (i ? ", " : "") + json_str(run.sources[i]);
+    out += fmt::format(
+        "], \"n_probe\": {}, \"top_k\": {}, \"n_experts\": {}, \"n_moe_layers\": {}, "
+        "\"routers\": [",
+        run.n_probe, run.top_k, run.n_experts, run.n_moe_layers);
+    for (std::size_t i = 0; i < run.routers.size(); ++i)
+      out += (i ? ", " : "") + json_str(run.routers[i]);
     out += "],\n   \"records\": [";
     for (std::size_t i = 0; i < run.records.size(); ++i) {
       const Record& r = run.records[i];
@@ -755,9 +814,11 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
     out += "],\n   \"last_change\": [";
     for (std::size_t i = 0; i < rm.last_change.size(); ++i) {
       const LastChange& lc = rm.last_change[i];
-      out += fmt::format("{}{{\"layer\": {}, \"never_changed\": {}, \"mean_epoch\": {}, \"bins\": [",
-                         i ? ",\n     " : "\n     ", lc.layer, lc.never_changed,
-                         num(lc.mean_epoch));
+      out += fmt::format(
+          "{}{{\"layer\": {}, \"never_changed\": {}, \"mean_epoch\": {}, \"mean_step\": {}, "
+          "\"bins\": [",
+          i ? ",\n     " : "\n     ", lc.layer, lc.never_changed, num(lc.mean_epoch),
+          num(lc.mean_step));
       for (std::size_t b = 0; b < lc.bins.size(); ++b) {
         out += fmt::format("{}{{\"epoch\": {}, \"tokens\": {}, \"share\": {}}}", b ? ", " : "",
                            lc.bins[b].epoch, lc.bins[b].tokens, num(lc.bins[b].share));
@@ -767,13 +828,16 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
     out += "],\n   \"load\": [";
     for (std::size_t i = 0; i < rm.load.size(); ++i) {
       const Load& l = rm.load[i];
-      out += fmt::format("{}{{\"layer\": {}, \"step\": {}, \"epoch\": {}, \"entropy\": {}, "
-                         "\"entropy_norm\": {}, \"counts\": [",
-                         i ? ",\n     " : "\n     ", l.layer, l.step, l.epoch, num(l.entropy),
-                         num(l.entropy_norm));
-      for (std::size_t e = 0; e < l.counts.size(); ++e) out += fmt::format("{}{}", e ? ", " : "", l.counts[e]);
+      out += fmt::format(
+          "{}{{\"layer\": {}, \"step\": {}, \"epoch\": {}, \"entropy\": {}, "
+          "\"entropy_norm\": {}, \"counts\": [",
+          i ? ",\n     " : "\n     ", l.layer, l.step, l.epoch, num(l.entropy),
+          num(l.entropy_norm));
+      for (std::size_t e = 0; e < l.counts.size(); ++e)
+        out += fmt::format("{}{}", e ? ", " : "", l.counts[e]);
       out += "], \"shares\": [";
-      for (std::size_t e = 0; e < l.shares.size(); ++e) out += fmt::format("{}{}", e ? ", " : "", num(l.shares[e]));
+      for (std::size_t e = 0; e < l.shares.size(); ++e)
+        out += fmt::format("{}{}", e ? ", " : "", num(l.shares[e]));
       out += "]}";
     }
     out += "],\n   \"agreement\": [";
@@ -783,7 +847,8 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
                          i ? ", " : "", a.layer_a, a.layer_b, num(a.last), num(a.mean));
     }
     out += "],\n   \"notes\": [";
-    for (std::size_t i = 0; i < rm.notes.size(); ++i) out += (i ? ", " : "") + json_str(rm.notes[i]);
+    for (std::size_t i = 0; i < rm.notes.size(); ++i)
+      out += (i ? ", " : "") + json_str(rm.notes[i]);
     out += "]}";
   }
   out += "\n]}\n";
@@ -791,7 +856,8 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
 }
 
 std::string flips_csv(const std::vector<RunMetrics>& metrics) {
-  std::string out = "run,layer,from_step,to_step,from_epoch,to_epoch,top1_flip_rate,topk_change_rate\n";
+  std::string out =
+      "run,layer,from_step,to_step,from_epoch,to_epoch,top1_flip_rate,topk_change_rate\n";
   for (const RunMetrics& rm : metrics) {
     for (const PairFlip& p : rm.flips) {
       out += fmt::format("{},{},{},{},{},{},{},{}\n", csv_str(rm.run->label), p.layer, p.from_step,
@@ -844,10 +910,10 @@ void write_text_file(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    RM_CHECK_KIND(Io, out.good(), fmt::format("{}: cannot open for writing", tmp));
+    TRACE_REQUIRE(Io, out.good(), fmt::format("{}: cannot open for writing", tmp));
     out << text;
     out.flush();
-    RM_CHECK_KIND(Io, out.good(), fmt::format("{}: write failed", tmp));
+    TRACE_REQUIRE(Io, out.good(), fmt::format("{}: write failed", tmp));
   }
   std::error_code ec;
   fs::rename(tmp, path, ec);
@@ -861,7 +927,7 @@ std::vector<std::string> write_csv_dir(const std::string& dir,
                                        const std::vector<RunMetrics>& metrics) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  RM_CHECK_KIND(Io, !ec && fs::is_directory(dir),
+  TRACE_REQUIRE(Io, !ec && fs::is_directory(dir),
                 fmt::format("{}: cannot create directory: {}", dir, ec.message()));
   const std::vector<std::pair<std::string, std::string>> files{
       {"flips.csv", flips_csv(metrics)},

@@ -87,6 +87,7 @@ struct LastChange {
   std::vector<LastChangeBin> bins;  // epoch 0 and the epoch of every record after the first
   std::int64_t never_changed = 0;   // tokens that never changed (counted in the epoch-0 bin)
   double mean_epoch = 0;            // mean last-change epoch over tokens (never = 0)
+  double mean_step = 0;             // the same with the step of that record (never = 0)
 };
 
 struct Load {
@@ -105,7 +106,7 @@ struct Agreement {
 };
 
 struct RunMetrics {
-  const Run* run = nullptr;  // the analysed run (not owned)
+  const Run* run = nullptr;             // the analysed run (not owned)
   std::vector<PairFlip> flips;          // ordered by pair, then layer
   std::vector<LastChange> last_change;  // per layer; empty with fewer than 2 records
   std::vector<Load> load;               // per layer; empty without records

@@ -23,11 +23,20 @@ std::string esc(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -72,27 +81,31 @@ std::string axes(const Scale& x, const Scale& y, const std::vector<double>& xtic
     out += fmt::format(
         "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#e0e0e0\"/>\n",
         left, py, right, py);
-    out += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
-                       "stroke=\"#333\"/>\n",
-                       left - 5, py, left, py);
+    out += fmt::format(
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
+        "stroke=\"#333\"/>\n",
+        left - 5, py, left, py);
     out += text(left - 8, py + 4, tick_label(t), "end");
   }
   for (double t : xticks) {
     const double px = x(t);
     out += fmt::format(
-        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#f0f0f0\"/>\n",
-        px, bottom, px, top);
-    out += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
-                       "stroke=\"#333\"/>\n",
-                       px, bottom, px, bottom + 5);
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#f0f0f0\"/>\n", px,
+        bottom, px, top);
+    out += fmt::format(
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
+        "stroke=\"#333\"/>\n",
+        px, bottom, px, bottom + 5);
     out += text(px, bottom + 18, tick_label(t), "middle");
   }
-  out += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" "
-                     "stroke=\"#333\"/>\n",
-                     left, bottom, right);
-  out += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" "
-                     "stroke=\"#333\"/>\n",
-                     left, bottom, top);
+  out += fmt::format(
+      "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" "
+      "stroke=\"#333\"/>\n",
+      left, bottom, right);
+  out += fmt::format(
+      "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" "
+      "stroke=\"#333\"/>\n",
+      left, bottom, top);
   if (!xlabel.empty()) out += text((left + right) / 2, bottom + 38, xlabel, "middle");
   if (!ylabel.empty()) {
     const double cx = left - 48, cy = (top + bottom) / 2;
@@ -177,20 +190,20 @@ std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
   out += text(left + plot_w / 2, 28,
               "Routing fluctuation: top-1 flip rate between consecutive records", "middle",
               " font-size=\"15\" font-weight=\"bold\"");
-  out += axes(sx, sy, xt, yt,
-              by_epoch ? "epoch (of the later record)" : "step (of the later record)",
-              "top-1 flip rate");
+  out +=
+      axes(sx, sy, xt, yt, by_epoch ? "epoch (of the later record)" : "step (of the later record)",
+           "top-1 flip rate");
   if (!any) {
-    out += text(left + plot_w / 2, top + plot_h / 2,
-                "no pairs of consecutive records (fewer than 2 records)", "middle",
-                " fill=\"#a00\"");
+    out +=
+        text(left + plot_w / 2, top + plot_h / 2,
+             "no pairs of consecutive records (fewer than 2 records)", "middle", " fill=\"#a00\"");
   }
 
   const bool single_run = metrics.size() == 1;
   const double lx = left + plot_w + 30;
   double ly = top + 10;
-  out += text(lx, ly, single_run ? "MoE layer" : "run / MoE layer", "start",
-              " font-weight=\"bold\"");
+  out +=
+      text(lx, ly, single_run ? "MoE layer" : "run / MoE layer", "start", " font-weight=\"bold\"");
   ly += entry_h;
   for (std::size_t ri = 0; ri < metrics.size(); ++ri) {
     const RunMetrics& rm = metrics[ri];
@@ -208,8 +221,8 @@ std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
         if (static_cast<std::size_t>(p.layer) != m) continue;
         const double px = sx(x_of(rm, p)), py = sy(p.top1_flip_rate);
         points += fmt::format("{}{:.1f},{:.1f}", n_points ? " " : "", px, py);
-        marks += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px,
-                             py, color);
+        marks += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px, py,
+                             color);
         ++n_points;
       }
       if (n_points > 0) {
@@ -219,9 +232,10 @@ std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
             points, color, dash_attr, esc(name));
         out += marks;
       }
-      out += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
-                         "stroke=\"{}\" stroke-width=\"2\"{}/>\n",
-                         lx, ly - 4, lx + 30, ly - 4, color, dash_attr);
+      out += fmt::format(
+          "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
+          "stroke=\"{}\" stroke-width=\"2\"{}/>\n",
+          lx, ly - 4, lx + 30, ly - 4, color, dash_attr);
       out += text(lx + 38, ly, n_points > 0 ? name : name + " (no pairs)");
       ly += entry_h;
     }
@@ -282,16 +296,18 @@ std::string load_svg(const std::vector<RunMetrics>& metrics) {
     for (std::size_t e = 0; e < n_e; ++e) {
       const double x0 = left + slot * static_cast<double>(e);
       const double y0 = sy(p.load->shares[e]);
-      out += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-                         "fill=\"{}\"><title>expert {}: {:.4f} ({} tokens)</title></rect>\n",
-                         x0 + slot * 0.1, y0, slot * 0.8, bottom - y0, color, e,
-                         p.load->shares[e], p.load->counts[e]);
+      out += fmt::format(
+          "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+          "fill=\"{}\"><title>expert {}: {:.4f} ({} tokens)</title></rect>\n",
+          x0 + slot * 0.1, y0, slot * 0.8, bottom - y0, color, e, p.load->shares[e],
+          p.load->counts[e]);
       if (e % every == 0) out += text(x0 + slot / 2, bottom + 15, fmt::format("{}", e), "middle");
     }
     const double uy = sy(1.0 / static_cast<double>(n_e));
-    out += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
-                       "stroke=\"#555\" stroke-dasharray=\"5 3\"/>\n",
-                       left, uy, right, uy);
+    out += fmt::format(
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" "
+        "stroke=\"#555\" stroke-dasharray=\"5 3\"/>\n",
+        left, uy, right, uy);
     out += text(right - 2, uy - 4, "uniform 1/E", "end", " fill=\"#555\" font-size=\"10\"");
   }
   out += "</svg>\n";
@@ -302,8 +318,9 @@ std::vector<std::string> write_svg_dir(const std::string& dir,
                                        const std::vector<RunMetrics>& metrics) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  RM_CHECK_KIND(Io, !ec && std::filesystem::is_directory(dir),
-                fmt::format("{}: cannot create directory: {}", dir, ec.message()));
+  if (ec || !std::filesystem::is_directory(dir)) {
+    RM_FAIL(Io, fmt::format("{}: cannot create directory: {}", dir, ec.message()));
+  }
   const std::string flu = (std::filesystem::path(dir) / "fluctuation.svg").string();
   const std::string load = (std::filesystem::path(dir) / "load.svg").string();
   write_text_file(flu, fluctuation_svg(metrics));
