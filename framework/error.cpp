@@ -69,18 +69,24 @@ void raise_mpi_error(int code, const char* call, const char* file, int line) {
 
 namespace {
 herr_t innermost_message(unsigned n, const H5E_error2_t* e, void* out) {
-  // The walk goes from the innermost frame outwards; keep the first (innermost) description.
+  // Walking upward starts at the innermost frame (where HDF5 detected the problem, e.g. a
+  // checksum mismatch); keep that description.
   auto* msg = static_cast<std::string*>(out);
   if (n == 0 && e != nullptr && e->desc != nullptr) *msg = e->desc;
   return 0;
 }
 }  // namespace
 
+std::string hdf5_error_message() {
+  std::string msg;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_message, &msg);
+  return msg.empty() ? std::string("HDF5 call failed") : msg;
+}
+
 long long check_hdf5_impl(long long value, const char* call, const char* file, int line) {
   if (value >= 0) return value;
   std::string msg;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, innermost_message, &msg);
-  if (msg.empty()) msg = "HDF5 call failed";
+  msg = hdf5_error_message();
   throw Error(ErrorKind::Hdf5, call, msg, file, line);
 }
 

@@ -88,6 +88,8 @@ int current_rank() noexcept;
 
 namespace routemoe::detail {
 [[noreturn]] void raise_mpi_error(int code, const char* call, const char* file, int line);
+// The innermost message of the current HDF5 error stack ("HDF5 call failed" when empty).
+std::string hdf5_error_message();
 // Returns `value` when it is >= 0, else throws Error(Hdf5) with HDF5's innermost error message.
 long long check_hdf5_impl(long long value, const char* call, const char* file, int line);
 template <typename T>

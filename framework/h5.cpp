@@ -86,14 +86,14 @@ File File::create_parallel(const std::string& path, const void* mpi_comm) {
 File File::open_read(const std::string& path) {
   quiet();
   Handle h(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: not a readable HDF5 file", path));
+  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: not a readable HDF5 file ({})", path, detail::hdf5_error_message()));
   return File(std::move(h), path);
 }
 
 File File::open_rw(const std::string& path) {
   quiet();
   Handle h(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: cannot open HDF5 file for writing", path));
+  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: cannot open HDF5 file for writing ({})", path, detail::hdf5_error_message()));
   return File(std::move(h), path);
 }
 

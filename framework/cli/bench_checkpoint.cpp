@@ -5,9 +5,11 @@
 // moments (one update from synthetic gradients), routes a probe set for the routing record,
 // then alternates, --repeats times: save (all ranks, collective: with parallel HDF5 every rank
 // writes its expert slices, otherwise rank 0 writes gathered tensors), load (every rank reads its
-// slice). Each figure is the median over repeats of the slowest rank (max over ranks of the
-// barrier-to-finish time). Loads read a file that was just written, so it is normally in the page
-// cache: the load figure is HDF5 + checksum + copy speed, not disk speed.
+// slice). With parallel HDF5 and several ranks, each round also times the write path of a build
+// without it (expert shards gathered over the ep group, rank 0 writes), printed with
+// ratio=parallel/gathered. Each figure is the median over repeats of the slowest rank (max over
+// ranks of the barrier-to-finish time). Loads read a file that was just written, so it is normally
+// in the page cache: the load figure is HDF5 + checksum + copy speed, not disk speed.
 //
 //   routemoe bench checkpoint                       # 1 rank
 //   mpirun -np 2 routemoe bench checkpoint          # 2 ranks, ep 2
@@ -30,6 +32,7 @@
 #include "framework/config.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
+#include "framework/h5.h"
 #include "framework/optim.h"
 #include "framework/rng.h"
 #include "framework/timer.h"
@@ -55,6 +58,49 @@ struct BenchCheckpointOptions {
   std::string json;
 };
 
+// The write path save_checkpoint takes without parallel HDF5 (expert shards gathered over the
+// ep group, rank 0 writes everything), for a side-by-side comparison when parallel HDF5 is
+// used. Same datasets, chunking and checksums; attributes and routing record as well.
+void save_gathered(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
+                   const RoutingRecord& rec, comm::ProcessGroups& groups) {
+  comm::Communicator& world = *groups.world;
+  const bool lead = world.rank() == 0;
+  const std::string tmp = path + ".tmp";
+  std::unique_ptr<h5::File> f;
+  if (lead) f = std::make_unique<h5::File>(h5::File::create(tmp));
+  const float* m_all = opt.m().data<float>();
+  const float* v_all = opt.v().data<float>();
+  for (const Param& p : model.params().params()) {
+    const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
+    const char* group[3] = {"params", "optim/m", "optim/v"};
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> full;
+      const float* data = src[t];
+      if (p.expert && groups.ep->size() > 1) {
+        full.resize(static_cast<std::size_t>(p.value.numel() * groups.ep->size()));
+        groups.ep->all_gather(src[t], full.data(), p.value.numel(), comm::DataType::F32);
+        data = full.data();
+      }
+      if (!lead) continue;
+      const std::string name = fmt::format("{}/{}", group[t], p.name);
+      f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
+      f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
+    }
+  }
+  if (lead) {
+    write_routing(*f, "routing", rec);
+    f->set_attr("/", "format", std::string("routemoe-checkpoint"));
+    f->set_attr("/", "format_version", kCheckpointFormatVersion);
+    f->set_attr("/", "config", cfg.to_toml());
+    for (const char* a : {"step", "epoch", "data_seed", "world_size", "ep_size"})
+      f->set_attr("/", a, std::int64_t{1});
+    f->set_attr("/optim", "steps_taken", opt.steps_taken());
+    f->close();
+    fs::rename(tmp, path);
+  }
+  world.barrier();
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
@@ -79,7 +125,8 @@ Runner register_bench_checkpoint(CLI::App& bench) {
   cmd->add_option("--router", opts->router, "router of every MoE layer")
       ->check(CLI::IsMember({"topk", "similarity", "attention", "ac"}))
       ->capture_default_str();
-  cmd->add_option("--ep", opts->ep, "expert-parallel size (0: all ranks)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ep", opts->ep, "expert-parallel size (0: all ranks)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--repeats", opts->repeats, "timed save+load pairs (median reported)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -109,7 +156,8 @@ Runner register_bench_checkpoint(CLI::App& bench) {
     comm::Communicator& world = *groups.world;
     const bool lead = world.rank() == 0;
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    cpu::set_num_threads(o.threads > 0 ? o.threads : std::max(1, cores / std::max(1, comm::ranks_on_node())));
+    cpu::set_num_threads(o.threads > 0 ? o.threads
+                                       : std::max(1, cores / std::max(1, comm::ranks_on_node())));
 
     RunConfig cfg;
     ModelConfig& mc = cfg.model;
@@ -127,7 +175,8 @@ Runner register_bench_checkpoint(CLI::App& bench) {
     RM_CHECK_KIND(Config, o.n_experts % ep == 0,
                   fmt::format("--ep {} does not divide --experts {}", ep, o.n_experts));
     RM_CHECK_KIND(Config, o.probe_sequences % W == 0,
-                  fmt::format("--probe-sequences {} is not a multiple of the {} ranks", o.probe_sequences, W));
+                  fmt::format("--probe-sequences {} is not a multiple of the {} ranks",
+                              o.probe_sequences, W));
 
     Model model(mc, groups.ep.get());
     AdamW opt(model.params(), cfg.optim);
@@ -141,29 +190,44 @@ Runner register_bench_checkpoint(CLI::App& bench) {
     // The routing record of a random probe set.
     std::vector<std::int32_t> probe(static_cast<std::size_t>(o.probe_sequences * o.seq_len));
     Philox rng(7, 0);
-    for (std::int32_t& t : probe) t = static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(o.vocab)));
+    for (std::int32_t& t : probe)
+      t = static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(o.vocab)));
     RoutingRecord rec = route_probe(model, probe, o.seq_len, world);
     rec.step = 1;
     rec.reason = "checkpoint";
 
-    const fs::path dir = o.dir.empty() ? fs::temp_directory_path() / "routemoe-bench-checkpoint" : fs::path(o.dir);
+    const fs::path dir =
+        o.dir.empty() ? fs::temp_directory_path() / "routemoe-bench-checkpoint" : fs::path(o.dir);
     const std::string path = (dir / "ckpt_00000001.h5").string();
     std::int64_t global_params = 0;
     for (const Param& p : model.params().params()) global_params += shape_numel(p.global_shape);
     if (lead) {
       fmt::print(
-          "routemoe bench checkpoint: {} rank(s), ep {}, parallel HDF5 writes {}; model d {} T {} {} heads {} layers "
-          "(all MoE, {}) {} experts top-{} d_ff {}: {} parameters ({:.1f} MiB of params + AdamW m, v); "
+          "routemoe bench checkpoint: {} rank(s), ep {}, parallel HDF5 writes {}; model d {} T {} "
+          "{} heads {} layers "
+          "(all MoE, {}) {} experts top-{} d_ff {}: {} parameters ({:.1f} MiB of params + AdamW m, "
+          "v); "
           "{} threads/rank; {} repeats, median of the slowest rank; file {}\n",
-          W, ep, W > 1 && ROUTEMOE_HAVE_PARALLEL_HDF5 ? "on" : "off (rank 0 writes)", o.d_model, o.seq_len,
-          o.n_heads, o.n_layers, o.router, o.n_experts, o.top_k, o.d_ff, global_params,
-          3.0 * 4.0 * static_cast<double>(global_params) / (1 << 20), cpu::num_threads(), o.repeats, path);
+          W, ep, W > 1 && ROUTEMOE_HAVE_PARALLEL_HDF5 ? "on" : "off (rank 0 writes)", o.d_model,
+          o.seq_len, o.n_heads, o.n_layers, o.router, o.n_experts, o.top_k, o.d_ff, global_params,
+          3.0 * 4.0 * static_cast<double>(global_params) / (1 << 20), cpu::num_threads(), o.repeats,
+          path);
       std::fflush(stdout);
     }
 
-    // Warm-up pair (untimed), then timed pairs.
-    std::vector<double> save_s, load_s;
+    // Warm-up round (untimed), then timed rounds: save, load and (with parallel HDF5 writes)
+    // the gathered save that a build without parallel HDF5 would do.
+    const bool compare_gathered = W > 1 && ROUTEMOE_HAVE_PARALLEL_HDF5;
+    std::vector<double> save_s, load_s, gathered_s;
     for (int r = -1; r < o.repeats; ++r) {
+      if (compare_gathered) {
+        world.barrier();
+        Timer tg;
+        save_gathered(path, cfg, model, opt, rec, groups);
+        double g = tg.seconds();
+        world.all_reduce(&g, 1, comm::DataType::F64, comm::ReduceOp::Max);
+        if (r >= 0) gathered_s.push_back(g);
+      }
       world.barrier();
       Timer t;
       save_checkpoint(path, cfg, model, opt, CheckpointState{1, 0, cfg.train.seed}, rec, groups);
@@ -184,10 +248,20 @@ Runner register_bench_checkpoint(CLI::App& bench) {
     if (lead) {
       const double mib = bytes / (1 << 20);
       fmt::print(
-          "bench checkpoint case=d{}_l{}_e{}_ff{} ranks={} ep={} size={:.2f} MiB save={:.1f} ms ({:.0f} MB/s) "
+          "bench checkpoint case=d{}_l{}_e{}_ff{} ranks={} ep={} size={:.2f} MiB save={:.1f} ms "
+          "({:.0f} MB/s) "
           "load={:.1f} ms ({:.0f} MB/s)\n",
-          o.d_model, o.n_layers, o.n_experts, o.d_ff, W, ep, mib, save * 1e3, bytes / save * 1e-6, load * 1e3,
-          bytes / load * 1e-6);
+          o.d_model, o.n_layers, o.n_experts, o.d_ff, W, ep, mib, save * 1e3, bytes / save * 1e-6,
+          load * 1e3, bytes / load * 1e-6);
+      if (compare_gathered) {
+        const double g = median(gathered_s);
+        fmt::print(
+            "bench checkpoint case=d{}_l{}_e{}_ff{}_gathered ranks={} ep={} parallel_save={:.1f} "
+            "ms "
+            "gathered_save={:.1f} ms ({:.0f} MB/s) ratio={:.2f} (parallel/gathered time)\n",
+            o.d_model, o.n_layers, o.n_experts, o.d_ff, W, ep, save * 1e3, g * 1e3,
+            bytes / g * 1e-6, save / g);
+      }
       fmt::print("  save: min {:.1f} ms, max {:.1f} ms; load: min {:.1f} ms, max {:.1f} ms\n",
                  *std::min_element(save_s.begin(), save_s.end()) * 1e3,
                  *std::max_element(save_s.begin(), save_s.end()) * 1e3,
@@ -197,7 +271,8 @@ Runner register_bench_checkpoint(CLI::App& bench) {
       if (!o.json.empty()) {
         std::ofstream f(o.json);
         f << fmt::format(
-            "{{\"ranks\": {}, \"ep\": {}, \"d_model\": {}, \"n_layers\": {}, \"n_experts\": {}, \"d_ff\": {}, "
+            "{{\"ranks\": {}, \"ep\": {}, \"d_model\": {}, \"n_layers\": {}, \"n_experts\": {}, "
+            "\"d_ff\": {}, "
             "\"parameters\": {}, \"bytes\": {:.0f}, \"save_s\": {:.6e}, \"load_s\": {:.6e}}}\n",
             W, ep, o.d_model, o.n_layers, o.n_experts, o.d_ff, global_params, bytes, save, load);
         RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", o.json));

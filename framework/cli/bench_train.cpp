@@ -340,7 +340,7 @@ Runner register_bench_train(CLI::App& bench) {
     std::string torch_version;
     if (o.no_torch) {
       torch_missing = "--no-torch";
-    } else if (::access(o.python.c_str(), X_OK) != 0) {
+    } else if (o.python.find('/') != std::string::npos && ::access(o.python.c_str(), X_OK) != 0) {
       torch_missing = fmt::format("{} not found or not executable", o.python);
     } else if ((script = find_script(o.script)).empty()) {
       torch_missing =
@@ -367,10 +367,7 @@ Runner register_bench_train(CLI::App& bench) {
       fmt::print("bench train torch side: unavailable: {}; reporting ours only (ratio n/a)\n",
                  torch_missing);
     const double load_start = load_average();
-    const double ceiling = square_gemm_gflops(o.square);
-    fmt::print(
-        "bench train ceiling: square {0}x{0}x{0} fp32 GEMM {1:.1f} GFLOP/s (best, cpu::gemm)\n",
-        o.square, ceiling);
+    const double ceiling_start = square_gemm_gflops(o.square);
     std::fflush(stdout);
 
     const double tokens = static_cast<double>(o.batch * o.seq_len);
@@ -381,6 +378,7 @@ Runner register_bench_train(CLI::App& bench) {
       const ModelConfig mc = model_config(o, router);
       r.flops = step_flops(mc, o.batch);
       r.ours_s = time_ours(o, mc);
+      fmt::print(stderr, "bench train: router={} ours {:.1f} ms/step\n", router, r.ours_s * 1e3);
       if (torch_missing.empty()) {
         const std::string args = fmt::format(
             "--router {} --batch {} --seq-len {} --vocab-size {} --d-model {} --n-heads {} "
@@ -389,9 +387,27 @@ Runner register_bench_train(CLI::App& bench) {
             router, o.batch, o.seq_len, o.vocab, o.d_model, o.n_heads, o.n_layers, o.d_ff,
             o.n_experts, o.top_k, o.moe_every, threads, o.warmup, o.steps, o.seed);
         r.torch = parse_torch(run_process(torch_command(o, script, threads, args)));
+        if (r.torch.ok)
+          fmt::print(stderr, "bench train: router={} torch {:.1f} ms/step\n", router,
+                     r.torch.median_s * 1e3);
+        else
+          fmt::print("bench train router={} torch side failed: {}\n", router, r.torch.error);
       } else {
         r.torch.error = torch_missing;
       }
+      results.push_back(r);
+    }
+
+    // The ceiling is measured at the start and again at the end, and the higher figure is
+    // used: a short measurement is easily halved by another process taking a core.
+    const double ceiling_end = square_gemm_gflops(o.square);
+    const double ceiling = std::max(ceiling_start, ceiling_end);
+    const double load_end = load_average();
+    fmt::print(
+        "bench train ceiling: square {0}x{0}x{0} fp32 GEMM through cpu::gemm {1:.1f} GFLOP/s "
+        "(best of {2:.1f} at start, {3:.1f} at end)\n",
+        o.square, ceiling, ceiling_start, ceiling_end);
+    for (const CaseResult& r : results) {
       const double gflops = r.flops / r.ours_s * 1e-9;
       const std::string theirs =
           r.torch.ok ? fmt::format("torch={:.0f} tok/s", tokens / r.torch.median_s) : "torch=n/a";
@@ -401,13 +417,9 @@ Runner register_bench_train(CLI::App& bench) {
           "bench train router={:<10} ours={:.0f} tok/s {} ratio={} (ours/torch) "
           "gflops={:.1f} ({:.0f}% of {:.1f} GFLOP/s ceiling; {:.1f} GFLOP/step) "
           "step ours={:.1f} ms torch={}\n",
-          router, tokens / r.ours_s, theirs, ratio, gflops, 100.0 * gflops / ceiling, ceiling,
+          r.router, tokens / r.ours_s, theirs, ratio, gflops, 100.0 * gflops / ceiling, ceiling,
           r.flops * 1e-9, r.ours_s * 1e3,
           r.torch.ok ? fmt::format("{:.1f} ms", r.torch.median_s * 1e3) : std::string("n/a"));
-      if (!r.torch.ok && torch_missing.empty())
-        fmt::print("bench train router={} torch side failed: {}\n", router, r.torch.error);
-      std::fflush(stdout);
-      results.push_back(r);
     }
 
     const CaseResult* topk = nullptr;
@@ -427,8 +439,6 @@ Runner register_bench_train(CLI::App& bench) {
             torch_over);
       }
     }
-
-    const double load_end = load_average();
     const double cores = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
     fmt::print("bench train load: 1-min load average {:.2f} at start, {:.2f} at end ({} cores){}\n",
                load_start, load_end, cores,

@@ -1,4 +1,5 @@
-// `routemoe inspect FILE [--json]`: what a checkpoint or a trace file holds (docs/checkpoint-format.md).
+// `routemoe inspect FILE [--json]`: what a checkpoint or a trace file holds
+// (docs/checkpoint-format.md).
 //
 // Checkpoint: format and version, step/epoch/data seed, the layout it was written with, the
 // stored configuration, every tensor (shape, dtype, elements, min/max/mean), the optimiser state
@@ -43,11 +44,21 @@ std::string jstr(std::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
@@ -60,7 +71,9 @@ std::string jstr(std::string_view s) {
 }
 
 // A number for JSON (non-finite values become null).
-std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{:.9g}", v) : "null"; }
+std::string jnum(double v) {
+  return std::isfinite(v) ? fmt::format("{:.9g}", v) : "null";
+}
 
 struct TensorInfo {
   std::string name;
@@ -111,7 +124,8 @@ TensorInfo tensor_info(const h5::File& f, const std::string& name) {
     ++finite;
   }
   if (finite == 0) t.min = t.max = std::numeric_limits<double>::quiet_NaN();
-  t.mean = finite > 0 ? sum / static_cast<double>(finite) : std::numeric_limits<double>::quiet_NaN();
+  t.mean =
+      finite > 0 ? sum / static_cast<double>(finite) : std::numeric_limits<double>::quiet_NaN();
   return t;
 }
 
@@ -125,7 +139,8 @@ std::string shape_text(const Shape& s) {
 RunConfig parse_stored_config(const std::string& path, const std::string& toml) {
   std::string tmpl = (fs::temp_directory_path() / "routemoe-inspect-XXXXXX.toml").string();
   const int fd = mkstemps(tmpl.data(), 5);
-  RM_CHECK_KIND(Io, fd >= 0, fmt::format("{}: cannot create a temporary file for its config", path));
+  RM_CHECK_KIND(Io, fd >= 0,
+                fmt::format("{}: cannot create a temporary file for its config", path));
   close(fd);
   struct Remove {
     std::string p;
@@ -169,7 +184,9 @@ LayerSummary layer_summary(const h5::File& f, const std::string& g, std::int64_t
   if (f.has_attr(g, "router")) L.router = f.attr_string(g, "router");
   Shape es, gs, ps;
   const std::vector<std::int32_t> experts = f.read_i32(g + "/experts", &es);
-  RM_CHECK_KIND(Data, es.size() == 2, fmt::format("{}: {}/experts has shape {}, expected [P, k]", f.path(), g, shape_text(es)));
+  RM_CHECK_KIND(
+      Data, es.size() == 2,
+      fmt::format("{}: {}/experts has shape {}, expected [P, k]", f.path(), g, shape_text(es)));
   L.P = es[0];
   L.k = es[1];
   const std::vector<float> gates = f.read_f32(g + "/gates", &gs);
@@ -181,7 +198,8 @@ LayerSummary layer_summary(const h5::File& f, const std::string& g, std::int64_t
   for (std::int64_t i = 0; i < L.P; ++i) {
     const std::int32_t e = experts[static_cast<std::size_t>(i * L.k)];
     RM_CHECK_KIND(Data, e >= 0 && e < n_experts,
-                  fmt::format("{}: {}/experts holds expert {} (the model has {})", f.path(), g, e, n_experts));
+                  fmt::format("{}: {}/experts holds expert {} (the model has {})", f.path(), g, e,
+                              n_experts));
     ++L.first_load[static_cast<std::size_t>(e)];
   }
   double gsum = 0, psum = 0;
@@ -222,7 +240,8 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
   std::int64_t param_numel = 0;
   for (const TensorInfo& t : params) param_numel += t.numel;
   for (const char* g : {"optim/m", "optim/v"}) {
-    for (const std::string& n : f.list(g)) moments.push_back(tensor_info(f, fmt::format("{}/{}", g, n)));
+    for (const std::string& n : f.list(g))
+      moments.push_back(tensor_info(f, fmt::format("{}/{}", g, n)));
   }
   // Optimiser state: one m and one v per parameter.
   const std::size_t n_m = f.list("optim/m").size(), n_v = f.list("optim/v").size();
@@ -244,32 +263,37 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
 
   if (json) {
     std::string o = "{";
-    o += fmt::format("\"file\": {}, \"format\": \"routemoe-checkpoint\", \"format_version\": {}, ", jstr(path), version);
-    o += fmt::format("\"bytes\": {:.0f}, \"step\": {}, \"epoch\": {}, \"data_seed\": {}, ", file_size, st.step, st.epoch, st.data_seed);
-    o += fmt::format("\"world_size\": {}, \"ep_size\": {}, \"config\": {}, ", world_size, ep_size, jstr(config));
+    o += fmt::format("\"file\": {}, \"format\": \"routemoe-checkpoint\", \"format_version\": {}, ",
+                     jstr(path), version);
+    o += fmt::format("\"bytes\": {:.0f}, \"step\": {}, \"epoch\": {}, \"data_seed\": {}, ",
+                     file_size, st.step, st.epoch, st.data_seed);
+    o += fmt::format("\"world_size\": {}, \"ep_size\": {}, \"config\": {}, ", world_size, ep_size,
+                     jstr(config));
     o += fmt::format("\"parameters\": {}, \"tensors\": [", param_numel);
     bool first = true;
     for (const std::vector<TensorInfo>* list : {&params, &moments}) {
       for (const TensorInfo& t : *list) {
-        o += fmt::format("{}{{\"name\": {}, \"shape\": {}, \"dtype\": \"{}\", \"numel\": {}, \"min\": {}, "
-                         "\"max\": {}, \"mean\": {}, \"nonfinite\": {}}}",
-                         first ? "" : ", ", jstr(t.name), shape_text(t.shape), t.dtype, t.numel,
-                         jnum(t.min), jnum(t.max), jnum(t.mean), t.nonfinite);
+        o += fmt::format(
+            "{}{{\"name\": {}, \"shape\": {}, \"dtype\": \"{}\", \"numel\": {}, \"min\": {}, "
+            "\"max\": {}, \"mean\": {}, \"nonfinite\": {}}}",
+            first ? "" : ", ", jstr(t.name), shape_text(t.shape), t.dtype, t.numel, jnum(t.min),
+            jnum(t.max), jnum(t.mean), t.nonfinite);
         first = false;
       }
     }
-    o += fmt::format("], \"optimizer\": {{\"present\": {}, \"steps_taken\": {}}}, ", optim_complete ? "true" : "false",
-                     steps_taken);
+    o += fmt::format("], \"optimizer\": {{\"present\": {}, \"steps_taken\": {}}}, ",
+                     optim_complete ? "true" : "false", steps_taken);
     if (has_routing) {
-      o += fmt::format("\"routing\": {{\"step\": {}, \"epoch\": {}, \"reason\": {}, \"layers\": [", r_step, r_epoch,
-                       jstr(r_reason));
+      o += fmt::format("\"routing\": {{\"step\": {}, \"epoch\": {}, \"reason\": {}, \"layers\": [",
+                       r_step, r_epoch, jstr(r_reason));
       for (std::size_t m = 0; m < layers.size(); ++m) {
         const LayerSummary& L = layers[m];
-        o += fmt::format("{}{{\"layer\": {}, \"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], "
-                         "\"gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
-                         m ? ", " : "", m, jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
-                         jnum(L.gate_mean), jnum(L.prob_mean),
-                         L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
+        o += fmt::format(
+            "{}{{\"layer\": {}, \"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], "
+            "\"gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
+            m ? ", " : "", m, jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
+            jnum(L.gate_mean), jnum(L.prob_mean),
+            L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
       }
       o += "]}";
     } else {
@@ -280,48 +304,62 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
     return 0;
   }
 
-  fmt::print("{}: routemoe checkpoint, format version {}, {:.2f} MiB\n", path, version, file_size / (1 << 20));
+  fmt::print("{}: routemoe checkpoint, format version {}, {:.2f} MiB\n", path, version,
+             file_size / (1 << 20));
   fmt::print("  step {}, epoch {}, data seed {}\n", st.step, st.epoch, st.data_seed);
-  fmt::print("  written by {} rank(s), expert-parallel size {} (any layout can load it)\n", world_size, ep_size);
-  fmt::print("  model: {} parameters, {} layers ({} MoE, routers {}), d {}, {} experts top-{}\n", param_numel,
-             cfg.model.n_layers, cfg.model.n_moe_layers(), fmt::join(cfg.model.expanded_routers(), ","),
-             cfg.model.d_model, cfg.model.n_experts, cfg.model.top_k);
+  fmt::print("  written by {} rank(s), expert-parallel size {} (any layout can load it)\n",
+             world_size, ep_size);
+  fmt::print("  model: {} parameters, {} layers ({} MoE, routers {}), d {}, {} experts top-{}\n",
+             param_numel, cfg.model.n_layers, cfg.model.n_moe_layers(),
+             fmt::join(cfg.model.expanded_routers(), ","), cfg.model.d_model, cfg.model.n_experts,
+             cfg.model.top_k);
   fmt::print("  optimizer: AdamW state {} (m and v for {}/{} tensors), steps_taken {}\n",
-             optim_complete ? "present" : "INCOMPLETE", std::min(n_m, n_v), params.size(), steps_taken);
+             optim_complete ? "present" : "INCOMPLETE", std::min(n_m, n_v), params.size(),
+             steps_taken);
   fmt::print("\ntensors:\n");
   std::size_t w = 4;
   for (const TensorInfo& t : params) w = std::max(w, t.name.size());
-  fmt::print("  {:<{}}  {:<16} {:<8} {:>10} {:>12} {:>12} {:>12}\n", "name", w, "shape", "dtype", "elements", "min",
-             "max", "mean");
+  fmt::print("  {:<{}}  {:<16} {:<8} {:>10} {:>12} {:>12} {:>12}\n", "name", w, "shape", "dtype",
+             "elements", "min", "max", "mean");
   for (const TensorInfo& t : params) {
-    fmt::print("  {:<{}}  {:<16} {:<8} {:>10} {:>12.5g} {:>12.5g} {:>12.5g}{}\n", t.name, w, shape_text(t.shape),
-               t.dtype, t.numel, t.min, t.max, t.mean,
+    fmt::print("  {:<{}}  {:<16} {:<8} {:>10} {:>12.5g} {:>12.5g} {:>12.5g}{}\n", t.name, w,
+               shape_text(t.shape), t.dtype, t.numel, t.min, t.max, t.mean,
                t.nonfinite ? fmt::format("  ({} non-finite)", t.nonfinite) : "");
   }
   double m_abs = 0, v_max = 0;
   std::int64_t mom_numel = 0;
   for (const TensorInfo& t : moments) {
     mom_numel += t.numel;
-    if (t.name.rfind("optim/m/", 0) == 0) m_abs = std::max({m_abs, std::abs(t.min), std::abs(t.max)});
+    if (t.name.rfind("optim/m/", 0) == 0)
+      m_abs = std::max({m_abs, std::abs(t.min), std::abs(t.max)});
     if (t.name.rfind("optim/v/", 0) == 0) v_max = std::max(v_max, t.max);
   }
-  fmt::print("  optim/m/*, optim/v/*: {} tensors, {} elements, max |m| {:.4g}, max v {:.4g}\n", moments.size(),
-             mom_numel, m_abs, v_max);
+  fmt::print("  optim/m/*, optim/v/*: {} tensors, {} elements, max |m| {:.4g}, max v {:.4g}\n",
+             moments.size(), mom_numel, m_abs, v_max);
   if (has_routing) {
     fmt::print("\nrouting record: step {}, epoch {}, reason {}\n", r_step, r_epoch, r_reason);
     for (std::size_t m = 0; m < layers.size(); ++m) {
       const LayerSummary& L = layers[m];
-      fmt::print("  layer{} {:<10} P {} k {}  first-choice load [{}]  mean gate {:.4f}  mean prob {:.4f}{}\n", m,
-                 L.router, L.P, L.k, fmt::join(L.first_load, " "), L.gate_mean, L.prob_mean,
-                 L.ac_scale ? fmt::format("  ac_scale {}", shape_text(L.ac_shape)) : "");
+      fmt::print(
+          "  layer{} {:<10} P {} k {}  first-choice load [{}]  mean gate {:.4f}  mean prob "
+          "{:.4f}{}\n",
+          m, L.router, L.P, L.k, fmt::join(L.first_load, " "), L.gate_mean, L.prob_mean,
+          L.ac_scale ? fmt::format("  ac_scale {}", shape_text(L.ac_shape)) : "");
     }
   } else {
     fmt::print("\nrouting record: none\n");
   }
   fmt::print("\nconfig:\n");
-  std::string indented = "  ";
-  for (char c : config) indented += c == '\n' ? std::string("\n  ") : std::string(1, c);
-  while (!indented.empty() && (indented.back() == ' ' || indented.back() == '\n')) indented.pop_back();
+  std::string indented;
+  std::size_t begin = 0;
+  while (begin < config.size()) {
+    std::size_t end = config.find('\n', begin);
+    if (end == std::string::npos) end = config.size();
+    const std::string line = config.substr(begin, end - begin);
+    indented += line.empty() ? "\n" : "  " + line + "\n";
+    begin = end + 1;
+  }
+  while (!indented.empty() && indented.back() == '\n') indented.pop_back();
   fmt::print("{}\n", indented);
   std::fflush(stdout);
   return 0;
@@ -349,26 +387,36 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
     Rec r{n, f.attr_int(g, "step"), f.attr_int(g, "epoch"), f.attr_string(g, "reason"), {}};
     for (std::int64_t m = 0; m < n_moe; ++m) {
       const std::string lg = fmt::format("{}/layer{}", g, m);
-      RM_CHECK_KIND(Data, f.exists(lg), fmt::format("{}: record {} has no layer{} (the trace has {} MoE layers)", path, n, m, n_moe));
+      RM_CHECK_KIND(Data, f.exists(lg),
+                    fmt::format("{}: record {} has no layer{} (the trace has {} MoE layers)", path,
+                                n, m, n_moe));
       r.layers.push_back(layer_summary(f, lg, n_experts));
     }
     recs.push_back(std::move(r));
   }
   if (json) {
     std::string o = "{";
-    o += fmt::format("\"file\": {}, \"format\": \"routemoe-trace\", \"format_version\": {}, ", jstr(path), version);
-    o += fmt::format("\"n_moe_layers\": {}, \"top_k\": {}, \"n_experts\": {}, \"seq_len\": {}, \"routers\": {}, ",
-                     n_moe, top_k, n_experts, seq_len, jstr(routers));
-    o += fmt::format("\"probe_tokens\": {}, \"config\": {}, \"records\": [", shape_numel(probe_shape), jstr(config));
+    o += fmt::format("\"file\": {}, \"format\": \"routemoe-trace\", \"format_version\": {}, ",
+                     jstr(path), version);
+    o += fmt::format(
+        "\"n_moe_layers\": {}, \"top_k\": {}, \"n_experts\": {}, \"seq_len\": {}, \"routers\": "
+        "{}, ",
+        n_moe, top_k, n_experts, seq_len, jstr(routers));
+    o += fmt::format("\"probe_tokens\": {}, \"config\": {}, \"records\": [",
+                     shape_numel(probe_shape), jstr(config));
     for (std::size_t i = 0; i < recs.size(); ++i) {
       const Rec& r = recs[i];
-      o += fmt::format("{}{{\"index\": {}, \"group\": {}, \"step\": {}, \"epoch\": {}, \"reason\": {}, \"layers\": [",
-                       i ? ", " : "", i, jstr("records/" + r.name), r.step, r.epoch, jstr(r.reason));
+      o += fmt::format(
+          "{}{{\"index\": {}, \"group\": {}, \"step\": {}, \"epoch\": {}, \"reason\": {}, "
+          "\"layers\": [",
+          i ? ", " : "", i, jstr("records/" + r.name), r.step, r.epoch, jstr(r.reason));
       for (std::size_t m = 0; m < r.layers.size(); ++m) {
         const LayerSummary& L = r.layers[m];
-        o += fmt::format("{}{{\"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], \"ac_scale\": {}}}",
-                         m ? ", " : "", jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
-                         L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
+        o += fmt::format(
+            "{}{{\"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], \"ac_scale\": "
+            "{}}}",
+            m ? ", " : "", jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
+            L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
       }
       o += "]}";
     }
@@ -377,37 +425,63 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
     return 0;
   }
   fmt::print("{}: routemoe trace, format version {}\n", path, version);
-  fmt::print("  {} MoE layers (routers {}), {} experts top-{}, seq_len {}, {} probe tokens\n", n_moe, routers,
-             n_experts, top_k, seq_len, shape_numel(probe_shape));
+  fmt::print("  {} MoE layers (routers {}), {} experts top-{}, seq_len {}, {} probe tokens\n",
+             n_moe, routers, n_experts, top_k, seq_len, shape_numel(probe_shape));
   fmt::print("  {} routing records\n\n", recs.size());
-  fmt::print("  {:>5} {:>8} {:>6}  {:<10}  first-choice load per layer\n", "index", "step", "epoch", "reason");
+  fmt::print("  {:>5} {:>8} {:>6}  {:<10}  first-choice load per layer\n", "index", "step", "epoch",
+             "reason");
   for (std::size_t i = 0; i < recs.size(); ++i) {
     const Rec& r = recs[i];
     std::string loads;
-    for (const LayerSummary& L : r.layers) loads += fmt::format("{}[{}]", loads.empty() ? "" : " ", fmt::join(L.first_load, " "));
+    for (const LayerSummary& L : r.layers)
+      loads += fmt::format("{}[{}]", loads.empty() ? "" : " ", fmt::join(L.first_load, " "));
     fmt::print("  {:>5} {:>8} {:>6}  {:<10}  {}\n", i, r.step, r.epoch, r.reason, loads);
   }
   std::fflush(stdout);
   return 0;
 }
 
+herr_t innermost(unsigned n, const H5E_error2_t* e, void* out) {
+  // Walked upwards: frame 0 is where HDF5 detected the problem (e.g. "truncated file: eof = ...").
+  if (n == 0 && e != nullptr && e->desc != nullptr) *static_cast<std::string*>(out) = e->desc;
+  return 0;
+}
+
+// Opens `path` read-only; a file HDF5 cannot open is refused with HDF5's own reason.
+h5::File open_explained(const std::string& path) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const hid_t probe = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (probe < 0) {
+    std::string why;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost, &why);
+    RM_FAIL(Data, fmt::format("{}: not a readable HDF5 file{}", path,
+                              why.empty() ? "" : " (" + why + ")"));
+  }
+  H5Fclose(probe);
+  return h5::File::open_read(path);
+}
+
 int inspect(const std::string& path, bool json) {
   std::error_code ec;
   RM_CHECK_KIND(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
-  RM_CHECK_KIND(Io, !fs::is_directory(path, ec), fmt::format("{}: is a directory, expected a checkpoint or trace file", path));
+  RM_CHECK_KIND(Io, !fs::is_directory(path, ec),
+                fmt::format("{}: is a directory, expected a checkpoint or trace file", path));
   RM_CHECK_KIND(Io, fs::is_regular_file(path, ec), fmt::format("{}: not a regular file", path));
   RM_CHECK_KIND(Data, fs::file_size(path, ec) > 0, fmt::format("{}: empty file (0 bytes)", path));
-  const h5::File f = h5::File::open_read(path);
-  RM_CHECK_KIND(Data, f.has_attr("/", "format"),
-                fmt::format("{}: not a routemoe checkpoint or trace (no 'format' attribute)", path));
+  const h5::File f = open_explained(path);
+  RM_CHECK_KIND(
+      Data, f.has_attr("/", "format"),
+      fmt::format("{}: not a routemoe checkpoint or trace (no 'format' attribute)", path));
   const std::string format = f.attr_string("/", "format");
-  RM_CHECK_KIND(Data, format == "routemoe-checkpoint" || format == "routemoe-trace",
-                fmt::format("{}: not a routemoe checkpoint or trace (format is '{}')", path, format));
+  RM_CHECK_KIND(
+      Data, format == "routemoe-checkpoint" || format == "routemoe-trace",
+      fmt::format("{}: not a routemoe checkpoint or trace (format is '{}')", path, format));
   const std::int64_t version = f.attr_int("/", "format_version");
   RM_CHECK_KIND(Data, version >= 1 && version <= kCheckpointFormatVersion,
-                fmt::format("{}: {} format version {} is not supported (this build reads 1..{})", path, format,
-                            version, kCheckpointFormatVersion));
-  return format == "routemoe-trace" ? inspect_trace(f, json, version) : inspect_checkpoint(f, json, version);
+                fmt::format("{}: {} format version {} is not supported (this build reads 1..{})",
+                            path, format, version, kCheckpointFormatVersion));
+  return format == "routemoe-trace" ? inspect_trace(f, json, version)
+                                    : inspect_checkpoint(f, json, version);
 }
 
 }  // namespace

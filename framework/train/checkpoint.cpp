@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include "comm/mpi_runtime.h"
@@ -105,6 +106,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
   world.barrier();
 
   ParamStore& ps = model.params();
+  const std::string routers = fmt::format("{}", fmt::join(model.config().expanded_routers(), ","));
   const float* m_all = opt.m().data<float>();
   const float* v_all = opt.v().data<float>();
   if (parallel) {
@@ -133,6 +135,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
     f.set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
     f.set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
     f.set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
+    f.set_attr("/", "routers", routers);
     f.set_attr("/optim", "steps_taken", opt.steps_taken());
     f.close();
   } else {
@@ -166,6 +169,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
       f->set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
       f->set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
       f->set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
+      f->set_attr("/", "routers", routers);
       f->set_attr("/optim", "steps_taken", opt.steps_taken());
       f->close();
     }
@@ -180,7 +184,8 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
 }
 
 CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& opt) {
-  RM_CHECK_KIND(Data, fs::is_regular_file(path), fmt::format("{}: no such checkpoint file", path));
+  RM_CHECK_KIND(Data, fs::exists(path), fmt::format("{}: no such checkpoint file", path));
+  RM_CHECK_KIND(Data, fs::is_regular_file(path), fmt::format("{}: not a file", path));
   return with_file_context(path, [&]() {
     const h5::File f = h5::File::open_read(path);
     RM_CHECK_KIND(Data, f.has_attr("/", "format") && f.attr_string("/", "format") == "routemoe-checkpoint",
@@ -189,6 +194,13 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& op
     RM_CHECK_KIND(Data, version >= 1 && version <= kCheckpointFormatVersion,
                   fmt::format("{}: checkpoint format version {} is not supported (this build reads 1..{})",
                               path, version, kCheckpointFormatVersion));
+    // Same tensor shapes are not enough: a gate trained for one router must not silently
+    // drive another.
+    const ModelConfig& mc = model.config();
+    const std::string routers = fmt::format("{}", fmt::join(mc.expanded_routers(), ","));
+    const std::string stored = f.attr_string("/", "routers");
+    RM_CHECK_KIND(Data, stored == routers,
+                  fmt::format("{}: written for routers {}, this model uses {}", path, stored, routers));
     CheckpointState st;
     st.step = f.attr_int("/", "step");
     st.epoch = f.attr_int("/", "epoch");
@@ -244,6 +256,46 @@ void prune_checkpoints(const std::string& dir, std::int64_t keep_last) {
   for (std::size_t i = 0; i + static_cast<std::size_t>(std::max<std::int64_t>(1, keep_last)) < all.size(); ++i) {
     std::error_code ec;
     fs::remove(all[i], ec);
+  }
+}
+
+void truncate_run_after(const std::string& metrics_path, const std::string& trace_path, std::int64_t step) {
+  std::error_code ec;
+  if (fs::exists(metrics_path)) {
+    std::ifstream in(metrics_path);
+    const std::string tmp = metrics_path + ".tmp";
+    std::ofstream out(tmp, std::ios::trunc);
+    const std::regex step_field("^\\{\"step\": ([0-9]+)");
+    std::string line;
+    while (std::getline(in, line)) {
+      std::smatch m;
+      if (std::regex_search(line, m, step_field) && std::stoll(m[1].str()) >= step) continue;
+      out << line << "\n";
+    }
+    out.close();
+    RM_CHECK_KIND(Io, !out.fail(), fmt::format("cannot write {}", tmp));
+    fs::rename(tmp, metrics_path, ec);
+    RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {}: {}", tmp, ec.message()));
+  }
+  if (fs::exists(trace_path)) {
+    const std::string tmp = trace_path + ".tmp";
+    fs::copy_file(trace_path, tmp, fs::copy_options::overwrite_existing);
+    h5::File f = h5::File::open_rw(tmp);
+    bool changed = false;
+    for (const std::string& name : f.list("/records")) {  // chronological: only a tail goes
+      const std::string group = "/records/" + name;
+      if (f.attr_int(group, "step") > step) {
+        RM_HDF5_CHECK(H5Ldelete(f.id(), group.c_str(), H5P_DEFAULT));
+        changed = true;
+      }
+    }
+    f.close();
+    if (changed) {
+      fs::rename(tmp, trace_path, ec);
+      RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {}: {}", tmp, ec.message()));
+    } else {
+      fs::remove(tmp, ec);
+    }
   }
 }
 

@@ -72,6 +72,11 @@ void prune_checkpoints(const std::string& dir, std::int64_t keep_last);
 void append_trace(const std::string& path, const RunConfig& cfg,
                   const std::vector<std::int32_t>& probe, const RoutingRecord& record);
 
+// After resuming at `step` (steps completed): removes the metrics lines of later steps
+// (their "step" field, 0-based, is >= step) and the trace records taken after `step`, so that
+// the resumed run does not log those steps twice. Rank 0 only; missing files are fine.
+void truncate_run_after(const std::string& metrics_path, const std::string& trace_path, std::int64_t step);
+
 // Writes a routing record into group `group` of an open file (used by checkpoints and traces).
 namespace h5 {
 class File;

@@ -134,8 +134,6 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
     std::ofstream f(out / "config.toml");
     f << cfg.to_toml();
     RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", (out / "config.toml").string()));
-    metrics.open(out / "metrics.jsonl", resuming ? std::ios::app : std::ios::trunc);
-    RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
   }
   world.barrier();
 
@@ -171,7 +169,15 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
     RM_CHECK_KIND(Config, st.step < tc.steps,
                   fmt::format("{} is at step {}; train.steps is {}: nothing left to train", path, st.step, tc.steps));
     start_step = st.step;
-    if (lead) fmt::print("resumed from {} at step {}\n", path, st.step);
+    if (lead) {
+      // What the interrupted run logged after its checkpoint is redone now: drop it.
+      truncate_run_after((out / "metrics.jsonl").string(), (out / "trace.h5").string(), st.step);
+      fmt::print("resumed from {} at step {}\n", path, st.step);
+    }
+  }
+  if (lead) {
+    metrics.open(out / "metrics.jsonl", resuming ? std::ios::app : std::ios::trunc);
+    RM_CHECK_KIND(Io, metrics.good(), fmt::format("cannot write {}", (out / "metrics.jsonl").string()));
   }
   // The probe set: the first checkpoint.probe_tokens tokens of the validation split, as whole
   // sequences, a multiple of the rank count.

@@ -1,0 +1,635 @@
+// Helper of tests/ckpt/test_checkpoint.sh: exact and toleranced comparisons of checkpoints and
+// metrics, a stand-alone loader, file mutations and the corruption fuzzer. Single process, no
+// MPI.
+//
+//   ckpt_harness compare A.h5 B.h5 [--atol X --rtol Y] [--routing]
+//       every params/* and optim/{m,v}/* dataset of A equals B's: bit for bit (default) or
+//       within |a-b| <= atol + rtol*|b|; also step, epoch, data seed and steps_taken; with
+//       --routing the /routing record too (experts exactly, gates/probs/ac_scale as above).
+//   ckpt_harness compare-metrics A.jsonl B.jsonl --from S --to E [--rtol Y]
+//       the training lines of steps [S, E) agree: loss, ce_loss, aux_loss, lr, grad_norm and
+//       expert_load as printed (default), or the numbers within rtol (expert_load exactly
+//       either way unless --loads-free). When a step appears twice (a run resumed after a crash
+//       repeats the steps after its checkpoint), the last line counts.
+//   ckpt_harness load FILE --config RUN/config.toml
+//       builds the model of the config, loads FILE as `routemoe train --resume` does and
+//       prints "digest <hex>" of everything loaded (parameters, moments, step, epoch, seed,
+//       steps_taken). Errors: one line on stderr, exit 1.
+//   ckpt_harness mutate IN OUT (--delete OBJ | --set-int OBJ ATTR V | --set-string OBJ ATTR V |
+//                               --swap-experts PARAM)   (PARAM: experts 0 and E-1 swapped in
+//                               params/optim)
+//   ckpt_harness fuzz --ckpt F --config T --routemoe EXE --work DIR [--flips N --truncations M
+//   --seed S]
+//       writes N copies of F with one flipped byte and M truncated copies, and for each runs
+//       `ckpt_harness load` and `routemoe inspect --json` in subprocesses. Each must either
+//       fail cleanly (exit 1, exactly one stderr line naming the file) or succeed with exactly
+//       the original's digest / inspect output. A signal, a hang (30 s), another exit code, a
+//       multi-line or anonymous error, or different values is a failure.
+//   ckpt_harness check-trace TRACE --records N --routers a,b,.. --P P --k K --d D [--ckpt-dir DIR]
+//       the trace has N records, each layer's experts/gates/probs are [P, K] (ac: ac_scale
+//       [P, D]) with the router attributes given; each checkpoint in DIR has a /routing record
+//       equal to the trace record of its step.
+
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "framework/config.h"
+#include "framework/error.h"
+#include "framework/h5.h"
+#include "framework/optim.h"
+#include "framework/train/checkpoint.h"
+#include "layers/model.h"
+
+using namespace routemoe;
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// compare
+
+struct Diff {
+  int bad = 0;
+  double worst = 0;
+};
+
+void compare_f32(const std::string& name, const std::vector<float>& a, const std::vector<float>& b,
+                 double atol, double rtol, bool exact, Diff& d) {
+  if (a.size() != b.size()) {
+    std::printf("  %s: %zu vs %zu elements\n", name.c_str(), a.size(), b.size());
+    ++d.bad;
+    return;
+  }
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double err = std::abs(static_cast<double>(a[i]) - b[i]);
+    d.worst = std::max(d.worst, err);
+    const bool ok =
+        exact ? std::memcmp(&a[i], &b[i], sizeof(float)) == 0 : err <= atol + rtol * std::abs(b[i]);
+    if (!ok) {
+      if (d.bad < 10) std::printf("  %s[%zu]: %.9g vs %.9g\n", name.c_str(), i, a[i], b[i]);
+      ++d.bad;
+    }
+  }
+}
+
+int cmd_compare(const std::string& pa, const std::string& pb, double atol, double rtol, bool exact,
+                bool routing) {
+  const h5::File a = h5::File::open_read(pa);
+  const h5::File b = h5::File::open_read(pb);
+  Diff d;
+  for (const char* attr : {"step", "epoch", "data_seed"}) {
+    if (a.attr_int("/", attr) != b.attr_int("/", attr)) {
+      std::printf("  attribute %s: %ld vs %ld\n", attr, static_cast<long>(a.attr_int("/", attr)),
+                  static_cast<long>(b.attr_int("/", attr)));
+      ++d.bad;
+    }
+  }
+  if (a.attr_int("/optim", "steps_taken") != b.attr_int("/optim", "steps_taken")) {
+    std::printf("  optim steps_taken differs\n");
+    ++d.bad;
+  }
+  std::int64_t tensors = 0;
+  for (const char* g : {"params", "optim/m", "optim/v"}) {
+    const std::vector<std::string> na = a.list(g), nb = b.list(g);
+    if (na != nb) {
+      std::printf("  %s: different tensor names\n", g);
+      ++d.bad;
+      continue;
+    }
+    for (const std::string& n : na) {
+      const std::string name = fmt::format("{}/{}", g, n);
+      Shape sa, sb;
+      const std::vector<float> va = a.read_f32(name, &sa), vb = b.read_f32(name, &sb);
+      if (sa != sb) {
+        std::printf("  %s: shape %s vs %s\n", name.c_str(), shape_str(sa).c_str(),
+                    shape_str(sb).c_str());
+        ++d.bad;
+        continue;
+      }
+      compare_f32(name, va, vb, atol, rtol, exact, d);
+      ++tensors;
+    }
+  }
+  if (routing) {
+    for (const char* attr : {"step", "epoch"}) {
+      if (a.attr_int("routing", attr) != b.attr_int("routing", attr)) {
+        std::printf("  routing %s differs\n", attr);
+        ++d.bad;
+      }
+    }
+    for (int m = 0; a.exists(fmt::format("routing/layer{}", m)); ++m) {
+      const std::string g = fmt::format("routing/layer{}", m);
+      if (a.read_i32(g + "/experts") != b.read_i32(g + "/experts")) {
+        std::printf("  %s/experts differ\n", g.c_str());
+        ++d.bad;
+      }
+      for (const char* ds : {"gates", "probs", "ac_scale"}) {
+        const std::string name = g + "/" + ds;
+        if (!a.exists(name) && !b.exists(name)) continue;
+        compare_f32(name, a.read_f32(name), b.read_f32(name), atol, rtol, exact, d);
+      }
+    }
+  }
+  std::printf("compare %s vs %s: %ld tensors, %s, max abs diff %.3g: %s\n", pa.c_str(), pb.c_str(),
+              static_cast<long>(tensors),
+              exact ? "bit-exact" : fmt::format("atol {} rtol {}", atol, rtol).c_str(), d.worst,
+              d.bad == 0 ? "OK" : fmt::format("{} MISMATCHES", d.bad).c_str());
+  return d.bad == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// compare-metrics
+
+// The text of `key`'s value in a one-line JSON object ("" if absent): a number or a bracketed
+// array as printed.
+std::string field(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\": ";
+  const std::size_t at = line.find(k);
+  if (at == std::string::npos) return "";
+  std::size_t i = at + k.size(), depth = 0;
+  const std::size_t start = i;
+  for (; i < line.size(); ++i) {
+    const char c = line[i];
+    if (c == '[') ++depth;
+    if (c == ']') --depth;
+    if (depth == 0 && (c == ',' || c == '}')) break;
+  }
+  return line.substr(start, i - start);
+}
+
+std::map<long, std::string> train_lines(const std::string& path) {
+  std::ifstream in(path);
+  RM_CHECK_KIND(Io, in.good(), fmt::format("cannot read {}", path));
+  std::map<long, std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (field(line, "loss").empty()) continue;   // validation lines
+    out[std::stol(field(line, "step"))] = line;  // the last occurrence wins
+  }
+  return out;
+}
+
+int cmd_compare_metrics(const std::string& pa, const std::string& pb, long from, long to,
+                        double rtol) {
+  const std::map<long, std::string> a = train_lines(pa), b = train_lines(pb);
+  int bad = 0;
+  double worst = 0;
+  for (long s = from; s < to; ++s) {
+    if (!a.count(s) || !b.count(s)) {
+      std::printf("  step %ld missing in %s\n", s, a.count(s) ? pb.c_str() : pa.c_str());
+      ++bad;
+      continue;
+    }
+    for (const char* key : {"loss", "ce_loss", "aux_loss", "lr", "grad_norm", "expert_load"}) {
+      const std::string va = field(a.at(s), key), vb = field(b.at(s), key);
+      bool ok = va == vb;
+      if (rtol > 0 && std::strcmp(key, "expert_load") != 0) {
+        const double x = std::stod(va), y = std::stod(vb);
+        const double rel = std::abs(x - y) / std::max(1e-12, std::abs(y));
+        if (std::strcmp(key, "loss") == 0) worst = std::max(worst, rel);
+        // grad_norm of a step on different layouts and aux_loss near 0 need an absolute floor.
+        ok = rel <= rtol || std::abs(x - y) <= 2e-6;
+      } else if (rtol > 0) {
+        ok = true;  // expert loads may move by a token when the routing logits tie to rounding
+      }
+      if (!ok) {
+        std::printf("  step %ld %s: %s vs %s\n", s, key, va.c_str(), vb.c_str());
+        ++bad;
+      }
+    }
+  }
+  std::printf("compare-metrics steps [%ld, %ld): %s, max loss rel diff %.3g: %s\n", from, to,
+              rtol > 0 ? fmt::format("rtol {}", rtol).c_str() : "exact text", worst,
+              bad == 0 ? "OK" : "MISMATCH");
+  return bad == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// load
+
+RunConfig read_config(const std::string& path) {
+  RunConfig cfg;
+  CLI::App app;
+  std::string unused;
+  register_run_options(app, cfg, unused);
+  apply_config_file(app, path);
+  return cfg;
+}
+
+std::uint64_t fnv(std::uint64_t h, const void* data, std::size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+int cmd_load(const std::string& file, const std::string& config) {
+  const RunConfig cfg = read_config(config);
+  Model model(cfg.model);
+  AdamW opt(model.params(), cfg.optim);
+  const CheckpointState st = load_checkpoint(file, model, opt);
+  std::uint64_t h = 1469598103934665603ull;
+  for (const Param& p : model.params().params()) {
+    h = fnv(h, p.value.data<float>(), static_cast<std::size_t>(p.value.numel()) * sizeof(float));
+  }
+  h = fnv(h, opt.m().data<float>(), static_cast<std::size_t>(opt.m().numel()) * sizeof(float));
+  h = fnv(h, opt.v().data<float>(), static_cast<std::size_t>(opt.v().numel()) * sizeof(float));
+  const std::int64_t facts[4] = {st.step, st.epoch, static_cast<std::int64_t>(st.data_seed),
+                                 opt.steps_taken()};
+  h = fnv(h, facts, sizeof(facts));
+  std::printf("digest %016llx step %ld\n", static_cast<unsigned long long>(h),
+              static_cast<long>(st.step));
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// mutate
+
+int cmd_mutate(const std::string& in, const std::string& out, const std::vector<std::string>& del,
+               const std::vector<std::string>& set_int, const std::vector<std::string>& set_str,
+               const std::vector<std::string>& swap) {
+  fs::copy_file(in, out, fs::copy_options::overwrite_existing);
+  h5::File f = h5::File::open_rw(out);
+  // Experts 0 and E-1 of a tensor (and of its moments) trade places.
+  for (const std::string& name : swap) {
+    for (const char* g : {"params", "optim/m", "optim/v"}) {
+      const std::string ds = fmt::format("{}/{}", g, name);
+      const std::int64_t E = f.shape_of(ds).at(0);
+      std::vector<float> first = f.read_f32_rows(ds, 0, 1), last = f.read_f32_rows(ds, E - 1, 1);
+      f.write_f32_rows(ds, 0, 1, last.data());
+      f.write_f32_rows(ds, E - 1, 1, first.data());
+    }
+  }
+  for (const std::string& obj : del) RM_HDF5_CHECK(H5Ldelete(f.id(), obj.c_str(), H5P_DEFAULT));
+  for (std::size_t i = 0; i + 2 < set_int.size(); i += 3) {
+    f.set_attr(set_int[i], set_int[i + 1], static_cast<std::int64_t>(std::stoll(set_int[i + 2])));
+  }
+  for (std::size_t i = 0; i + 2 < set_str.size(); i += 3)
+    f.set_attr(set_str[i], set_str[i + 1], set_str[i + 2]);
+  f.close();
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// fuzz
+
+struct Outcome {
+  int status = -1;  // exit code, or -signal
+  bool timed_out = false;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Outcome run_process(const std::vector<std::string>& argv, const std::string& work) {
+  const std::string out = work + "/stdout.txt", err = work + "/stderr.txt";
+  std::fflush(nullptr);  // or the child repeats our buffered output
+  const pid_t pid = fork();
+  RM_CHECK_KIND(Io, pid >= 0, "fork failed");
+  if (pid == 0) {
+    if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr))
+      _exit(99);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(98);
+  }
+  Outcome o;
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      o.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  o.status = WIFEXITED(status)     ? WEXITSTATUS(status)
+             : WIFSIGNALED(status) ? -WTERMSIG(status)
+                                   : -999;
+  o.out = slurp(out);
+  o.err = slurp(err);
+  return o;
+}
+
+// "" when `o` is acceptable for the damaged file `file` given the original's output `good`.
+std::string judge(const Outcome& o, const Outcome& good, const std::string& file) {
+  if (o.timed_out) return "hung (killed after 30 s)";
+  if (o.status < 0) return fmt::format("crashed with signal {}", -o.status);
+  if (o.status == 0) return o.out == good.out ? "" : "loaded DIFFERENT values without an error";
+  if (o.status != 1) return fmt::format("exit code {} (expected 1)", o.status);
+  std::string err = o.err;
+  while (!err.empty() && err.back() == '\n') err.pop_back();
+  if (err.empty()) return "exit 1 without a message";
+  if (err.find('\n') != std::string::npos) return "error message is not one line: " + o.err;
+  if (err.find(file) == std::string::npos) return "error message does not name the file: " + err;
+  return "";
+}
+
+// Offsets of the bytes of `path` that are not raw dataset storage (chunks or contiguous data).
+herr_t visit_dataset(hid_t loc, const char* name, const H5O_info_t* info, void* out) {
+  if (info->type != H5O_TYPE_DATASET) return 0;
+  auto* raw = static_cast<std::vector<std::pair<haddr_t, hsize_t>>*>(out);
+  h5::Handle ds(RM_HDF5_CHECK(H5Dopen2(loc, name, H5P_DEFAULT)));
+  h5::Handle dcpl(RM_HDF5_CHECK(H5Dget_create_plist(ds.id())));
+  if (H5Pget_layout(dcpl.id()) == H5D_CHUNKED) {
+    h5::Handle space(RM_HDF5_CHECK(H5Dget_space(ds.id())));
+    hsize_t n = 0;
+    RM_HDF5_CHECK(H5Dget_num_chunks(ds.id(), space.id(), &n));
+    for (hsize_t i = 0; i < n; ++i) {
+      haddr_t addr = 0;
+      hsize_t size = 0;
+      unsigned mask = 0;
+      RM_HDF5_CHECK(H5Dget_chunk_info(ds.id(), space.id(), i, nullptr, &mask, &addr, &size));
+      raw->emplace_back(addr, size);
+    }
+  } else if (const haddr_t addr = H5Dget_offset(ds.id()); addr != HADDR_UNDEF) {
+    raw->emplace_back(addr, H5Dget_storage_size(ds.id()));
+  }
+  return 0;
+}
+
+std::vector<std::size_t> metadata_bytes(const std::string& path, std::size_t file_size) {
+  const h5::File f = h5::File::open_read(path);
+  std::vector<std::pair<haddr_t, hsize_t>> raw;
+  RM_HDF5_CHECK(H5Ovisit(f.id(), H5_INDEX_NAME, H5_ITER_INC, visit_dataset, &raw));
+  std::vector<bool> is_raw(file_size, false);
+  for (const auto& [addr, size] : raw) {
+    for (hsize_t i = 0; i < size && addr + i < file_size; ++i) is_raw[addr + i] = true;
+  }
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < file_size; ++i) {
+    if (!is_raw[i]) out.push_back(i);
+  }
+  return out;
+}
+
+int cmd_fuzz(const std::string& orig, const std::string& config, const std::string& self,
+             const std::string& routemoe, const std::string& work, int flips, int truncations,
+             unsigned seed) {
+  fs::create_directories(work);
+  const std::string bytes = slurp(orig);
+  RM_CHECK_KIND(Io, !bytes.empty(), fmt::format("cannot read {}", orig));
+  const std::string victim = (fs::path(work) / "ckpt_damaged.h5").string();
+  auto loader = [&](const std::string& f) {
+    return std::vector<std::string>{self, "load", f, "--config", config};
+  };
+  auto inspector = [&](const std::string& f) {
+    return std::vector<std::string>{routemoe, "inspect", "--json", f};
+  };
+  // The originals' outputs, from the same path the damaged copies take.
+  { std::ofstream(victim, std::ios::binary) << bytes; }
+  const Outcome good_load = run_process(loader(victim), work);
+  const Outcome good_inspect = run_process(inspector(victim), work);
+  RM_CHECK_KIND(
+      Check, good_load.status == 0 && good_inspect.status == 0,
+      fmt::format("the undamaged file does not load: {}{}", good_load.err, good_inspect.err));
+  const std::vector<std::size_t> metadata = metadata_bytes(orig, bytes.size());
+  std::printf("fuzz: %s: %zu bytes, %zu of them HDF5 metadata (outside raw data chunks)\n",
+              orig.c_str(), bytes.size(), metadata.size());
+  std::mt19937_64 rng(seed);
+  int bad = 0, refused = 0, identical = 0;
+  std::map<std::string, int> messages;  // how the refusals read (first words after the path)
+  const int total = flips + truncations;
+  for (int c = 0; c < total; ++c) {
+    std::string damaged = bytes;
+    std::string what;
+    if (c < flips) {
+      // Half the flips in HDF5 metadata (superblock, object headers, chunk indexes, heaps: every
+      // byte outside raw data chunks), half anywhere (mostly tensor data).
+      const std::size_t at = c % 2 == 0 ? metadata[rng() % metadata.size()] : rng() % bytes.size();
+      const auto mask = static_cast<unsigned char>(1u << (rng() % 8));
+      damaged[at] = static_cast<char>(static_cast<unsigned char>(damaged[at]) ^ mask);
+      what = fmt::format("flip bit 0x{:02x} at byte {}", mask, at);
+    } else {
+      const std::size_t at = rng() % bytes.size();
+      damaged.resize(at);
+      what = fmt::format("truncate to {} of {} bytes", at, bytes.size());
+    }
+    { std::ofstream(victim, std::ios::binary | std::ios::trunc) << damaged; }
+    const Outcome l = run_process(loader(victim), work);
+    const Outcome i = run_process(inspector(victim), work);
+    const std::string jl = judge(l, good_load, victim), ji = judge(i, good_inspect, victim);
+    if (!jl.empty() || !ji.empty()) {
+      ++bad;
+      std::printf("FAIL %s:%s%s%s%s\n", what.c_str(), jl.empty() ? "" : " load: ", jl.c_str(),
+                  ji.empty() ? "" : " inspect: ", ji.c_str());
+      std::fflush(stdout);
+      continue;
+    }
+    if (l.status == 0 && i.status == 0) {
+      ++identical;
+    } else {
+      ++refused;
+      const std::string& msg = l.status != 0 ? l.err : i.err;
+      const std::size_t p = msg.find(victim);
+      std::string key = msg.substr(p + victim.size(), 60);
+      if (const std::size_t nl = key.find('\n'); nl != std::string::npos) key.resize(nl);
+      ++messages[key];
+    }
+    // A file that one reader refuses and the other accepts is fine (inspect reads the routing
+    // record that a resume does not), as long as what was accepted is identical.
+  }
+  std::printf(
+      "fuzz: %d corruptions (%d byte flips, %d truncations, seed %u): %d refused with a one-line "
+      "error, "
+      "%d loaded identical values, %d FAILED\n",
+      total, flips, truncations, seed, refused, identical, bad);
+  std::printf("most common refusals (text after the file name):\n");
+  std::vector<std::pair<int, std::string>> common;
+  for (const auto& [k, n] : messages) common.emplace_back(n, k);
+  std::sort(common.rbegin(), common.rend());
+  for (std::size_t j = 0; j < std::min<std::size_t>(8, common.size()); ++j) {
+    std::printf("  %4d  %s\n", common[j].first, common[j].second.c_str());
+  }
+  std::error_code ec;
+  fs::remove(victim, ec);
+  return bad == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-trace
+
+int cmd_check_trace(const std::string& path, int records, const std::vector<std::string>& routers,
+                    std::int64_t P, std::int64_t K, std::int64_t D, const std::string& ckpt_dir) {
+  const h5::File f = h5::File::open_read(path);
+  int bad = 0;
+  auto fail = [&](const std::string& msg) {
+    std::printf("  %s\n", msg.c_str());
+    ++bad;
+  };
+  if (f.attr_string("/", "format") != "routemoe-trace") fail("format is not routemoe-trace");
+  if (f.attr_int("/", "n_moe_layers") != static_cast<std::int64_t>(routers.size()))
+    fail("n_moe_layers");
+  if (f.attr_int("/", "top_k") != K) fail("top_k");
+  if (f.shape_of("probe/tokens") != Shape{P}) fail("probe/tokens shape");
+  const std::vector<std::string> recs = f.list("records");
+  if (static_cast<int>(recs.size()) != records)
+    fail(fmt::format("{} records, expected {}", recs.size(), records));
+  std::map<std::int64_t, std::string> by_step;
+  std::int64_t last_step = -1;
+  for (std::size_t r = 0; r < recs.size(); ++r) {
+    const std::string g = "records/" + recs[r];
+    if (recs[r] != fmt::format("{:06d}", r)) fail(g + ": record names are not 000000, 000001, ...");
+    const std::int64_t step = f.attr_int(g, "step");
+    if (step <= last_step) fail(fmt::format("{}: step {} after step {}", g, step, last_step));
+    last_step = step;
+    by_step[step] = g;
+    for (std::size_t m = 0; m < routers.size(); ++m) {
+      const std::string lg = fmt::format("{}/layer{}", g, m);
+      const std::string want = m == 0 && routers[m] == "ac" ? "topk" : routers[m];
+      if (f.attr_string(lg, "router") != want)
+        fail(fmt::format("{}: router {}, expected {}", lg, f.attr_string(lg, "router"), want));
+      for (const char* ds : {"experts", "gates", "probs"}) {
+        const Shape s = f.shape_of(lg + "/" + ds);
+        if (s != Shape{P, K})
+          fail(fmt::format("{}/{}: shape {}, expected [{}, {}]", lg, ds, shape_str(s), P, K));
+      }
+      const bool ac = want == "ac";
+      if (ac != f.exists(lg + "/ac_scale"))
+        fail(fmt::format("{}: ac_scale {} expected", lg, ac ? "" : "not"));
+      if (ac && f.shape_of(lg + "/ac_scale") != Shape{P, D})
+        fail(lg + "/ac_scale: shape is not [P, d]");
+      // Every choice is a valid expert and the gates are finite.
+      for (std::int32_t e : f.read_i32(lg + "/experts")) {
+        if (e < 0 || e >= f.attr_int("/", "n_experts")) {
+          fail(fmt::format("{}: expert id {}", lg, e));
+          break;
+        }
+      }
+    }
+  }
+  int ckpts = 0;
+  if (!ckpt_dir.empty()) {
+    for (const std::string& c : list_checkpoints(ckpt_dir)) {
+      const h5::File cf = h5::File::open_read(c);
+      const std::int64_t step = cf.attr_int("routing", "step");
+      if (!by_step.count(step)) {
+        fail(fmt::format("{}: no trace record of step {}", c, step));
+        continue;
+      }
+      const std::string g = by_step[step];
+      for (std::size_t m = 0; m < routers.size(); ++m) {
+        const std::string a = fmt::format("routing/layer{}", m),
+                          b = fmt::format("{}/layer{}", g, m);
+        if (cf.read_i32(a + "/experts") != f.read_i32(b + "/experts") ||
+            cf.read_f32(a + "/gates") != f.read_f32(b + "/gates") ||
+            cf.read_f32(a + "/probs") != f.read_f32(b + "/probs")) {
+          fail(fmt::format("{}: {} differs from the trace's {}", c, a, b));
+        }
+      }
+      ++ckpts;
+    }
+  }
+  std::printf(
+      "check-trace %s: %zu records, %zu MoE layers, P %ld k %ld; %d checkpoint records matched: "
+      "%s\n",
+      path.c_str(), recs.size(), routers.size(), static_cast<long>(P), static_cast<long>(K), ckpts,
+      bad == 0 ? "OK" : "MISMATCH");
+  return bad == 0 ? 0 : 1;
+}
+
+std::string one_line(const std::exception& e) {
+  const auto* err = dynamic_cast<const Error*>(&e);
+  std::string s = err != nullptr && !err->detail().empty() ? err->detail() : e.what();
+  for (char& c : s) {
+    if (c == '\n') c = ' ';
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"checkpoint test helper"};
+  app.require_subcommand(1);
+  std::string a, b, config, routemoe, work, ckpt_dir;
+  double atol = 0, rtol = 0;
+  bool routing = false;
+  long from = 0, to = 0;
+  int flips = 200, truncations = 50, records = 0;
+  unsigned seed = 1;
+  std::int64_t P = 0, K = 0, D = 0;
+  std::vector<std::string> del, set_int, set_str, routers, swap;
+
+  CLI::App* compare = app.add_subcommand("compare");
+  compare->add_option("a", a)->required();
+  compare->add_option("b", b)->required();
+  compare->add_option("--atol", atol);
+  compare->add_option("--rtol", rtol);
+  compare->add_flag("--routing", routing);
+  CLI::App* metrics = app.add_subcommand("compare-metrics");
+  metrics->add_option("a", a)->required();
+  metrics->add_option("b", b)->required();
+  metrics->add_option("--from", from)->required();
+  metrics->add_option("--to", to)->required();
+  metrics->add_option("--rtol", rtol);
+  CLI::App* load = app.add_subcommand("load");
+  load->add_option("file", a)->required();
+  load->add_option("--config", config)->required();
+  CLI::App* mutate = app.add_subcommand("mutate");
+  mutate->add_option("in", a)->required();
+  mutate->add_option("out", b)->required();
+  mutate->add_option("--delete", del);
+  mutate->add_option("--set-int", set_int)->expected(3);
+  mutate->add_option("--set-string", set_str)->expected(3);
+  mutate->add_option("--swap-experts", swap);
+  CLI::App* fuzz = app.add_subcommand("fuzz");
+  fuzz->add_option("--ckpt", a)->required();
+  fuzz->add_option("--config", config)->required();
+  fuzz->add_option("--routemoe", routemoe)->required();
+  fuzz->add_option("--work", work)->required();
+  fuzz->add_option("--flips", flips);
+  fuzz->add_option("--truncations", truncations);
+  fuzz->add_option("--seed", seed);
+  CLI::App* trace = app.add_subcommand("check-trace");
+  trace->add_option("trace", a)->required();
+  trace->add_option("--records", records)->required();
+  trace->add_option("--routers", routers)->required()->delimiter(',');
+  trace->add_option("--P", P)->required();
+  trace->add_option("--k", K)->required();
+  trace->add_option("--d", D)->required();
+  trace->add_option("--ckpt-dir", ckpt_dir);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (compare->parsed()) return cmd_compare(a, b, atol, rtol, atol == 0 && rtol == 0, routing);
+    if (metrics->parsed()) return cmd_compare_metrics(a, b, from, to, rtol);
+    if (load->parsed()) return cmd_load(a, config);
+    if (mutate->parsed()) return cmd_mutate(a, b, del, set_int, set_str, swap);
+    if (fuzz->parsed()) {
+      return cmd_fuzz(a, config, fs::canonical("/proc/self/exe").string(), routemoe, work, flips,
+                      truncations, seed);
+    }
+    if (trace->parsed()) return cmd_check_trace(a, records, routers, P, K, D, ckpt_dir);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "ckpt_harness: %s\n", one_line(e).c_str());
+    return 1;
+  }
+  return 1;
+}
