@@ -85,6 +85,21 @@ class Communicator {
                             const std::int64_t* send_displs, void* recv,
                             const std::int64_t* recv_counts, const std::int64_t* recv_displs,
                             DataType type) = 0;
+  // All-to-all of scattered blocks: the message to rank r is the concatenation of the send
+  // blocks send_blocks[send_first[r] .. send_first[r+1]); the message from rank r is scattered
+  // over recv_blocks[recv_first[r] .. recv_first[r+1]) in order. Blocks are (displacement,
+  // count) in elements; the first arrays have size() + 1 entries. Both sides' totals per peer
+  // must match. This lets expert-parallel dispatch/combine place rows straight where the
+  // experts need them (MPI: derived datatypes and MPI_Alltoallw, no packing copies). The
+  // default packs into a contiguous buffer and calls all_to_all_v (CPU buffers only).
+  struct Block {
+    std::int64_t displ = 0;
+    std::int64_t count = 0;
+  };
+  virtual void all_to_all_blocks(const void* send, const Block* send_blocks,
+                                 const std::int64_t* send_first, void* recv,
+                                 const Block* recv_blocks, const std::int64_t* recv_first,
+                                 DataType type);
   virtual void broadcast(void* buf, std::int64_t count, DataType type, int root) = 0;
   virtual void barrier() = 0;
   // A new communicator over the ranks with the same `color`, ordered by `key` (MPI_Comm_split).

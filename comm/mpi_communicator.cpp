@@ -119,6 +119,50 @@ class MpiCommunicator final : public Communicator {
                                rd.data(), mpi_type(type), comm_));
   }
 
+  void all_to_all_blocks(const void* send, const Block* send_blocks, const std::int64_t* send_first,
+                         void* recv, const Block* recv_blocks, const std::int64_t* recv_first,
+                         DataType type) override {
+    check_live();
+    const MPI_Datatype base = mpi_type(type);
+    const auto esize = static_cast<MPI_Aint>(datatype_size(type));
+    // One derived datatype per peer and direction describing its blocks: MPI copies straight
+    // between the blocks and the wire (or the peer's blocks, in shared memory).
+    auto make_types = [&](const Block* blocks, const std::int64_t* first, std::vector<MPI_Datatype>& types,
+                          std::vector<int>& counts) {
+      types.assign(static_cast<std::size_t>(size_), MPI_BYTE);
+      counts.assign(static_cast<std::size_t>(size_), 0);
+      std::vector<int> lens;
+      std::vector<MPI_Aint> displs;
+      for (int r = 0; r < size_; ++r) {
+        lens.clear();
+        displs.clear();
+        for (std::int64_t b = first[r]; b < first[r + 1]; ++b) {
+          if (blocks[b].count == 0) continue;
+          lens.push_back(to_mpi_count(blocks[b].count, "all_to_all_blocks block count"));
+          displs.push_back(static_cast<MPI_Aint>(blocks[b].displ) * esize);
+        }
+        if (lens.empty()) continue;
+        MPI_Datatype t = MPI_DATATYPE_NULL;
+        RM_MPI_CHECK(MPI_Type_create_hindexed(static_cast<int>(lens.size()), lens.data(), displs.data(), base, &t));
+        RM_MPI_CHECK(MPI_Type_commit(&t));
+        types[static_cast<std::size_t>(r)] = t;
+        counts[static_cast<std::size_t>(r)] = 1;
+      }
+    };
+    std::vector<MPI_Datatype> stypes, rtypes;
+    std::vector<int> scounts, rcounts;
+    make_types(send_blocks, send_first, stypes, scounts);
+    make_types(recv_blocks, recv_first, rtypes, rcounts);
+    const std::vector<int> zero(static_cast<std::size_t>(size_), 0);
+    const int rc = MPI_Alltoallw(send, scounts.data(), zero.data(), stypes.data(), recv, rcounts.data(),
+                                 zero.data(), rtypes.data(), comm_);
+    for (std::size_t r = 0; r < stypes.size(); ++r) {
+      if (scounts[r] > 0) MPI_Type_free(&stypes[r]);
+      if (rcounts[r] > 0) MPI_Type_free(&rtypes[r]);
+    }
+    RM_MPI_CHECK(rc);
+  }
+
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     check_live();
     RM_CHECK(root >= 0 && root < size_, "MPI communicator: broadcast root " + std::to_string(root) +

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "framework/error.h"
@@ -98,6 +99,42 @@ class SelfCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_self() {
   return std::make_unique<SelfCommunicator>();
+}
+
+void Communicator::all_to_all_blocks(const void* send, const Block* send_blocks,
+                                     const std::int64_t* send_first, void* recv,
+                                     const Block* recv_blocks, const std::int64_t* recv_first,
+                                     DataType type) {
+  RM_CHECK(device() == Device::CPU,
+           backend() + " communicator: all_to_all_blocks on device buffers is not implemented");
+  const int n = size();
+  const std::size_t esize = datatype_size(type);
+  std::vector<std::int64_t> sc(static_cast<std::size_t>(n), 0), sd(static_cast<std::size_t>(n), 0),
+      rc(static_cast<std::size_t>(n), 0), rd(static_cast<std::size_t>(n), 0);
+  std::int64_t stotal = 0, rtotal = 0;
+  for (int r = 0; r < n; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    sd[i] = stotal;
+    for (std::int64_t b = send_first[r]; b < send_first[r + 1]; ++b) sc[i] += send_blocks[b].count;
+    stotal += sc[i];
+    rd[i] = rtotal;
+    for (std::int64_t b = recv_first[r]; b < recv_first[r + 1]; ++b) rc[i] += recv_blocks[b].count;
+    rtotal += rc[i];
+  }
+  std::vector<char> packed(static_cast<std::size_t>(stotal) * esize), unpacked(static_cast<std::size_t>(rtotal) * esize);
+  char* out = packed.data();
+  for (std::int64_t b = 0; b < send_first[n]; ++b) {
+    const auto bytes = static_cast<std::size_t>(send_blocks[b].count) * esize;
+    if (bytes > 0) std::memcpy(out, static_cast<const char*>(send) + static_cast<std::size_t>(send_blocks[b].displ) * esize, bytes);
+    out += bytes;
+  }
+  all_to_all_v(packed.data(), sc.data(), sd.data(), unpacked.data(), rc.data(), rd.data(), type);
+  const char* in = unpacked.data();
+  for (std::int64_t b = 0; b < recv_first[n]; ++b) {
+    const auto bytes = static_cast<std::size_t>(recv_blocks[b].count) * esize;
+    if (bytes > 0) std::memcpy(static_cast<char*>(recv) + static_cast<std::size_t>(recv_blocks[b].displ) * esize, in, bytes);
+    in += bytes;
+  }
 }
 
 }  // namespace routemoe::comm

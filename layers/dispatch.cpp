@@ -1,14 +1,50 @@
 #include "layers/dispatch.h"
 
-#include <algorithm>
 #include <vector>
 
 #include "comm/communicator.h"
-#include "framework/cpu/kernels.h"
 
 namespace routemoe::layers {
 
-// Builds the exchange plan from the per-expert slot counts (collective over the ep group).
+namespace {
+using Block = comm::Communicator::Block;
+
+// Blocks of one exchange direction. The slot-order side has one contiguous block per peer
+// (slots are grouped by global expert, hence by owner); the expert-major side has one block per
+// (peer, local expert): expert l's rows from peer p start at owner_start[p * L + l].
+template <typename T>
+void slot_side(const MoeCache<T>& c, const std::int64_t* rows_per_peer, std::int64_t width,
+               std::vector<Block>& blocks, std::vector<std::int64_t>& first) {
+  const int P = c.ep_size;
+  blocks.resize(static_cast<std::size_t>(P));
+  first.resize(static_cast<std::size_t>(P) + 1);
+  std::int64_t row = 0;
+  for (int p = 0; p < P; ++p) {
+    blocks[static_cast<std::size_t>(p)] = {row * width, rows_per_peer[p] * width};
+    first[static_cast<std::size_t>(p)] = p;
+    row += rows_per_peer[p];
+  }
+  first[static_cast<std::size_t>(P)] = P;
+}
+
+template <typename T>
+void owner_side(const MoeCache<T>& c, std::int64_t width, std::vector<Block>& blocks,
+                std::vector<std::int64_t>& first) {
+  const int P = c.ep_size;
+  const std::int64_t L = c.local_experts;
+  blocks.resize(static_cast<std::size_t>(P * L));
+  first.resize(static_cast<std::size_t>(P) + 1);
+  for (int p = 0; p < P; ++p) {
+    first[static_cast<std::size_t>(p)] = p * L;
+    for (std::int64_t l = 0; l < L; ++l) {
+      const std::int64_t i = p * L + l;
+      blocks[static_cast<std::size_t>(i)] = {c.owner_start[i] * width, c.recv_split[i] * width};
+    }
+  }
+  first[static_cast<std::size_t>(P)] = P * L;
+}
+}  // namespace
+
 template <typename T>
 void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, Arena& arena) {
   const int P = ep.size();
@@ -17,75 +53,52 @@ void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, Arena
   c.local_experts = L;
   std::int64_t* counts = alloc_array<std::int64_t>(arena, E);
   for (std::int64_t e = 0; e < E; ++e) counts[e] = c.expert_offset[e + 1] - c.expert_offset[e];
-  std::int64_t* recv_counts = alloc_array<std::int64_t>(arena, E);  // [src][l]
-  ep.all_to_all(counts, recv_counts, L, comm::DataType::I64);
+  // recv_split[p * L + l]: rows rank p sends to this rank's local expert l.
+  c.recv_split = alloc_array<std::int64_t>(arena, E);
+  ep.all_to_all(counts, c.recv_split, L, comm::DataType::I64);
   c.send_rows = alloc_zeroed<std::int64_t>(arena, P);
   c.recv_rows = alloc_zeroed<std::int64_t>(arena, P);
   for (int p = 0; p < P; ++p) {
     for (std::int64_t l = 0; l < L; ++l) {
       c.send_rows[p] += counts[p * L + l];
-      c.recv_rows[p] += recv_counts[p * L + l];
+      c.recv_rows[p] += c.recv_split[p * L + l];
     }
   }
-  std::vector<std::int64_t> src_begin(static_cast<std::size_t>(P) + 1, 0);
-  for (int p = 0; p < P; ++p) src_begin[static_cast<std::size_t>(p) + 1] = src_begin[static_cast<std::size_t>(p)] + c.recv_rows[p];
-  c.owner_rows = src_begin[static_cast<std::size_t>(P)];
+  // Expert-major layout on the owner: expert l's block holds the rows of rank 0, then rank 1...
   c.local_offset = alloc_array<std::int64_t>(arena, L + 1);
-  c.owner_perm = alloc_array<std::int32_t>(arena, c.owner_rows);
+  c.owner_start = alloc_array<std::int64_t>(arena, E);
   std::int64_t pos = 0;
   for (std::int64_t l = 0; l < L; ++l) {
     c.local_offset[l] = pos;
     for (int p = 0; p < P; ++p) {
-      std::int64_t start = src_begin[static_cast<std::size_t>(p)];
-      for (std::int64_t l2 = 0; l2 < l; ++l2) start += recv_counts[p * L + l2];
-      for (std::int64_t r = 0; r < recv_counts[p * L + l]; ++r) c.owner_perm[pos++] = static_cast<std::int32_t>(start + r);
+      c.owner_start[p * L + l] = pos;
+      pos += c.recv_split[p * L + l];
     }
   }
   c.local_offset[L] = pos;
+  c.owner_rows = pos;
 }
 
-// Slot-order rows [S, width] -> expert-major rows on the owners [R, width].
 template <typename T>
 void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows,
-               std::int64_t width, Arena& arena) {
-  const int P = c.ep_size;
-  std::vector<std::int64_t> sc(static_cast<std::size_t>(P)), sd(static_cast<std::size_t>(P)), rc(static_cast<std::size_t>(P)), rd(static_cast<std::size_t>(P));
-  std::int64_t so = 0, ro = 0;
-  for (int p = 0; p < P; ++p) {
-    const auto i = static_cast<std::size_t>(p);
-    sc[i] = c.send_rows[p] * width;
-    sd[i] = so;
-    so += sc[i];
-    rc[i] = c.recv_rows[p] * width;
-    rd[i] = ro;
-    ro += rc[i];
-  }
-  T* recv = alloc_array<T>(arena, c.owner_rows * width);
-  comm::all_to_all_v<T>(ep, slot_rows, sc.data(), sd.data(), recv, rc.data(), rd.data());
-  cpu::gather_rows_forward<T>(recv, c.owner_perm, owner_rows, c.owner_rows, c.owner_rows, width);
+                   std::int64_t width, Arena& /*arena*/) {
+  std::vector<Block> sb, rb;
+  std::vector<std::int64_t> sf, rf;
+  slot_side(c, c.send_rows, width, sb, sf);
+  owner_side(c, width, rb, rf);
+  ep.all_to_all_blocks(slot_rows, sb.data(), sf.data(), owner_rows, rb.data(), rf.data(),
+                       comm::datatype_of<T>());
 }
 
-// Expert-major rows on the owners [R, width] -> slot-order rows back on the sources [S, width].
 template <typename T>
 void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows,
-                std::int64_t width, Arena& arena) {
-  const int P = c.ep_size;
-  std::vector<std::int64_t> sc(static_cast<std::size_t>(P)), sd(static_cast<std::size_t>(P)), rc(static_cast<std::size_t>(P)), rd(static_cast<std::size_t>(P));
-  std::int64_t so = 0, ro = 0;
-  for (int p = 0; p < P; ++p) {
-    const auto i = static_cast<std::size_t>(p);
-    sc[i] = c.recv_rows[p] * width;
-    sd[i] = so;
-    so += sc[i];
-    rc[i] = c.send_rows[p] * width;
-    rd[i] = ro;
-    ro += rc[i];
-  }
-  T* send = alloc_array<T>(arena, c.owner_rows * width);
-  // Inverse of the owner permutation: received-order row owner_perm[i] <- expert-major row i.
-  std::fill(send, send + c.owner_rows * width, T(0));
-  cpu::scatter_add_rows_forward<T>(owner_rows, c.owner_perm, nullptr, send, c.owner_rows, c.owner_rows, width);
-  comm::all_to_all_v<T>(ep, send, sc.data(), sd.data(), slot_rows, rc.data(), rd.data());
+                  std::int64_t width, Arena& /*arena*/) {
+  std::vector<Block> sb, rb;
+  std::vector<std::int64_t> sf, rf;
+  owner_side(c, width, sb, sf);
+  slot_side(c, c.send_rows, width, rb, rf);
+  ep.all_to_all_blocks(owner_rows, sb.data(), sf.data(), slot_rows, rb.data(), rf.data(),
+                       comm::datatype_of<T>());
 }
 
 #define RM_INSTANTIATE(T)                                                                          \

@@ -9,9 +9,11 @@
 //      every rank knows how many rows it sends to and receives from each peer and where each
 //      received row goes: the owner's rows are ordered by local expert, then by source rank,
 //      then in the source's slot order, so each local expert has one contiguous block.
-//   2. dispatch_rows: one all-to-all-v of the rows, then a gather into expert-major order.
-//   3. combine_rows: a scatter back to received order, then the reverse all-to-all-v.
-// Buffers come from the step's activation arena, so steady-state steps allocate nothing.
+//   2. dispatch_rows: one block all-to-all (Communicator::all_to_all_blocks) that lands every
+//      row directly in its expert-major place (MPI derived datatypes: no packing copies).
+//   3. combine_rows: the reverse exchange, straight back into slot order.
+// The row buffers come from the step's activation arena, so steady-state steps allocate no
+// row memory; the per-peer block lists are small (ep_size x local experts entries).
 
 #include <cstdint>
 
@@ -19,8 +21,8 @@
 
 namespace routemoe::layers {
 
-// Fills c.ep_size, local_experts, send_rows, recv_rows, owner_rows, local_offset, owner_perm
-// from c.expert_offset (E + 1 entries).
+// Fills c.ep_size, local_experts, send_rows, recv_rows, recv_split, owner_start, local_offset
+// and owner_rows from c.expert_offset (E + 1 entries).
 template <typename T>
 void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t experts, Arena& arena);
 

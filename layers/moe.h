@@ -111,7 +111,8 @@ struct MoeCache {
   int ep_size = 1;
   std::int64_t* send_rows = nullptr;      // [P] slots sent to each ep rank
   std::int64_t* recv_rows = nullptr;      // [P] rows received from each ep rank
-  std::int32_t* owner_perm = nullptr;     // [R] expert-major position -> received row
+  std::int64_t* recv_split = nullptr;     // [P * E_local] rows from rank p for local expert l
+  std::int64_t* owner_start = nullptr;    // [P * E_local] first expert-major row of (p, l)
   // Loss terms of this layer (already multiplied by nothing: raw values).
   double switch_loss = 0.0;  // E * sum_e f_e P_e
   double z_loss = 0.0;       // mean_i lse_i^2

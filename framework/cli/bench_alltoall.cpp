@@ -4,13 +4,11 @@
 // Every rank routes `tokens` tokens to `top_k` distinct experts drawn uniformly from a seeded
 // Philox stream (random, balanced in expectation), fills a layers::MoeCache<float> as the MoE
 // layer does (slots sorted by global expert, then by token) and times, per iteration:
-//   ours: arena reset, plan_dispatch (count all-to-all + permutation), dispatch_rows (rows
-//         all-to-all-v + gather into expert-major order), combine_rows (scatter back to received
-//         order + reverse all-to-all-v);
+//   ours: arena reset, plan_dispatch (count all-to-all + block layout), dispatch_rows (one block
+//         all-to-all straight into expert-major order), combine_rows (the reverse exchange);
 //   bare: two MPI_Alltoallv calls (there and back) with the same per-peer counts.
 // Iterations alternate ours/bare after a barrier; each rank takes the median of its iterations
-// and the figure is the maximum of those medians over the ranks. The local permutation kernels
-// are also timed alone to show where the difference goes.
+// and the figure is the maximum of those medians over the ranks.
 
 #include <fmt/format.h>
 #include <mpi.h>
@@ -100,7 +98,7 @@ double median(std::vector<double> v) {
 }
 
 // Figures of one case, each the maximum over ranks of the per-rank median (seconds).
-enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kGather, kScatter, kFigs };
+enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kFigs };
 
 struct CaseResult {
   std::int64_t tokens, d;
@@ -202,21 +200,6 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
   RM_CHECK(std::equal(x_in.begin(), x_in.end(), bare_back.begin()),
            "bench alltoall: bare round trip did not return the rows unchanged");
 
-  // The local permutation kernels of dispatch/combine alone (no communication).
-  std::vector<float> perm_dst(static_cast<std::size_t>(R * d));
-  auto gather = [&]() {
-    Timer t;
-    cpu::gather_rows_forward<float>(bare_recv.data(), c.owner_perm, perm_dst.data(), R, R, d);
-    return t.seconds();
-  };
-  auto scatter = [&]() {
-    Timer t;
-    std::fill(bare_recv.begin(), bare_recv.end(), 0.0f);
-    cpu::scatter_add_rows_forward<float>(perm_dst.data(), c.owner_perm, nullptr, bare_recv.data(),
-                                         R, R, d);
-    return t.seconds();
-  };
-
   std::vector<double> times[kFigs];
   for (int it = 0; it < o.warmup + o.iters; ++it) {
     const bool timed = it >= o.warmup;
@@ -231,16 +214,12 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
         t_bare = bare();
       }
     }
-    const double t_gather = gather();
-    const double t_scatter = scatter();
     if (!timed) continue;
     times[kOurs].push_back(t_ours);
     times[kBare].push_back(t_bare);
     times[kPlan].push_back(plan_s);
     times[kDispatch].push_back(dispatch_s);
     times[kCombine].push_back(combine_s);
-    times[kGather].push_back(t_gather);
-    times[kScatter].push_back(t_scatter);
   }
 
   CaseResult r{};
@@ -334,11 +313,10 @@ Runner register_bench_alltoall(CLI::App& bench) {
             n, d, o.top_k, o.experts, W, ours * 1e3, bare * 1e3, r.bytes_per_rank / ours * 1e-9,
             r.bytes_per_rank / bare * 1e-9, ours / bare);
         fmt::print(
-            "  where: plan {:.3f} ms (counts all-to-all + permutation), dispatch {:.3f} ms, "
-            "combine {:.3f} ms; local kernels alone: gather {:.3f} ms, zero+scatter {:.3f} ms; "
-            "{:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
-            r.fig[kPlan] * 1e3, r.fig[kDispatch] * 1e3, r.fig[kCombine] * 1e3, r.fig[kGather] * 1e3,
-            r.fig[kScatter] * 1e3, r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
+            "  where: plan {:.3f} ms (counts all-to-all + block layout), dispatch {:.3f} ms, "
+            "combine {:.3f} ms; {:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
+            r.fig[kPlan] * 1e3, r.fig[kDispatch] * 1e3, r.fig[kCombine] * 1e3,
+            r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
         std::fflush(stdout);
       }
     }
@@ -351,11 +329,10 @@ Runner register_bench_alltoall(CLI::App& bench) {
         f << fmt::format(
             "  {{\"tokens\": {}, \"d\": {}, \"top_k\": {}, \"experts\": {}, \"ranks\": {}, "
             "\"ours_s\": {:.6e}, \"bare_s\": {:.6e}, \"ratio\": {:.4f}, \"plan_s\": {:.6e}, "
-            "\"dispatch_s\": {:.6e}, \"combine_s\": {:.6e}, \"gather_s\": {:.6e}, "
-            "\"scatter_s\": {:.6e}, \"bytes_per_rank\": {:.0f}}}{}\n",
+            "\"dispatch_s\": {:.6e}, \"combine_s\": {:.6e}, \"bytes_per_rank\": {:.0f}}}{}\n",
             r.tokens, r.d, o.top_k, o.experts, W, r.fig[kOurs], r.fig[kBare],
             r.fig[kOurs] / r.fig[kBare], r.fig[kPlan], r.fig[kDispatch], r.fig[kCombine],
-            r.fig[kGather], r.fig[kScatter], r.bytes_per_rank, i + 1 < results.size() ? "," : "");
+            r.bytes_per_rank, i + 1 < results.size() ? "," : "");
       }
       f << "]\n";
       RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", o.json));
