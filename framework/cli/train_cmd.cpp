@@ -47,6 +47,7 @@ Runner register_train(CLI::App& app) {
       fmt::print("  expert load, MoE layer {}:{}\n", m, shares);
     }
     fmt::print("  metrics: {}/metrics.jsonl\n", s.out_dir);
+    fmt::print("memory (rank 0):\n{}", s.memory);
     return 0;
   };
 }

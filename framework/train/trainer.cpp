@@ -12,6 +12,7 @@
 #include "comm/mpi_runtime.h"
 #include "framework/cpu/kernels.h"
 #include "framework/data.h"
+#include "framework/arena.h"
 #include "framework/error.h"
 #include "framework/optim.h"
 #include "framework/train/checkpoint.h"
@@ -306,6 +307,15 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups, con
   }
   bar.clear();
   summary.steps = tc.steps - start_step;
+  {
+    std::vector<ArenaStats> mem = model.memory_report();
+    ArenaStats adam;
+    adam.name = "adamw m+v";
+    adam.capacity = adam.used = adam.peak = optimizer.m().nbytes() + optimizer.v().nbytes();
+    adam.blocks = 2;
+    mem.insert(mem.begin() + 2, adam);
+    summary.memory = format_arena_report(mem);
+  }
   summary.seconds = run_timer.seconds();
   summary.tokens_per_s = static_cast<double>(summary.steps * tokens_per_step) / summary.seconds;
   if (after) after(model);

@@ -26,6 +26,7 @@ struct TrainSummary {
   double seconds = 0.0;
   std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer, tokens per expert (last step)
   std::vector<double> losses;    // training loss of every step (mean over ranks and micro-batches)
+  std::string memory;            // rank 0's memory report: parameters, gradients, activation arena
   std::string out_dir;
 };
 
