@@ -515,21 +515,29 @@ TEST(TraceFile, OneRecordTraceIsNotAnError) {
   EXPECT_NE(format_table({m}).find("no pairs of consecutive records"), std::string::npos);
 }
 
-// With ROUTEMOE_TRACE_FIXTURE_DIR set, writes the fixture there for trying `routemoe trace` and
-// the h5py snippet of docs/analysis.md by hand: <dir>/topk/trace.h5 and the checkpoints of
-// <dir>/ckpt_run/checkpoints. Without it, does nothing.
-TEST(TraceFile, WriteFixtureOnRequest) {
-  const char* dir = std::getenv("ROUTEMOE_TRACE_FIXTURE_DIR");
-  if (dir == nullptr || *dir == 0) GTEST_SKIP() << "ROUTEMOE_TRACE_FIXTURE_DIR not set";
-  fs::create_directories(fs::path(dir) / "topk");
-  fs::create_directories(fs::path(dir) / "ckpt_run" / "checkpoints");
-  write_trace((fs::path(dir) / "topk" / "trace.h5").string());
+// Writes the fixture as files (into ROUTEMOE_TRACE_FIXTURE_DIR when set, for trying `routemoe
+// trace` and the h5py snippet of docs/analysis.md by hand; else into a temporary directory) and
+// checks that a run directory of checkpoints reads back as the same run as its trace file.
+TEST(TraceFile, FixtureFilesReadBackAsOneRun) {
+  const char* env = std::getenv("ROUTEMOE_TRACE_FIXTURE_DIR");
+  const fs::path dir = env != nullptr && *env != 0
+                           ? fs::path(env)
+                           : fs::temp_directory_path() / ("routemoe_trace_fixture_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "topk");
+  fs::create_directories(dir / "ckpt_run" / "checkpoints");
+  write_trace((dir / "topk" / "trace.h5").string());
   for (std::size_t r = 0; r < 3; ++r) {
     char name[64];
     std::snprintf(name, sizeof(name), "ckpt_run/checkpoints/ckpt_%08lld.h5",
                   static_cast<long long>(kSteps[r]));
-    write_checkpoint((fs::path(dir) / name).string(), r);
+    write_checkpoint((dir / name).string(), r);
   }
+  const std::vector<trace::Run> runs =
+      load_runs({(dir / "topk").string(), (dir / "ckpt_run").string()}, {});
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].records.size(), 3u);
+  EXPECT_EQ(runs[1].records.size(), 3u);
+  if (env == nullptr || *env == 0) fs::remove_all(dir);
 }
 
 // ---- reports ----
