@@ -10,6 +10,8 @@
 // initialisation (ours) and torch's random initialisation (theirs): only the time is compared.
 
 #include <fmt/format.h>
+#include <sys/resource.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -288,11 +290,53 @@ std::string torch_command(const BenchTrainOptions& o, const std::string& script,
       shell_quote(o.python), shell_quote(script), args);
 }
 
-// 1-minute load average (getloadavg), or -1 when unavailable. Other processes on the machine
-// distort both sides (and OpenMP-parallel code badly), so the run prints it at start and end.
+// What else ran during the benchmark. Other processes distort both sides (OpenMP-parallel code
+// badly), so the run reports the CPU time the whole machine spent busy (/proc/stat) minus the
+// CPU time of this process and its finished children (the torch subprocesses), per second of
+// wall time: the average number of cores other processes took. The 1-minute load average is
+// printed too, but it includes this benchmark's own threads.
 double load_average() {
   double l[1] = {-1.0};
   return ::getloadavg(l, 1) == 1 ? l[0] : -1.0;
+}
+
+struct CpuSample {
+  double machine_busy_s = -1.0;  // all CPUs, since boot; < 0 when /proc/stat is unreadable
+  double ours_s = 0.0;           // this process + waited-for children
+  Timer wall;
+};
+
+CpuSample cpu_sample() {
+  CpuSample c;
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  unsigned long long v[8] = {};
+  if (f >> cpu && cpu == "cpu") {
+    for (unsigned long long& x : v) f >> x;
+    if (f) {
+      // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+      const unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+      c.machine_busy_s = static_cast<double>(busy) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    }
+  }
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
+  };
+  rusage self{}, children{};
+  ::getrusage(RUSAGE_SELF, &self);
+  ::getrusage(RUSAGE_CHILDREN, &children);
+  c.ours_s = seconds(self.ru_utime) + seconds(self.ru_stime) + seconds(children.ru_utime) +
+             seconds(children.ru_stime);
+  return c;
+}
+
+// Average number of cores used by other processes since `start`; < 0 when unknown.
+double other_cores_since(const CpuSample& start) {
+  const CpuSample now = cpu_sample();
+  const double wall = start.wall.seconds();
+  if (start.machine_busy_s < 0 || now.machine_busy_s < 0 || wall <= 0) return -1.0;
+  const double others = (now.machine_busy_s - start.machine_busy_s) - (now.ours_s - start.ours_s);
+  return std::max(0.0, others / wall);
 }
 
 struct CaseResult {
@@ -315,7 +359,7 @@ Runner register_bench_train(CLI::App& bench) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--steps", opts->steps, "timed steps per side and router (median reported)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--routers", opts->routers, "routers to run (topk first for the overhead lines)")
+  cmd->add_option("--routers", opts->routers, "routers to run (the overhead lines need topk)")
       ->check(CLI::IsMember({"topk", "similarity", "attention", "ac"}))
       ->delimiter(',');
   cmd->add_option("--python", opts->python, "python with torch for the reference side");
@@ -367,6 +411,7 @@ Runner register_bench_train(CLI::App& bench) {
       fmt::print("bench train torch side: unavailable: {}; reporting ours only (ratio n/a)\n",
                  torch_missing);
     const double load_start = load_average();
+    const CpuSample cpu_start = cpu_sample();
     const double ceiling_start = square_gemm_gflops(o.square);
     std::fflush(stdout);
 
@@ -403,6 +448,7 @@ Runner register_bench_train(CLI::App& bench) {
     const double ceiling_end = square_gemm_gflops(o.square);
     const double ceiling = std::max(ceiling_start, ceiling_end);
     const double load_end = load_average();
+    const double others = other_cores_since(cpu_start);
     fmt::print(
         "bench train ceiling: square {0}x{0}x{0} fp32 GEMM through cpu::gemm {1:.1f} GFLOP/s "
         "(best of {2:.1f} at start, {3:.1f} at end)\n",
@@ -440,11 +486,11 @@ Runner register_bench_train(CLI::App& bench) {
       }
     }
     const double cores = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
-    fmt::print("bench train load: 1-min load average {:.2f} at start, {:.2f} at end ({} cores){}\n",
-               load_start, load_end, cores,
-               std::max(load_start, load_end) > 0.75 * cores + 0.5
-                   ? "; WARNING: other processes were running, figures are not reliable"
-                   : "");
+    fmt::print(
+        "bench train load: other processes used {:.2f} cores on average during the run "
+        "(1-min load average {:.2f} at start, {:.2f} at end incl. this run; {} cores){}\n",
+        others, load_start, load_end, cores,
+        others > 0.2 ? "; WARNING: the machine was shared, figures are not reliable" : "");
 
     if (!o.json.empty()) {
       std::ofstream f(o.json);
@@ -452,8 +498,8 @@ Runner register_bench_train(CLI::App& bench) {
       f << fmt::format(
           "{{\"threads\": {}, \"batch\": {}, \"seq_len\": {}, \"warmup\": {}, "
           "\"steps\": {}, \"ceiling_gflops\": {:.3f}, \"load_start\": {:.2f}, "
-          "\"load_end\": {:.2f}, \"cases\": [",
-          threads, o.batch, o.seq_len, o.warmup, o.steps, ceiling, load_start, load_end);
+          "\"load_end\": {:.2f}, \"other_cores\": {:.3f}, \"cases\": [",
+          threads, o.batch, o.seq_len, o.warmup, o.steps, ceiling, load_start, load_end, others);
       for (std::size_t i = 0; i < results.size(); ++i) {
         const CaseResult& r = results[i];
         const std::string torch_s = r.torch.ok ? fmt::format("{:.6f}", r.torch.median_s) : "null";
