@@ -219,28 +219,30 @@ constexpr double kGeluCoef = 0.044715;
 template <typename T>
 void gelu_forward(const T* x, T* y, std::int64_t n) {
   detail::check_sizes("gelu_forward", {{"n", n}});
-  const T c = static_cast<T>(kSqrt2OverPi);
+  // 0.5 (1 + tanh(z)) = sigmoid(2z): one exp instead of a tanh (several times cheaper in libm),
+  // the same function up to rounding. Large |z| saturates to 0 or 1 (exp overflow gives 1/inf).
+  const T c2 = static_cast<T>(2 * kSqrt2OverPi);
   const T a = static_cast<T>(kGeluCoef);
 #pragma omp parallel for if (n > kParallelElems)
   for (std::int64_t i = 0; i < n; ++i) {
     const T v = x[i];
-    const T t = std::tanh(c * (v + a * v * v * v));
-    y[i] = T(0.5) * v * (T(1) + t);
+    const T s = T(1) / (T(1) + std::exp(-c2 * (v + a * v * v * v)));
+    y[i] = v * s;
   }
 }
 
 template <typename T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::int64_t n) {
   detail::check_sizes("gelu_backward", {{"n", n}});
+  // With s = sigmoid(2z): d/dx [x s] = s + 2 x s (1 - s) z'(x), z' = c (1 + 3 a x^2).
   const T c = static_cast<T>(kSqrt2OverPi);
   const T a = static_cast<T>(kGeluCoef);
 #pragma omp parallel for if (n > kParallelElems)
   for (std::int64_t i = 0; i < n; ++i) {
     const T v = x[i];
-    const T t = std::tanh(c * (v + a * v * v * v));
-    const T du = c * (T(1) + T(3) * a * v * v);
-    const T grad = T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * du;
-    dx[i] = dy[i] * grad;
+    const T s = T(1) / (T(1) + std::exp(T(-2) * c * (v + a * v * v * v)));
+    const T dz = c * (T(1) + T(3) * a * v * v);
+    dx[i] = dy[i] * (s + T(2) * v * s * (T(1) - s) * dz);
   }
 }
 
