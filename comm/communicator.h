@@ -85,13 +85,14 @@ class Communicator {
                             const std::int64_t* send_displs, void* recv,
                             const std::int64_t* recv_counts, const std::int64_t* recv_displs,
                             DataType type) = 0;
-  // All-to-all of scattered blocks: the message to rank r is the concatenation of the send
-  // blocks send_blocks[send_first[r] .. send_first[r+1]); the message from rank r is scattered
-  // over recv_blocks[recv_first[r] .. recv_first[r+1]) in order. Blocks are (displacement,
-  // count) in elements; the first arrays have size() + 1 entries. Both sides' totals per peer
-  // must match. This lets expert-parallel dispatch/combine place rows straight where the
-  // experts need them (MPI: derived datatypes and MPI_Alltoallw, no packing copies). The
-  // default packs into a contiguous buffer and calls all_to_all_v (CPU buffers only).
+  // All-to-all of scattered blocks: the blocks for rank r are send_blocks[send_first[r] ..
+  // send_first[r+1]); the blocks from rank r land in recv_blocks[recv_first[r] ..
+  // recv_first[r+1]). Blocks correspond one to one: the k-th block this rank sends to r has
+  // the same count as the k-th receive block r lists for this rank (zero-count blocks
+  // included). Blocks are (displacement, count) in elements; the first arrays have size() + 1
+  // entries. This lets expert-parallel dispatch/combine place rows straight where the experts
+  // need them (MPI: one message per non-empty block, no packing copies). The default packs into
+  // a contiguous buffer and calls all_to_all_v (CPU buffers only).
   struct Block {
     std::int64_t displ = 0;
     std::int64_t count = 0;

@@ -123,44 +123,33 @@ class MpiCommunicator final : public Communicator {
                          void* recv, const Block* recv_blocks, const std::int64_t* recv_first,
                          DataType type) override {
     check_live();
+    // Blocks correspond one to one (see communicator.h): the k-th block to a peer is matched
+    // by that peer's k-th receive block, so each non-empty block travels as its own message,
+    // contiguous on both ends (no packing, no datatype engine).
     const MPI_Datatype base = mpi_type(type);
-    const auto esize = static_cast<MPI_Aint>(datatype_size(type));
-    // One derived datatype per peer and direction describing its blocks: MPI copies straight
-    // between the blocks and the wire (or the peer's blocks, in shared memory).
-    auto make_types = [&](const Block* blocks, const std::int64_t* first, std::vector<MPI_Datatype>& types,
-                          std::vector<int>& counts) {
-      types.assign(static_cast<std::size_t>(size_), MPI_BYTE);
-      counts.assign(static_cast<std::size_t>(size_), 0);
-      std::vector<int> lens;
-      std::vector<MPI_Aint> displs;
-      for (int r = 0; r < size_; ++r) {
-        lens.clear();
-        displs.clear();
-        for (std::int64_t b = first[r]; b < first[r + 1]; ++b) {
-          if (blocks[b].count == 0) continue;
-          lens.push_back(to_mpi_count(blocks[b].count, "all_to_all_blocks block count"));
-          displs.push_back(static_cast<MPI_Aint>(blocks[b].displ) * esize);
-        }
-        if (lens.empty()) continue;
-        MPI_Datatype t = MPI_DATATYPE_NULL;
-        RM_MPI_CHECK(MPI_Type_create_hindexed(static_cast<int>(lens.size()), lens.data(), displs.data(), base, &t));
-        RM_MPI_CHECK(MPI_Type_commit(&t));
-        types[static_cast<std::size_t>(r)] = t;
-        counts[static_cast<std::size_t>(r)] = 1;
+    const auto esize = static_cast<std::ptrdiff_t>(datatype_size(type));
+    std::vector<MPI_Request> reqs;
+    reqs.reserve(static_cast<std::size_t>(send_first[size_] + recv_first[size_]));
+    for (int r = 0; r < size_; ++r) {
+      for (std::int64_t b = recv_first[r]; b < recv_first[r + 1]; ++b) {
+        if (recv_blocks[b].count == 0) continue;
+        reqs.emplace_back();
+        RM_MPI_CHECK(MPI_Irecv(static_cast<char*>(recv) + recv_blocks[b].displ * esize,
+                               to_mpi_count(recv_blocks[b].count, "all_to_all_blocks count"), base, r,
+                               static_cast<int>(b - recv_first[r]), comm_, &reqs.back()));
       }
-    };
-    std::vector<MPI_Datatype> stypes, rtypes;
-    std::vector<int> scounts, rcounts;
-    make_types(send_blocks, send_first, stypes, scounts);
-    make_types(recv_blocks, recv_first, rtypes, rcounts);
-    const std::vector<int> zero(static_cast<std::size_t>(size_), 0);
-    const int rc = MPI_Alltoallw(send, scounts.data(), zero.data(), stypes.data(), recv, rcounts.data(),
-                                 zero.data(), rtypes.data(), comm_);
-    for (std::size_t r = 0; r < stypes.size(); ++r) {
-      if (scounts[r] > 0) MPI_Type_free(&stypes[r]);
-      if (rcounts[r] > 0) MPI_Type_free(&rtypes[r]);
     }
-    RM_MPI_CHECK(rc);
+    for (int k = 1; k <= size_; ++k) {  // start with the next rank: spreads the load
+      const int r = (rank_ + k) % size_;
+      for (std::int64_t b = send_first[r]; b < send_first[r + 1]; ++b) {
+        if (send_blocks[b].count == 0) continue;
+        reqs.emplace_back();
+        RM_MPI_CHECK(MPI_Isend(static_cast<const char*>(send) + send_blocks[b].displ * esize,
+                               to_mpi_count(send_blocks[b].count, "all_to_all_blocks count"), base, r,
+                               static_cast<int>(b - send_first[r]), comm_, &reqs.back()));
+      }
+    }
+    RM_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
   }
 
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {

@@ -9,22 +9,26 @@ namespace routemoe::layers {
 namespace {
 using Block = comm::Communicator::Block;
 
-// Blocks of one exchange direction. The slot-order side has one contiguous block per peer
-// (slots are grouped by global expert, hence by owner); the expert-major side has one block per
-// (peer, local expert): expert l's rows from peer p start at owner_start[p * L + l].
+// Blocks of one exchange direction, one per (peer, local expert) on both sides so that they
+// correspond one to one: on the slot side expert l of peer p is a contiguous run of slots
+// (slots are grouped by global expert); on the owner side expert l's rows from peer p start at
+// owner_start[p * L + l].
 template <typename T>
-void slot_side(const MoeCache<T>& c, const std::int64_t* rows_per_peer, std::int64_t width,
-               std::vector<Block>& blocks, std::vector<std::int64_t>& first) {
+void slot_side(const MoeCache<T>& c, std::int64_t width, std::vector<Block>& blocks,
+               std::vector<std::int64_t>& first) {
   const int P = c.ep_size;
-  blocks.resize(static_cast<std::size_t>(P));
+  const std::int64_t L = c.local_experts;
+  blocks.resize(static_cast<std::size_t>(P * L));
   first.resize(static_cast<std::size_t>(P) + 1);
-  std::int64_t row = 0;
   for (int p = 0; p < P; ++p) {
-    blocks[static_cast<std::size_t>(p)] = {row * width, rows_per_peer[p] * width};
-    first[static_cast<std::size_t>(p)] = p;
-    row += rows_per_peer[p];
+    first[static_cast<std::size_t>(p)] = p * L;
+    for (std::int64_t l = 0; l < L; ++l) {
+      const std::int64_t e = p * L + l;  // global expert
+      blocks[static_cast<std::size_t>(e)] = {c.expert_offset[e] * width,
+                                             (c.expert_offset[e + 1] - c.expert_offset[e]) * width};
+    }
   }
-  first[static_cast<std::size_t>(P)] = P;
+  first[static_cast<std::size_t>(P)] = P * L;
 }
 
 template <typename T>
@@ -84,7 +88,7 @@ void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_r
                    std::int64_t width, Arena& /*arena*/) {
   std::vector<Block> sb, rb;
   std::vector<std::int64_t> sf, rf;
-  slot_side(c, c.send_rows, width, sb, sf);
+  slot_side(c, width, sb, sf);
   owner_side(c, width, rb, rf);
   ep.all_to_all_blocks(slot_rows, sb.data(), sf.data(), owner_rows, rb.data(), rf.data(),
                        comm::datatype_of<T>());
@@ -96,7 +100,7 @@ void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_r
   std::vector<Block> sb, rb;
   std::vector<std::int64_t> sf, rf;
   owner_side(c, width, sb, sf);
-  slot_side(c, c.send_rows, width, rb, rf);
+  slot_side(c, width, rb, rf);
   ep.all_to_all_blocks(owner_rows, sb.data(), sf.data(), slot_rows, rb.data(), rf.data(),
                        comm::datatype_of<T>());
 }

@@ -332,6 +332,60 @@ TEST_P(CommTest, AllToAllVScenarios) {
         }
 }
 
+// all_to_all_blocks: 3 blocks per peer with counts (src + 2 dst + k) % 4 (some empty), laid
+// out in reverse order on the sending side and interleaved on the receiving side; every value
+// encodes (source, destination, block, element) and is checked bit for bit.
+TEST_P(CommTest, AllToAllBlocksScattered) {
+  Communicator& c = comm();
+  const int n = c.size(), me = c.rank();
+  constexpr int kBlocks = 3;
+  auto count = [](int src, int dst, int k) { return static_cast<std::int64_t>((src + 2 * dst + k) % 4); };
+  auto value = [](int src, int dst, int k, std::int64_t i) {
+    return static_cast<std::int64_t>(((src * 64 + dst) * 8 + k) * 1000 + i);
+  };
+  using Block = Communicator::Block;
+  std::vector<Block> sb(static_cast<std::size_t>(n * kBlocks)), rb(sb.size());
+  std::vector<std::int64_t> sf(static_cast<std::size_t>(n) + 1), rf(sf.size());
+  std::int64_t stotal = 0, rtotal = 0;
+  for (int r = 0; r < n; ++r) {
+    sf[static_cast<std::size_t>(r)] = r * kBlocks;
+    rf[static_cast<std::size_t>(r)] = r * kBlocks;
+    for (int k = 0; k < kBlocks; ++k) {
+      stotal += count(me, r, k);
+      rtotal += count(r, me, k);
+    }
+  }
+  sf[static_cast<std::size_t>(n)] = rf[static_cast<std::size_t>(n)] = n * kBlocks;
+  std::vector<std::int64_t> send(static_cast<std::size_t>(stotal)), recv(static_cast<std::size_t>(rtotal), -1);
+  std::int64_t off = stotal;  // reverse layout on the sending side
+  for (int r = 0; r < n; ++r) {
+    for (int k = 0; k < kBlocks; ++k) {
+      const std::int64_t cnt = count(me, r, k);
+      off -= cnt;
+      sb[static_cast<std::size_t>(r * kBlocks + k)] = {off, cnt};
+      for (std::int64_t i = 0; i < cnt; ++i) send[static_cast<std::size_t>(off + i)] = value(me, r, k, i);
+    }
+  }
+  off = 0;  // receiving side: block k of every source together (k-major)
+  for (int k = 0; k < kBlocks; ++k) {
+    for (int r = 0; r < n; ++r) {
+      const std::int64_t cnt = count(r, me, k);
+      rb[static_cast<std::size_t>(r * kBlocks + k)] = {off, cnt};
+      off += cnt;
+    }
+  }
+  c.all_to_all_blocks(send.data(), sb.data(), sf.data(), recv.data(), rb.data(), rf.data(), DataType::I64);
+  for (int r = 0; r < n; ++r) {
+    for (int k = 0; k < kBlocks; ++k) {
+      const Block& blk = rb[static_cast<std::size_t>(r * kBlocks + k)];
+      for (std::int64_t i = 0; i < blk.count; ++i) {
+        ASSERT_EQ(recv[static_cast<std::size_t>(blk.displ + i)], value(r, me, k, i))
+            << "from rank " << r << " block " << k << " element " << i;
+      }
+    }
+  }
+}
+
 TEST_P(CommTest, AllToAllVOtherTypes) {
   for (const Scenario& sc : scenarios()) {
     run_all_to_all_v<double>(comm(), sc, 2, 3, false);
