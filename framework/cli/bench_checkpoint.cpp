@@ -58,49 +58,6 @@ struct BenchCheckpointOptions {
   std::string json;
 };
 
-// The write path save_checkpoint takes without parallel HDF5 (expert shards gathered over the
-// ep group, rank 0 writes everything), for a side-by-side comparison when parallel HDF5 is
-// used. Same datasets, chunking and checksums; attributes and routing record as well.
-void save_gathered(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
-                   const RoutingRecord& rec, comm::ProcessGroups& groups) {
-  comm::Communicator& world = *groups.world;
-  const bool lead = world.rank() == 0;
-  const std::string tmp = path + ".tmp";
-  std::unique_ptr<h5::File> f;
-  if (lead) f = std::make_unique<h5::File>(h5::File::create(tmp));
-  const float* m_all = opt.m().data<float>();
-  const float* v_all = opt.v().data<float>();
-  for (const Param& p : model.params().params()) {
-    const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-    const char* group[3] = {"params", "optim/m", "optim/v"};
-    for (int t = 0; t < 3; ++t) {
-      std::vector<float> full;
-      const float* data = src[t];
-      if (p.expert && groups.ep->size() > 1) {
-        full.resize(static_cast<std::size_t>(p.value.numel() * groups.ep->size()));
-        groups.ep->all_gather(src[t], full.data(), p.value.numel(), comm::DataType::F32);
-        data = full.data();
-      }
-      if (!lead) continue;
-      const std::string name = fmt::format("{}/{}", group[t], p.name);
-      f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
-      f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
-    }
-  }
-  if (lead) {
-    write_routing(*f, "routing", rec);
-    f->set_attr("/", "format", std::string("routemoe-checkpoint"));
-    f->set_attr("/", "format_version", kCheckpointFormatVersion);
-    f->set_attr("/", "config", cfg.to_toml());
-    for (const char* a : {"step", "epoch", "data_seed", "world_size", "ep_size"})
-      f->set_attr("/", a, std::int64_t{1});
-    f->set_attr("/optim", "steps_taken", opt.steps_taken());
-    f->close();
-    fs::rename(tmp, path);
-  }
-  world.barrier();
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
@@ -223,7 +180,8 @@ Runner register_bench_checkpoint(CLI::App& bench) {
       if (compare_gathered) {
         world.barrier();
         Timer tg;
-        save_gathered(path, cfg, model, opt, rec, groups);
+        save_checkpoint(path, cfg, model, opt, CheckpointState{1, 1, 1}, rec, groups,
+                        CheckpointWrite::Gathered);
         double g = tg.seconds();
         world.all_reduce(&g, 1, comm::DataType::F64, comm::ReduceOp::Max);
         if (r >= 0) gathered_s.push_back(g);

@@ -95,13 +95,14 @@ void write_routing(h5::File& f, const std::string& group, const RoutingRecord& r
 
 void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
                      const CheckpointState& state, const RoutingRecord& record,
-                     comm::ProcessGroups& groups) {
+                     comm::ProcessGroups& groups, CheckpointWrite mode) {
   comm::Communicator& world = *groups.world;
   const bool lead = world.rank() == 0;
   const std::string tmp = path + ".tmp";
   // Who writes expert rows: the first replica of every expert (ranks of edp rank 0).
   const bool expert_writer = groups.edp->rank() == 0;
-  const bool parallel = world.size() > 1 && ROUTEMOE_HAVE_PARALLEL_HDF5 && comm::mpi_active();
+  const bool parallel = mode == CheckpointWrite::Auto && world.size() > 1 &&
+                        ROUTEMOE_HAVE_PARALLEL_HDF5 && comm::mpi_active();
   if (lead) fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
   world.barrier();
 
@@ -109,6 +110,20 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
   const std::string routers = fmt::format("{}", fmt::join(model.config().expanded_routers(), ","));
   const float* m_all = opt.m().data<float>();
   const float* v_all = opt.v().data<float>();
+  // The routing record (identical on all ranks) and the attributes.
+  auto write_meta = [&](h5::File& f) {
+    write_routing(f, "routing", record);
+    f.set_attr("/", "format", std::string("routemoe-checkpoint"));
+    f.set_attr("/", "format_version", kCheckpointFormatVersion);
+    f.set_attr("/", "config", cfg.to_toml());
+    f.set_attr("/", "step", state.step);
+    f.set_attr("/", "epoch", state.epoch);
+    f.set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
+    f.set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
+    f.set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
+    f.set_attr("/", "routers", routers);
+    f.set_attr("/optim", "steps_taken", opt.steps_taken());
+  };
   if (parallel) {
     MPI_Comm comm = MPI_COMM_WORLD;
     h5::File f = h5::File::create_parallel(tmp, &comm);
@@ -125,18 +140,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
         f.write_f32_rows(name, begin, writes ? rows : 0, src[t]);
       }
     }
-    // The routing record (identical on all ranks) and attributes: collective, rank 0's data.
-    write_routing(f, "routing", record);
-    f.set_attr("/", "format", std::string("routemoe-checkpoint"));
-    f.set_attr("/", "format_version", kCheckpointFormatVersion);
-    f.set_attr("/", "config", cfg.to_toml());
-    f.set_attr("/", "step", state.step);
-    f.set_attr("/", "epoch", state.epoch);
-    f.set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
-    f.set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
-    f.set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
-    f.set_attr("/", "routers", routers);
-    f.set_attr("/optim", "steps_taken", opt.steps_taken());
+    write_meta(f);  // collective: every rank writes the same values
     f.close();
   } else {
     // Gather every expert tensor over the ep group; rank 0 writes the file alone.
@@ -160,17 +164,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
       }
     }
     if (lead) {
-      write_routing(*f, "routing", record);
-      f->set_attr("/", "format", std::string("routemoe-checkpoint"));
-      f->set_attr("/", "format_version", kCheckpointFormatVersion);
-      f->set_attr("/", "config", cfg.to_toml());
-      f->set_attr("/", "step", state.step);
-      f->set_attr("/", "epoch", state.epoch);
-      f->set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
-      f->set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
-      f->set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
-      f->set_attr("/", "routers", routers);
-      f->set_attr("/optim", "steps_taken", opt.steps_taken());
+      write_meta(*f);
       f->close();
     }
   }

@@ -52,10 +52,15 @@ struct CheckpointState {
 RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, std::int64_t seq_len,
                           comm::Communicator& world);
 
+// How a multi-rank checkpoint is written: Auto uses parallel HDF5 (each rank writes its expert
+// slices) when available; Gathered always gathers expert shards to rank 0, which writes alone
+// (the fallback, also used by `routemoe bench checkpoint` for comparison).
+enum class CheckpointWrite { Auto, Gathered };
+
 // Writes `path` (collective over groups.world). The record may be empty (no layers).
 void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
                      const CheckpointState& state, const RoutingRecord& record,
-                     comm::ProcessGroups& groups);
+                     comm::ProcessGroups& groups, CheckpointWrite mode = CheckpointWrite::Auto);
 
 // Loads `path` into model and optimiser (each rank its slice); checks format, version and
 // every tensor's shape against the model. Throws Error(Data) with the file and the cause.
