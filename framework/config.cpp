@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "framework/error.h"
+#include "framework/json.h"
 
 namespace routemoe {
 
@@ -68,15 +70,23 @@ void for_each_key(RunConfig& c, Fn&& fn) {
   fn("checkpoint.trace", k.trace, "append routing records to <train.out_dir>/trace.h5");
 }
 
+// A TOML string: a literal '...' string when possible (no escapes at all, so backslashes in
+// paths survive CLI11's reader, which does not unescape \\), else a basic string with escapes.
+std::string toml_quote(const std::string& v) {
+  const bool literal = v.find('\'') == std::string::npos &&
+                       std::none_of(v.begin(), v.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+  return literal ? "'" + v + "'" : json_quote(v);
+}
+
 template <typename T>
 std::string toml_value(const T& v) {
   if constexpr (std::is_same_v<T, std::string>) {
-    return fmt::format("\"{}\"", v);
+    return toml_quote(v);
   } else if constexpr (std::is_same_v<T, bool>) {
     return v ? "true" : "false";
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
     std::string s = "[";
-    for (std::size_t i = 0; i < v.size(); ++i) s += fmt::format("{}\"{}\"", i ? ", " : "", v[i]);
+    for (std::size_t i = 0; i < v.size(); ++i) s += fmt::format("{}{}", i ? ", " : "", toml_quote(v[i]));
     return s + "]";
   } else {
     return fmt::format("{}", v);
@@ -130,15 +140,6 @@ std::string RunConfig::to_toml() const {
     out += fmt::format("{} = {}\n", k.substr(k.find('.') + 1), toml_value(value));
   });
   return out;
-}
-
-std::string RunConfig::to_json() const {
-  RunConfig copy = *this;
-  std::string out = "{";
-  for_each_key(copy, [&](const char* key, auto& value, const char*) {
-    out += fmt::format("{}\"{}\": {}", out.size() > 1 ? ", " : "", key, toml_value(value));
-  });
-  return out + "}";
 }
 
 void register_run_options(CLI::App& cmd, RunConfig& cfg, std::string& config_path) {

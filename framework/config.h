@@ -59,9 +59,8 @@ struct RunConfig {
 
   // Checks every section (Error(Config) naming the key).
   void validate() const;
-  // The resolved configuration as TOML (saved in the run directory) and as one-line JSON.
+  // The resolved configuration as TOML (saved in the run directory and in checkpoints).
   std::string to_toml() const;
-  std::string to_json() const;
 };
 
 // Adds a --section.key option for every configuration key to `cmd`, bound to `cfg`, plus

@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "framework/error.h"
+#include "framework/json.h"
 #include "framework/rng.h"
 
 namespace routemoe {
@@ -94,37 +95,6 @@ void rename_file(const std::string& from, const std::string& to) {
   std::error_code ec;
   fs::rename(from, to, ec);
   if (ec) RM_FAIL(Io, fmt::format("cannot rename {} to {}: {}", from, to, ec.message()));
-}
-
-std::string json_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  for (const char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out;
 }
 
 // Glob match of a whole name: `*` matches any run of characters, `?` one character.
@@ -377,7 +347,7 @@ PrepareResult prepare_text(const std::vector<std::string>& inputs, const std::st
         "\"sources\":[",
         kByteVocabSize, n_train, n_val);
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      meta += fmt::format("{}\"{}\"", i == 0 ? "" : ",", json_escape(inputs[i]));
+      meta += fmt::format("{}{}", i == 0 ? "" : ",", json_quote(inputs[i]));
     }
     meta += "]}\n";
     tmps.push_back(result.meta_path + ".tmp");

@@ -29,6 +29,7 @@
 #include "framework/cli/commands.h"
 #include "framework/config.h"
 #include "framework/error.h"
+#include "framework/json.h"
 #include "framework/h5.h"
 #include "framework/optim.h"
 #include "framework/train/checkpoint.h"
@@ -39,36 +40,6 @@ namespace routemoe::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string jstr(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
 
 // A number for JSON (non-finite values become null).
 std::string jnum(double v) {
@@ -264,11 +235,11 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
   if (json) {
     std::string o = "{";
     o += fmt::format("\"file\": {}, \"format\": \"routemoe-checkpoint\", \"format_version\": {}, ",
-                     jstr(path), version);
+                     json_quote(path), version);
     o += fmt::format("\"bytes\": {:.0f}, \"step\": {}, \"epoch\": {}, \"data_seed\": {}, ",
                      file_size, st.step, st.epoch, st.data_seed);
     o += fmt::format("\"world_size\": {}, \"ep_size\": {}, \"config\": {}, ", world_size, ep_size,
-                     jstr(config));
+                     json_quote(config));
     o += fmt::format("\"parameters\": {}, \"tensors\": [", param_numel);
     bool first = true;
     for (const std::vector<TensorInfo>* list : {&params, &moments}) {
@@ -276,7 +247,7 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
         o += fmt::format(
             "{}{{\"name\": {}, \"shape\": {}, \"dtype\": \"{}\", \"numel\": {}, \"min\": {}, "
             "\"max\": {}, \"mean\": {}, \"nonfinite\": {}}}",
-            first ? "" : ", ", jstr(t.name), shape_text(t.shape), t.dtype, t.numel, jnum(t.min),
+            first ? "" : ", ", json_quote(t.name), shape_text(t.shape), t.dtype, t.numel, jnum(t.min),
             jnum(t.max), jnum(t.mean), t.nonfinite);
         first = false;
       }
@@ -285,13 +256,13 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
                      optim_complete ? "true" : "false", steps_taken);
     if (has_routing) {
       o += fmt::format("\"routing\": {{\"step\": {}, \"epoch\": {}, \"reason\": {}, \"layers\": [",
-                       r_step, r_epoch, jstr(r_reason));
+                       r_step, r_epoch, json_quote(r_reason));
       for (std::size_t m = 0; m < layers.size(); ++m) {
         const LayerSummary& L = layers[m];
         o += fmt::format(
             "{}{{\"layer\": {}, \"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], "
             "\"gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
-            m ? ", " : "", m, jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
+            m ? ", " : "", m, json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
             jnum(L.gate_mean), jnum(L.prob_mean),
             L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
       }
@@ -397,25 +368,25 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
   if (json) {
     std::string o = "{";
     o += fmt::format("\"file\": {}, \"format\": \"routemoe-trace\", \"format_version\": {}, ",
-                     jstr(path), version);
+                     json_quote(path), version);
     o += fmt::format(
         "\"n_moe_layers\": {}, \"top_k\": {}, \"n_experts\": {}, \"seq_len\": {}, \"routers\": "
         "{}, ",
-        n_moe, top_k, n_experts, seq_len, jstr(routers));
+        n_moe, top_k, n_experts, seq_len, json_quote(routers));
     o += fmt::format("\"probe_tokens\": {}, \"config\": {}, \"records\": [",
-                     shape_numel(probe_shape), jstr(config));
+                     shape_numel(probe_shape), json_quote(config));
     for (std::size_t i = 0; i < recs.size(); ++i) {
       const Rec& r = recs[i];
       o += fmt::format(
           "{}{{\"index\": {}, \"group\": {}, \"step\": {}, \"epoch\": {}, \"reason\": {}, "
           "\"layers\": [",
-          i ? ", " : "", i, jstr("records/" + r.name), r.step, r.epoch, jstr(r.reason));
+          i ? ", " : "", i, json_quote("records/" + r.name), r.step, r.epoch, json_quote(r.reason));
       for (std::size_t m = 0; m < r.layers.size(); ++m) {
         const LayerSummary& L = r.layers[m];
         o += fmt::format(
             "{}{{\"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], \"ac_scale\": "
             "{}}}",
-            m ? ", " : "", jstr(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
+            m ? ", " : "", json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
             L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
       }
       o += "]}";

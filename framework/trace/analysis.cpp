@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "framework/error.h"
+#include "framework/json.h"
 #include "framework/h5.h"
 
 namespace routemoe::trace {
@@ -167,36 +168,6 @@ std::string run_dir_name(const fs::path& dir) {
 
 std::string num(double v) {
   return std::isfinite(v) ? fmt::format("{}", v) : "null";
-}
-
-std::string json_str(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<int>(c));
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
 }
 
 std::string csv_str(const std::string& s) {
@@ -786,20 +757,20 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
     const RunMetrics& rm = metrics[ri];
     const Run& run = *rm.run;
     out += ri ? ",\n  {" : "\n  {";
-    out += fmt::format("\"label\": {}, \"sources\": [", json_str(run.label));
+    out += fmt::format("\"label\": {}, \"sources\": [", json_quote(run.label));
     for (std::size_t i = 0; i < run.sources.size(); ++i)
-      out += (i ? ", " : "") + json_str(run.sources[i]);
+      out += (i ? ", " : "") + json_quote(run.sources[i]);
     out += fmt::format(
         "], \"n_probe\": {}, \"top_k\": {}, \"n_experts\": {}, \"n_moe_layers\": {}, "
         "\"routers\": [",
         run.n_probe, run.top_k, run.n_experts, run.n_moe_layers);
     for (std::size_t i = 0; i < run.routers.size(); ++i)
-      out += (i ? ", " : "") + json_str(run.routers[i]);
+      out += (i ? ", " : "") + json_quote(run.routers[i]);
     out += "],\n   \"records\": [";
     for (std::size_t i = 0; i < run.records.size(); ++i) {
       const Record& r = run.records[i];
       out += fmt::format("{}{{\"index\": {}, \"step\": {}, \"epoch\": {}, \"reason\": {}}}",
-                         i ? ", " : "", i, r.step, r.epoch, json_str(r.reason));
+                         i ? ", " : "", i, r.step, r.epoch, json_quote(r.reason));
     }
     out += "],\n   \"flips\": [";
     for (std::size_t i = 0; i < rm.flips.size(); ++i) {
@@ -848,7 +819,7 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
     }
     out += "],\n   \"notes\": [";
     for (std::size_t i = 0; i < rm.notes.size(); ++i)
-      out += (i ? ", " : "") + json_str(rm.notes[i]);
+      out += (i ? ", " : "") + json_quote(rm.notes[i]);
     out += "]}";
   }
   out += "\n]}\n";

@@ -84,10 +84,13 @@ TEST(Config, OutOfRangeValuesAreRejectedByValidate) {
 }
 
 TEST(Config, ResolvedTomlRoundTrips) {
-  RunConfig a = parse("[model]\nrouters = [\"similarity\"]\nsimilarity_tau = 0.5\n", {"--train.out_dir=x y"});
+  RunConfig a = parse("[model]\nrouters = [\"similarity\"]\nsimilarity_tau = 0.5\n", {"--train.out_dir=x \"y\" \\z"});
   const RunConfig b = parse(a.to_toml(), {});
   EXPECT_EQ(b.to_toml(), a.to_toml());
-  EXPECT_EQ(b.train.out_dir, "x y");
+  EXPECT_EQ(b.train.out_dir, "x \"y\" \\z");  // quotes and backslashes survive the TOML
+  const RunConfig c = parse(b.to_toml(), {"--data.path=it's \"here\""});  // ' forces a basic string
+  const RunConfig d = parse(c.to_toml(), {});
+  EXPECT_EQ(d.data.path, "it's \"here\"");
 }
 
 TEST(Config, EveryKeyIsDocumented) {
