@@ -18,22 +18,13 @@
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/kernels.h"
+#include "framework/cuda/launch.cuh"
 
 namespace routemoe::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxGrid = std::int64_t{1} << 20;  // grid-stride loops cover the rest
-
-unsigned grid_for(std::int64_t work) {
-  const std::int64_t blocks = (work + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, kMaxGrid));
-}
-
-cudaStream_t stream_of(const Context& ctx) {
-  return static_cast<cudaStream_t>(ctx.stream());
-}
+using namespace detail;  // launch helpers (launch.cuh)
 
 cublasHandle_t handle_of(const Context& ctx) {
   const auto h = static_cast<cublasHandle_t>(ctx.cublas());

@@ -25,18 +25,13 @@
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/kernels.h"
+#include "framework/cuda/launch.cuh"
 
 namespace routemoe::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxGrid = std::int64_t{1} << 20;  // grid-stride loops cover the rest
-
-unsigned grid_for(std::int64_t work) {
-  const std::int64_t blocks = (work + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, kMaxGrid));
-}
+using namespace detail;  // launch helpers (launch.cuh)
 
 // One block per row (grid-stride over rows beyond kMaxGrid).
 unsigned row_grid(std::int64_t rows) {
@@ -52,22 +47,6 @@ int row_block(std::int64_t cols) {
   return 512;
 }
 
-cudaStream_t stream_of(const Context& ctx) {
-  return static_cast<cudaStream_t>(ctx.stream());
-}
-
-// Sizes must be non-negative; like the CPU kernels, a negative one throws Error(Shape).
-void check_sizes(const char* kernel, std::int64_t a, std::int64_t b = 0, std::int64_t c = 0) {
-  RM_CHECK_KIND(Shape, a >= 0 && b >= 0 && c >= 0,
-                std::string("cuda::") + kernel + ": negative size");
-}
-
-__device__ __forceinline__ std::int64_t global_index() {
-  return blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-}
-__device__ __forceinline__ std::int64_t grid_stride() {
-  return static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
