@@ -1,56 +1,12 @@
 #include "layers/dispatch.h"
 
-#include <vector>
-
 #include "comm/communicator.h"
 
 namespace routemoe::layers {
 
-namespace {
-using Block = comm::Communicator::Block;
-
-// Blocks of one exchange direction, one per (peer, local expert) on both sides so that they
-// correspond one to one: on the slot side expert l of peer p is a contiguous run of slots
-// (slots are grouped by global expert); on the owner side expert l's rows from peer p start at
-// owner_start[p * L + l].
 template <typename T>
-void slot_side(const MoeCache<T>& c, std::int64_t width, std::vector<Block>& blocks,
-               std::vector<std::int64_t>& first) {
-  const int P = c.ep_size;
-  const std::int64_t L = c.local_experts;
-  blocks.resize(static_cast<std::size_t>(P * L));
-  first.resize(static_cast<std::size_t>(P) + 1);
-  for (int p = 0; p < P; ++p) {
-    first[static_cast<std::size_t>(p)] = p * L;
-    for (std::int64_t l = 0; l < L; ++l) {
-      const std::int64_t e = p * L + l;  // global expert
-      blocks[static_cast<std::size_t>(e)] = {c.expert_offset[e] * width,
-                                             (c.expert_offset[e + 1] - c.expert_offset[e]) * width};
-    }
-  }
-  first[static_cast<std::size_t>(P)] = P * L;
-}
-
-template <typename T>
-void owner_side(const MoeCache<T>& c, std::int64_t width, std::vector<Block>& blocks,
-                std::vector<std::int64_t>& first) {
-  const int P = c.ep_size;
-  const std::int64_t L = c.local_experts;
-  blocks.resize(static_cast<std::size_t>(P * L));
-  first.resize(static_cast<std::size_t>(P) + 1);
-  for (int p = 0; p < P; ++p) {
-    first[static_cast<std::size_t>(p)] = p * L;
-    for (std::int64_t l = 0; l < L; ++l) {
-      const std::int64_t i = p * L + l;
-      blocks[static_cast<std::size_t>(i)] = {c.owner_start[i] * width, c.recv_split[i] * width};
-    }
-  }
-  first[static_cast<std::size_t>(P)] = P * L;
-}
-}  // namespace
-
-template <typename T>
-void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, Arena& arena) {
+void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, std::int64_t width,
+                   Arena& arena) {
   const int P = ep.size();
   const std::int64_t L = E / P;
   c.ep_size = P;
@@ -81,36 +37,37 @@ void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, Arena
   }
   c.local_offset[L] = pos;
   c.owner_rows = pos;
+  // Blocks in one-to-one correspondence (Communicator::all_to_all_blocks): (p, l) is global
+  // expert e = p * L + l, a contiguous run of slots on the token side (slots are grouped by
+  // global expert) and of rows at owner_start[p * L + l] on the owner side.
+  using Block = comm::Communicator::Block;
+  c.slot_blocks = alloc_array<Block>(arena, E);
+  c.owner_blocks = alloc_array<Block>(arena, E);
+  c.block_first = alloc_array<std::int64_t>(arena, P + 1);
+  for (int p = 0; p <= P; ++p) c.block_first[p] = p * L;
+  for (std::int64_t e = 0; e < E; ++e) {
+    c.slot_blocks[e] = {c.expert_offset[e] * width, (c.expert_offset[e + 1] - c.expert_offset[e]) * width};
+    c.owner_blocks[e] = {c.owner_start[e] * width, c.recv_split[e] * width};
+  }
 }
 
 template <typename T>
-void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows,
-                   std::int64_t width, Arena& /*arena*/) {
-  std::vector<Block> sb, rb;
-  std::vector<std::int64_t> sf, rf;
-  slot_side(c, width, sb, sf);
-  owner_side(c, width, rb, rf);
-  ep.all_to_all_blocks(slot_rows, sb.data(), sf.data(), owner_rows, rb.data(), rf.data(),
-                       comm::datatype_of<T>());
+void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows) {
+  ep.all_to_all_blocks(slot_rows, c.slot_blocks, c.block_first, owner_rows, c.owner_blocks,
+                       c.block_first, comm::datatype_of<T>());
 }
 
 template <typename T>
-void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows,
-                  std::int64_t width, Arena& /*arena*/) {
-  std::vector<Block> sb, rb;
-  std::vector<std::int64_t> sf, rf;
-  owner_side(c, width, sb, sf);
-  slot_side(c, width, rb, rf);
-  ep.all_to_all_blocks(owner_rows, sb.data(), sf.data(), slot_rows, rb.data(), rf.data(),
-                       comm::datatype_of<T>());
+void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows) {
+  ep.all_to_all_blocks(owner_rows, c.owner_blocks, c.block_first, slot_rows, c.slot_blocks,
+                       c.block_first, comm::datatype_of<T>());
 }
 
 #define RM_INSTANTIATE(T)                                                                          \
-  template void plan_dispatch<T>(MoeCache<T>&, comm::Communicator&, std::int64_t, Arena&);         \
-  template void dispatch_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*,            \
-                                 std::int64_t, Arena&);                                            \
-  template void combine_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*,             \
-                                std::int64_t, Arena&);
+  template void plan_dispatch<T>(MoeCache<T>&, comm::Communicator&, std::int64_t, std::int64_t,    \
+                                 Arena&);                                                          \
+  template void dispatch_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*);           \
+  template void combine_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)
 #undef RM_INSTANTIATE

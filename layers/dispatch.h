@@ -12,8 +12,9 @@
 //   2. dispatch_rows: one block all-to-all (Communicator::all_to_all_blocks) that lands every
 //      row directly in its expert-major place (MPI derived datatypes: no packing copies).
 //   3. combine_rows: the reverse exchange, straight back into slot order.
-// The row buffers come from the step's activation arena, so steady-state steps allocate no
-// row memory; the per-peer block lists are small (ep_size x local experts entries).
+// The plan and the block lists are built once per layer and micro-batch in the step's
+// activation arena and serve the forward and backward exchanges; steady-state steps allocate
+// nothing here.
 
 #include <cstdint>
 
@@ -21,19 +22,18 @@
 
 namespace routemoe::layers {
 
-// Fills c.ep_size, local_experts, send_rows, recv_rows, recv_split, owner_start, local_offset
-// and owner_rows from c.expert_offset (E + 1 entries).
+// Fills c.ep_size, local_experts, send_rows, recv_rows, recv_split, owner_start, local_offset,
+// owner_rows and the exchange blocks (for rows of `width` elements) from c.expert_offset.
 template <typename T>
-void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t experts, Arena& arena);
+void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t experts, std::int64_t width,
+                   Arena& arena);
 
 // slot_rows [S, width] (slot order) -> owner_rows [R, width] (expert-major on the owner).
 template <typename T>
-void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows,
-                   std::int64_t width, Arena& arena);
+void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows);
 
 // owner_rows [R, width] (expert-major) -> slot_rows [S, width] back on the sources.
 template <typename T>
-void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows,
-                  std::int64_t width, Arena& arena);
+void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows);
 
 }  // namespace routemoe::layers

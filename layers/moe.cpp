@@ -293,9 +293,9 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
   cpu::gather_rows_forward<T>(u, c.slot_token, c.x_in, S, N, d);
   if (expert_parallel(in.ep)) {
     RM_CHECK(E % in.ep->size() == 0, fmt::format("{} experts over {} expert-parallel ranks", E, in.ep->size()));
-    plan_dispatch<T>(c, *in.ep, E, arena);
+    plan_dispatch<T>(c, *in.ep, E, d, arena);
     c.ex_in = alloc_array<T>(arena, c.owner_rows * d);
-    dispatch_rows<T>(c, *in.ep, c.x_in, c.ex_in, d, arena);
+    dispatch_rows<T>(c, *in.ep, c.x_in, c.ex_in);
   } else {
     c.local_experts = E;
     c.owner_rows = S;
@@ -309,7 +309,7 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
   experts_forward<T>(dims, w, c);
   if (expert_parallel(in.ep)) {
     c.y_out = alloc_array<T>(arena, S * d);
-    combine_rows<T>(c, *in.ep, c.ex_out, c.y_out, d, arena);
+    combine_rows<T>(c, *in.ep, c.ex_out, c.y_out);
   } else {
     c.y_out = c.ex_out;
   }
@@ -336,7 +336,7 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   T* dex_out = dy_out;
   if (ep) {
     dex_out = alloc_array<T>(arena, R * d);
-    dispatch_rows<T>(c, *in.ep, dy_out, dex_out, d, arena);
+    dispatch_rows<T>(c, *in.ep, dy_out, dex_out);
   }
   T* dh = alloc_array<T>(arena, R * F);
   T* dex_in = alloc_array<T>(arena, R * d);
@@ -352,7 +352,7 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   T* dx_in = dex_in;
   if (ep) {
     dx_in = alloc_array<T>(arena, S * d);
-    combine_rows<T>(c, *in.ep, dex_in, dx_in, d, arena);
+    combine_rows<T>(c, *in.ep, dex_in, dx_in);
   }
   zero(du, N * d);
   cpu::gather_rows_backward<T>(dx_in, c.slot_token, du, S, N, d);

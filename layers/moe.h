@@ -12,9 +12,7 @@
 #include "framework/arena.h"
 #include "framework/model_config.h"
 
-namespace routemoe::comm {
-class Communicator;
-}
+#include "comm/communicator.h"
 
 namespace routemoe::layers {
 
@@ -113,6 +111,11 @@ struct MoeCache {
   std::int64_t* recv_rows = nullptr;      // [P] rows received from each ep rank
   std::int64_t* recv_split = nullptr;     // [P * E_local] rows from rank p for local expert l
   std::int64_t* owner_start = nullptr;    // [P * E_local] first expert-major row of (p, l)
+  // Exchange blocks (elements of rows of width d), one per (peer, local expert) on both sides,
+  // built once by plan_dispatch and used by all four row exchanges of the step.
+  comm::Communicator::Block* slot_blocks = nullptr;   // [P * E_local] in slot order
+  comm::Communicator::Block* owner_blocks = nullptr;  // [P * E_local] in expert-major order
+  std::int64_t* block_first = nullptr;                // [P + 1] = p * E_local
   // Loss terms of this layer (already multiplied by nothing: raw values).
   double switch_loss = 0.0;  // E * sum_e f_e P_e
   double z_loss = 0.0;       // mean_i lse_i^2

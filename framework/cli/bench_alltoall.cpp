@@ -142,12 +142,12 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
   auto ours = [&](double* plan_s, double* dispatch_s, double* combine_s) {
     Timer t;
     arena.reset();
-    layers::plan_dispatch<float>(c, ep, E, arena);
+    layers::plan_dispatch<float>(c, ep, E, d, arena);
     const double t_plan = t.seconds();
     ex_in = alloc_array<float>(arena, c.owner_rows * d);
-    layers::dispatch_rows<float>(c, ep, x_in.data(), ex_in, d, arena);
+    layers::dispatch_rows<float>(c, ep, x_in.data(), ex_in);
     const double t_dispatch = t.seconds();
-    layers::combine_rows<float>(c, ep, ex_in, y_out.data(), d, arena);  // identity "experts"
+    layers::combine_rows<float>(c, ep, ex_in, y_out.data());  // identity "experts"
     const double t_all = t.seconds();
     if (plan_s != nullptr) {
       *plan_s = t_plan;
