@@ -135,8 +135,8 @@ class MpiCommunicator final : public Communicator {
         if (recv_blocks[b].count == 0) continue;
         reqs.emplace_back();
         RM_MPI_CHECK(MPI_Irecv(static_cast<char*>(recv) + recv_blocks[b].displ * esize,
-                               to_mpi_count(recv_blocks[b].count, "all_to_all_blocks count"), base, r,
-                               static_cast<int>(b - recv_first[r]), comm_, &reqs.back()));
+                               to_mpi_count(recv_blocks[b].count, "all_to_all_blocks count"), base,
+                               r, static_cast<int>(b - recv_first[r]), comm_, &reqs.back()));
       }
     }
     for (int k = 1; k <= size_; ++k) {  // start with the next rank: spreads the load
@@ -145,8 +145,8 @@ class MpiCommunicator final : public Communicator {
         if (send_blocks[b].count == 0) continue;
         reqs.emplace_back();
         RM_MPI_CHECK(MPI_Isend(static_cast<const char*>(send) + send_blocks[b].displ * esize,
-                               to_mpi_count(send_blocks[b].count, "all_to_all_blocks count"), base, r,
-                               static_cast<int>(b - send_first[r]), comm_, &reqs.back()));
+                               to_mpi_count(send_blocks[b].count, "all_to_all_blocks count"), base,
+                               r, static_cast<int>(b - send_first[r]), comm_, &reqs.back()));
       }
     }
     RM_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));

@@ -20,7 +20,8 @@ void init_mpi(int* argc, char*** argv) {
 }
 
 bool launched_by_mpi() noexcept {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"}) {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS",
+                        "SLURM_STEP_NUM_TASKS"}) {
     if (std::getenv(v) != nullptr) return true;
   }
   return false;
@@ -29,7 +30,8 @@ bool launched_by_mpi() noexcept {
 bool mpi_active() noexcept {
   int initialized = 0;
   int finalized = 0;
-  if (MPI_Initialized(&initialized) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS) return false;
+  if (MPI_Initialized(&initialized) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS)
+    return false;
   return initialized && !finalized;
 }
 

@@ -121,18 +121,25 @@ void Communicator::all_to_all_blocks(const void* send, const Block* send_blocks,
     for (std::int64_t b = recv_first[r]; b < recv_first[r + 1]; ++b) rc[i] += recv_blocks[b].count;
     rtotal += rc[i];
   }
-  std::vector<char> packed(static_cast<std::size_t>(stotal) * esize), unpacked(static_cast<std::size_t>(rtotal) * esize);
+  std::vector<char> packed(static_cast<std::size_t>(stotal) * esize),
+      unpacked(static_cast<std::size_t>(rtotal) * esize);
   char* out = packed.data();
   for (std::int64_t b = 0; b < send_first[n]; ++b) {
     const auto bytes = static_cast<std::size_t>(send_blocks[b].count) * esize;
-    if (bytes > 0) std::memcpy(out, static_cast<const char*>(send) + static_cast<std::size_t>(send_blocks[b].displ) * esize, bytes);
+    if (bytes > 0)
+      std::memcpy(
+          out,
+          static_cast<const char*>(send) + static_cast<std::size_t>(send_blocks[b].displ) * esize,
+          bytes);
     out += bytes;
   }
   all_to_all_v(packed.data(), sc.data(), sd.data(), unpacked.data(), rc.data(), rd.data(), type);
   const char* in = unpacked.data();
   for (std::int64_t b = 0; b < recv_first[n]; ++b) {
     const auto bytes = static_cast<std::size_t>(recv_blocks[b].count) * esize;
-    if (bytes > 0) std::memcpy(static_cast<char*>(recv) + static_cast<std::size_t>(recv_blocks[b].displ) * esize, in, bytes);
+    if (bytes > 0)
+      std::memcpy(static_cast<char*>(recv) + static_cast<std::size_t>(recv_blocks[b].displ) * esize,
+                  in, bytes);
     in += bytes;
   }
 }

@@ -9,12 +9,15 @@
 namespace routemoe {
 
 namespace {
-std::size_t align_up(std::size_t n) { return (n + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment; }
+std::size_t align_up(std::size_t n) {
+  return (n + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment;
+}
 }  // namespace
 
 Arena::Arena(std::string name, Device device, std::size_t initial_bytes)
     : name_(std::move(name)), device_(device) {
-  if (initial_bytes > 0) blocks_.push_back({Storage::allocate(align_up(initial_bytes), device_), 0});
+  if (initial_bytes > 0)
+    blocks_.push_back({Storage::allocate(align_up(initial_bytes), device_), 0});
 }
 
 Arena::~Arena() = default;
@@ -75,7 +78,8 @@ ArenaStats Arena::stats() const {
 
 std::string format_bytes(std::size_t bytes) {
   const double b = static_cast<double>(bytes);
-  if (b >= 1024.0 * 1024.0 * 1024.0) return fmt::format("{:.2f} GiB", b / (1024.0 * 1024.0 * 1024.0));
+  if (b >= 1024.0 * 1024.0 * 1024.0)
+    return fmt::format("{:.2f} GiB", b / (1024.0 * 1024.0 * 1024.0));
   if (b >= 1024.0 * 1024.0) return fmt::format("{:.2f} MiB", b / (1024.0 * 1024.0));
   if (b >= 1024.0) return fmt::format("{:.2f} KiB", b / 1024.0);
   return fmt::format("{} B", bytes);
@@ -86,8 +90,9 @@ std::string format_arena_report(const std::vector<ArenaStats>& stats) {
                                 "capacity", "used", "peak", "blocks");
   std::size_t total = 0;
   for (const ArenaStats& s : stats) {
-    out += fmt::format("{:<14} {:<6} {:>12} {:>12} {:>12} {:>7}\n", s.name, device_name(s.device),
-                       format_bytes(s.capacity), format_bytes(s.used), format_bytes(s.peak), s.blocks);
+    out +=
+        fmt::format("{:<14} {:<6} {:>12} {:>12} {:>12} {:>7}\n", s.name, device_name(s.device),
+                    format_bytes(s.capacity), format_bytes(s.used), format_bytes(s.peak), s.blocks);
     total += s.capacity;
   }
   out += fmt::format("{:<14} {:<6} {:>12}\n", "total", "", format_bytes(total));

@@ -26,7 +26,8 @@ void for_each_key(RunConfig& c, Fn&& fn) {
   fn("model.n_experts", m.n_experts, "experts per MoE layer");
   fn("model.top_k", m.top_k, "experts per token");
   fn("model.moe_every", m.moe_every, "block l is MoE iff l % moe_every == moe_every - 1");
-  fn("model.routers", m.routers, "router per MoE layer: topk, similarity, attention, ac (one entry = all)");
+  fn("model.routers", m.routers,
+     "router per MoE layer: topk, similarity, attention, ac (one entry = all)");
   fn("model.capacity_factor", m.capacity_factor, "expert capacity factor; <= 0 is dropless");
   fn("model.similarity_tau", m.similarity_tau, "temperature of the similarity router");
   fn("model.similarity_causal", m.similarity_causal, "similarity graph only over earlier tokens");
@@ -73,8 +74,9 @@ void for_each_key(RunConfig& c, Fn&& fn) {
 // A TOML string: a literal '...' string when possible (no escapes at all, so backslashes in
 // paths survive CLI11's reader, which does not unescape \\), else a basic string with escapes.
 std::string toml_quote(const std::string& v) {
-  const bool literal = v.find('\'') == std::string::npos &&
-                       std::none_of(v.begin(), v.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+  const bool literal =
+      v.find('\'') == std::string::npos &&
+      std::none_of(v.begin(), v.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
   return literal ? "'" + v + "'" : json_quote(v);
 }
 
@@ -86,7 +88,8 @@ std::string toml_value(const T& v) {
     return v ? "true" : "false";
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
     std::string s = "[";
-    for (std::size_t i = 0; i < v.size(); ++i) s += fmt::format("{}{}", i ? ", " : "", toml_quote(v[i]));
+    for (std::size_t i = 0; i < v.size(); ++i)
+      s += fmt::format("{}{}", i ? ", " : "", toml_quote(v[i]));
     return s + "]";
   } else {
     return fmt::format("{}", v);
@@ -106,25 +109,31 @@ void RunConfig::validate() const {
   positive("train.grad_accum", train.grad_accum);
   positive("train.log_every", train.log_every);
   positive("parallel.ep_size", parallel.ep_size);
-  RM_CHECK_KIND(Config, train.eval_every >= 0, fmt::format("train.eval_every must be >= 0, got {}", train.eval_every));
-  RM_CHECK_KIND(Config, train.eval_batches >= 0, fmt::format("train.eval_batches must be >= 0, got {}", train.eval_batches));
-  RM_CHECK_KIND(Config, train.threads >= 0, fmt::format("train.threads must be >= 0, got {}", train.threads));
+  RM_CHECK_KIND(Config, train.eval_every >= 0,
+                fmt::format("train.eval_every must be >= 0, got {}", train.eval_every));
+  RM_CHECK_KIND(Config, train.eval_batches >= 0,
+                fmt::format("train.eval_batches must be >= 0, got {}", train.eval_batches));
+  RM_CHECK_KIND(Config, train.threads >= 0,
+                fmt::format("train.threads must be >= 0, got {}", train.threads));
   RM_CHECK_KIND(Config, train.batch_size % train.grad_accum == 0,
                 fmt::format("train.batch_size {} is not divisible by train.grad_accum {}",
                             train.batch_size, train.grad_accum));
   RM_CHECK_KIND(Config, !train.out_dir.empty(), "train.out_dir must not be empty");
   RM_CHECK_KIND(Config, !data.path.empty(), "data.path must not be empty");
-  RM_CHECK_KIND(Config, checkpoint.every >= 0, fmt::format("checkpoint.every must be >= 0, got {}", checkpoint.every));
+  RM_CHECK_KIND(Config, checkpoint.every >= 0,
+                fmt::format("checkpoint.every must be >= 0, got {}", checkpoint.every));
   RM_CHECK_KIND(Config, checkpoint.keep_last >= 1,
                 fmt::format("checkpoint.keep_last must be >= 1, got {}", checkpoint.keep_last));
-  RM_CHECK_KIND(Config, checkpoint.probe_tokens >= model.seq_len,
-                fmt::format("checkpoint.probe_tokens {} must be at least one sequence (model.seq_len {})",
-                            checkpoint.probe_tokens, model.seq_len));
-  RM_CHECK_KIND(Config, checkpoint.record_every >= 0,
-                fmt::format("checkpoint.record_every must be >= 0, got {}", checkpoint.record_every));
+  RM_CHECK_KIND(
+      Config, checkpoint.probe_tokens >= model.seq_len,
+      fmt::format("checkpoint.probe_tokens {} must be at least one sequence (model.seq_len {})",
+                  checkpoint.probe_tokens, model.seq_len));
+  RM_CHECK_KIND(
+      Config, checkpoint.record_every >= 0,
+      fmt::format("checkpoint.record_every must be >= 0, got {}", checkpoint.record_every));
   RM_CHECK_KIND(Config, model.n_experts % parallel.ep_size == 0,
-                fmt::format("parallel.ep_size {} does not divide model.n_experts {}", parallel.ep_size,
-                            model.n_experts));
+                fmt::format("parallel.ep_size {} does not divide model.n_experts {}",
+                            parallel.ep_size, model.n_experts));
 }
 
 std::string RunConfig::to_toml() const {
@@ -143,8 +152,9 @@ std::string RunConfig::to_toml() const {
 }
 
 void register_run_options(CLI::App& cmd, RunConfig& cfg, std::string& config_path) {
-  cmd.add_option("--config", config_path, "TOML configuration file (sections [model], [optim], "
-                                          "[train], [data], [parallel]; see docs/configuration.md)");
+  cmd.add_option("--config", config_path,
+                 "TOML configuration file (sections [model], [optim], "
+                 "[train], [data], [parallel]; see docs/configuration.md)");
   for_each_key(cfg, [&](const char* key, auto& value, const char* help) {
     CLI::Option* opt = cmd.add_option(fmt::format("--{}", key), value, help)->capture_default_str();
     if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::vector<std::string>>) {
@@ -174,8 +184,9 @@ void apply_config_file(CLI::App& cmd, const std::string& path) {
     } catch (const CLI::Error&) {
       opt = nullptr;
     }
-    RM_CHECK_KIND(Config, opt != nullptr && key.find('.') != std::string::npos,
-                  fmt::format("{}: unknown configuration key '{}' (see docs/configuration.md)", path, key));
+    RM_CHECK_KIND(
+        Config, opt != nullptr && key.find('.') != std::string::npos,
+        fmt::format("{}: unknown configuration key '{}' (see docs/configuration.md)", path, key));
     if (opt->count() > 0) continue;  // the command line wins
     try {
       for (const std::string& v : item.inputs) opt->add_result(v);

@@ -5,7 +5,6 @@
 // errors (Error(Config) naming the key), never ignored.
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,31 +15,32 @@
 namespace routemoe {
 
 struct TrainConfig {
-  std::int64_t steps = 1000;       // optimiser steps
-  std::int64_t batch_size = 8;     // global sequences per step (all ranks, all micro-batches)
-  std::int64_t grad_accum = 1;     // micro-batches per step on each rank
-  std::int64_t eval_every = 100;   // steps between validation passes (0: only at the end)
-  std::int64_t eval_batches = 8;   // validation batches per pass (0: the whole split)
-  std::int64_t log_every = 10;     // steps between console lines
-  std::uint64_t seed = 1;          // data order
-  int threads = 0;                 // CPU threads per rank (0: all cores / ranks on the node)
+  std::int64_t steps = 1000;             // optimiser steps
+  std::int64_t batch_size = 8;           // global sequences per step (all ranks, all micro-batches)
+  std::int64_t grad_accum = 1;           // micro-batches per step on each rank
+  std::int64_t eval_every = 100;         // steps between validation passes (0: only at the end)
+  std::int64_t eval_batches = 8;         // validation batches per pass (0: the whole split)
+  std::int64_t log_every = 10;           // steps between console lines
+  std::uint64_t seed = 1;                // data order
+  int threads = 0;                       // CPU threads per rank (0: all cores / ranks on the node)
   std::string out_dir = "runs/default";  // run directory (must not hold an earlier run)
-  bool progress = true;            // progress bar when stdout is a terminal
-  std::string resume;              // "": fresh run; "auto": newest checkpoint of the run; or a path
+  bool progress = true;                  // progress bar when stdout is a terminal
+  std::string resume;  // "": fresh run; "auto": newest checkpoint of the run; or a path
 };
 
 struct CheckpointConfig {
-  std::int64_t every = 0;           // steps between checkpoints (0: none; a final one is not implied)
-  std::int64_t keep_last = 3;       // checkpoints kept in dir (older ones are deleted)
-  std::string dir;                  // "": <train.out_dir>/checkpoints
-  std::int64_t probe_tokens = 2048; // held-out validation tokens routed for every record
-  std::int64_t record_every = 0;    // extra routing records every N steps (0: epoch ends and checkpoints only)
-  bool trace = true;                // keep <train.out_dir>/trace.h5
+  std::int64_t every = 0;      // steps between checkpoints (0: none; a final one is not implied)
+  std::int64_t keep_last = 3;  // checkpoints kept in dir (older ones are deleted)
+  std::string dir;             // "": <train.out_dir>/checkpoints
+  std::int64_t probe_tokens = 2048;  // held-out validation tokens routed for every record
+  std::int64_t record_every =
+      0;              // extra routing records every N steps (0: epoch ends and checkpoints only)
+  bool trace = true;  // keep <train.out_dir>/trace.h5
 };
 
 struct DataConfig {
   std::string path = "data/opticks";  // directory of <split>_*.bin shards, or a {split} pattern
-  bool headerless = false;             // also accept headerless nanoGPT .bin files
+  bool headerless = false;            // also accept headerless nanoGPT .bin files
   std::string train_split = "train";
   std::string val_split = "val";
 };

@@ -18,7 +18,8 @@ void* device_alloc(Device device, std::size_t bytes);
 // Frees memory from device_alloc; never throws (errors are reported on stderr).
 void device_free(Device device, void* ptr) noexcept;
 // Copies `bytes` between any two devices (synchronous).
-void device_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
+void device_copy(void* dst, Device dst_device, const void* src, Device src_device,
+                 std::size_t bytes);
 // Sets `bytes` bytes to zero.
 void device_zero(void* ptr, Device device, std::size_t bytes);
 

@@ -18,9 +18,15 @@ namespace routemoe {
 enum class DType : std::uint8_t { F32, BF16 };
 enum class Device : std::uint8_t { CPU, CUDA };
 
-constexpr std::size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
-constexpr std::string_view dtype_name(DType t) { return t == DType::F32 ? "f32" : "bf16"; }
-constexpr std::string_view device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+constexpr std::size_t dtype_size(DType t) {
+  return t == DType::F32 ? 4 : 2;
+}
+constexpr std::string_view dtype_name(DType t) {
+  return t == DType::F32 ? "f32" : "bf16";
+}
+constexpr std::string_view device_name(Device d) {
+  return d == Device::CPU ? "cpu" : "cuda";
+}
 
 // bf16 stored as the upper 16 bits of an IEEE fp32 value.
 struct bf16 {
@@ -48,6 +54,8 @@ RM_HD inline bf16 float_to_bf16(float f) {
   return bf16{static_cast<std::uint16_t>((u + rounding) >> 16)};
 }
 
-RM_HD inline float bf16_to_float(bf16 h) { return bits_float(static_cast<std::uint32_t>(h.bits) << 16); }
+RM_HD inline float bf16_to_float(bf16 h) {
+  return bits_float(static_cast<std::uint32_t>(h.bits) << 16);
+}
 
 }  // namespace routemoe

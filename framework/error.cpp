@@ -8,16 +8,26 @@ namespace routemoe {
 
 std::string_view error_kind_name(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::Check: return "check";
-    case ErrorKind::Shape: return "shape";
-    case ErrorKind::Config: return "config";
-    case ErrorKind::Data: return "data";
-    case ErrorKind::Io: return "io";
-    case ErrorKind::Cuda: return "CUDA";
-    case ErrorKind::Cublas: return "cuBLAS";
-    case ErrorKind::Nccl: return "NCCL";
-    case ErrorKind::Mpi: return "MPI";
-    case ErrorKind::Hdf5: return "HDF5";
+    case ErrorKind::Check:
+      return "check";
+    case ErrorKind::Shape:
+      return "shape";
+    case ErrorKind::Config:
+      return "config";
+    case ErrorKind::Data:
+      return "data";
+    case ErrorKind::Io:
+      return "io";
+    case ErrorKind::Cuda:
+      return "CUDA";
+    case ErrorKind::Cublas:
+      return "cuBLAS";
+    case ErrorKind::Nccl:
+      return "NCCL";
+    case ErrorKind::Mpi:
+      return "MPI";
+    case ErrorKind::Hdf5:
+      return "HDF5";
   }
   return "unknown";
 }
@@ -36,7 +46,8 @@ namespace {
 std::string format_message(ErrorKind kind, int rank, const std::string& call,
                            const std::string& detail, const char* file, int line) {
   std::string where = rank >= 0 ? fmt::format("rank {}", rank) : std::string("rank 0 (no MPI)");
-  std::string msg = fmt::format("{} error on {} at {}:{}", error_kind_name(kind), where, file, line);
+  std::string msg =
+      fmt::format("{} error on {} at {}:{}", error_kind_name(kind), where, file, line);
   if (!call.empty()) msg += fmt::format(": {}", call);
   if (!detail.empty()) msg += fmt::format(": {}", detail);
   return msg;
@@ -52,8 +63,7 @@ Error::Error(ErrorKind kind, std::string call, std::string detail, const char* f
       line_(line),
       rank_(current_rank()) {}
 
-void raise_error(ErrorKind kind, std::string call, std::string detail, const char* file,
-                 int line) {
+void raise_error(ErrorKind kind, std::string call, std::string detail, const char* file, int line) {
   throw Error(kind, std::move(call), std::move(detail), file, line);
 }
 
@@ -63,8 +73,8 @@ void raise_mpi_error(int code, const char* call, const char* file, int line) {
   char text[MPI_MAX_ERROR_STRING] = {};
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
-  throw Error(ErrorKind::Mpi, call, fmt::format("code {}: {}", code, std::string(text, len)),
-              file, line);
+  throw Error(ErrorKind::Mpi, call, fmt::format("code {}: {}", code, std::string(text, len)), file,
+              line);
 }
 
 namespace {

@@ -56,17 +56,17 @@ int current_rank() noexcept;
 }  // namespace routemoe
 
 // RM_CHECK(cond, detail): throws Error(Check) naming the condition when it is false.
-#define RM_CHECK(cond, detail)                                                              \
-  do {                                                                                      \
-    if (!(cond)) ::routemoe::raise_error(::routemoe::ErrorKind::Check, #cond, (detail),     \
-                                         __FILE__, __LINE__);                               \
+#define RM_CHECK(cond, detail)                                                                    \
+  do {                                                                                            \
+    if (!(cond))                                                                                  \
+      ::routemoe::raise_error(::routemoe::ErrorKind::Check, #cond, (detail), __FILE__, __LINE__); \
   } while (0)
 
 // RM_CHECK_KIND(kind, cond, detail): as RM_CHECK with a specific error kind.
-#define RM_CHECK_KIND(kind, cond, detail)                                                   \
-  do {                                                                                      \
-    if (!(cond)) ::routemoe::raise_error(::routemoe::ErrorKind::kind, #cond, (detail),      \
-                                         __FILE__, __LINE__);                               \
+#define RM_CHECK_KIND(kind, cond, detail)                                                        \
+  do {                                                                                           \
+    if (!(cond))                                                                                 \
+      ::routemoe::raise_error(::routemoe::ErrorKind::kind, #cond, (detail), __FILE__, __LINE__); \
   } while (0)
 
 // RM_FAIL(kind, detail): unconditional error of the given kind.
@@ -75,16 +75,15 @@ int current_rank() noexcept;
 
 // RM_MPI_CHECK(call): MPI return codes other than MPI_SUCCESS throw Error(Mpi) with the MPI
 // error string. Needs <mpi.h>; declared here so every layer spells it the same way.
-#define RM_MPI_CHECK(call)                                                                  \
-  do {                                                                                      \
-    const int rm_mpi_rc_ = (call);                                                          \
-    if (rm_mpi_rc_ != 0)                                                                    \
-      ::routemoe::detail::raise_mpi_error(rm_mpi_rc_, #call, __FILE__, __LINE__);           \
+#define RM_MPI_CHECK(call)                                                        \
+  do {                                                                            \
+    const int rm_mpi_rc_ = (call);                                                \
+    if (rm_mpi_rc_ != 0)                                                          \
+      ::routemoe::detail::raise_mpi_error(rm_mpi_rc_, #call, __FILE__, __LINE__); \
   } while (0)
 
 // RM_HDF5_CHECK(call): HDF5 calls return a negative value on failure; returns the value.
-#define RM_HDF5_CHECK(call)                                                                 \
-  ::routemoe::detail::check_hdf5((call), #call, __FILE__, __LINE__)
+#define RM_HDF5_CHECK(call) ::routemoe::detail::check_hdf5((call), #call, __FILE__, __LINE__)
 
 namespace routemoe::detail {
 [[noreturn]] void raise_mpi_error(int code, const char* call, const char* file, int line);

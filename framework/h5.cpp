@@ -1,11 +1,10 @@
 #include "framework/h5.h"
 
 #include <fmt/format.h>
+#include <mpi.h>
 
 #include <algorithm>
 #include <cstdio>
-
-#include <mpi.h>
 
 #include "framework/error.h"
 
@@ -24,20 +23,38 @@ Handle::~Handle() {
   if (id_ < 0) return;
   herr_t rc = 0;
   switch (H5Iget_type(id_)) {
-    case H5I_FILE: rc = H5Fclose(id_); break;
-    case H5I_GROUP: rc = H5Gclose(id_); break;
-    case H5I_DATASET: rc = H5Dclose(id_); break;
-    case H5I_DATASPACE: rc = H5Sclose(id_); break;
-    case H5I_DATATYPE: rc = H5Tclose(id_); break;
-    case H5I_ATTR: rc = H5Aclose(id_); break;
-    case H5I_GENPROP_LST: rc = H5Pclose(id_); break;
-    default: rc = H5Idec_ref(id_); break;
+    case H5I_FILE:
+      rc = H5Fclose(id_);
+      break;
+    case H5I_GROUP:
+      rc = H5Gclose(id_);
+      break;
+    case H5I_DATASET:
+      rc = H5Dclose(id_);
+      break;
+    case H5I_DATASPACE:
+      rc = H5Sclose(id_);
+      break;
+    case H5I_DATATYPE:
+      rc = H5Tclose(id_);
+      break;
+    case H5I_ATTR:
+      rc = H5Aclose(id_);
+      break;
+    case H5I_GENPROP_LST:
+      rc = H5Pclose(id_);
+      break;
+    default:
+      rc = H5Idec_ref(id_);
+      break;
   }
   if (rc < 0) std::fprintf(stderr, "routemoe: closing an HDF5 object failed\n");
 }
 
 namespace {
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 std::vector<hsize_t> dims_of(const Shape& shape) {
   std::vector<hsize_t> d;
@@ -73,7 +90,8 @@ File File::create_parallel(const std::string& path, const void* mpi_comm) {
 #if ROUTEMOE_HAVE_PARALLEL_HDF5
   quiet();
   Handle fapl = new_fapl();
-  RM_HDF5_CHECK(H5Pset_fapl_mpio(fapl.id(), *static_cast<const MPI_Comm*>(mpi_comm), MPI_INFO_NULL));
+  RM_HDF5_CHECK(
+      H5Pset_fapl_mpio(fapl.id(), *static_cast<const MPI_Comm*>(mpi_comm), MPI_INFO_NULL));
   Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
   RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("cannot create HDF5 file {} (parallel)", path));
   return File(std::move(h), path, true);
@@ -86,14 +104,18 @@ File File::create_parallel(const std::string& path, const void* mpi_comm) {
 File File::open_read(const std::string& path) {
   quiet();
   Handle h(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: not a readable HDF5 file ({})", path, detail::hdf5_error_message()));
+  RM_CHECK_KIND(
+      Hdf5, h.valid(),
+      fmt::format("{}: not a readable HDF5 file ({})", path, detail::hdf5_error_message()));
   return File(std::move(h), path);
 }
 
 File File::open_rw(const std::string& path) {
   quiet();
   Handle h(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: cannot open HDF5 file for writing ({})", path, detail::hdf5_error_message()));
+  RM_CHECK_KIND(Hdf5, h.valid(),
+                fmt::format("{}: cannot open HDF5 file for writing ({})", path,
+                            detail::hdf5_error_message()));
   return File(std::move(h), path);
 }
 
@@ -111,7 +133,8 @@ bool File::exists(const std::string& obj) const {
   std::size_t start = obj.front() == '/' ? 1 : 0;
   while (start <= obj.size()) {
     const std::size_t slash = obj.find('/', start);
-    const std::string part = obj.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    const std::string part =
+        obj.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
     prefix += "/" + part;
     if (H5Lexists(id(), prefix.c_str(), H5P_DEFAULT) <= 0) return false;
     if (slash == std::string::npos) break;
@@ -156,7 +179,8 @@ void File::write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, co
   Handle lcpl = link_props();
   Handle space = make_space(shape);
   Handle dcpl = checked_dcpl(shape, 0);
-  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+  Handle ds(RM_HDF5_CHECK(
+      H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
   if (shape_numel(shape) > 0) {
     Handle dxpl = transfer_props(parallel_);
     RM_HDF5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, dxpl.id(), data));
@@ -167,16 +191,19 @@ void File::create_f32(const std::string& obj, const Shape& global_shape, std::in
   Handle lcpl = link_props();
   Handle space = make_space(global_shape);
   Handle dcpl = checked_dcpl(global_shape, chunk_rows);
-  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), H5T_IEEE_F32LE, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), H5T_IEEE_F32LE, space.id(), lcpl.id(),
+                                     dcpl.id(), H5P_DEFAULT)));
 }
 
-void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows, const float* data) {
+void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows,
+                          const float* data) {
   Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
   Handle fspace(RM_HDF5_CHECK(H5Dget_space(ds.id())));
   const int nd = RM_HDF5_CHECK(H5Sget_simple_extent_ndims(fspace.id()));
   std::vector<hsize_t> dims(static_cast<std::size_t>(nd));
   RM_HDF5_CHECK(H5Sget_simple_extent_dims(fspace.id(), dims.data(), nullptr));
-  RM_CHECK_KIND(Shape, nd >= 1 && row_begin >= 0 && static_cast<hsize_t>(row_begin + rows) <= dims[0],
+  RM_CHECK_KIND(Shape,
+                nd >= 1 && row_begin >= 0 && static_cast<hsize_t>(row_begin + rows) <= dims[0],
                 fmt::format("{}: rows [{}, {}) of {}", path_, row_begin, row_begin + rows, obj));
   Handle dxpl = transfer_props(parallel_);
   if (rows == 0) {
@@ -189,12 +216,14 @@ void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::i
   std::vector<hsize_t> start(dims.size(), 0), count = dims;
   start[0] = static_cast<hsize_t>(row_begin);
   count[0] = static_cast<hsize_t>(rows);
-  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
+  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr,
+                                    count.data(), nullptr));
   Handle mspace(RM_HDF5_CHECK(H5Screate_simple(nd, count.data(), nullptr)));
   RM_HDF5_CHECK(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data));
 }
 
-std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows) const {
+std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_begin,
+                                       std::int64_t rows) const {
   const Shape shape = shape_of(obj);
   RM_CHECK_KIND(Data, !shape.empty() && row_begin >= 0 && row_begin + rows <= shape[0],
                 fmt::format("{}: dataset {} has shape {}, cannot read rows [{}, {})", path_, obj,
@@ -207,10 +236,15 @@ std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_
   Handle fspace(RM_HDF5_CHECK(H5Dget_space(ds.id())));
   std::vector<hsize_t> start(shape.size(), 0), count = dims_of(part);
   start[0] = static_cast<hsize_t>(row_begin);
-  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
-  Handle mspace(RM_HDF5_CHECK(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr)));
-  const herr_t rc = H5Dread(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), H5P_DEFAULT, out.data());
-  RM_CHECK_KIND(Data, rc >= 0, fmt::format("{}: cannot read dataset {} (checksum mismatch or damaged file)", path_, obj));
+  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr,
+                                    count.data(), nullptr));
+  Handle mspace(
+      RM_HDF5_CHECK(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr)));
+  const herr_t rc =
+      H5Dread(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), H5P_DEFAULT, out.data());
+  RM_CHECK_KIND(
+      Data, rc >= 0,
+      fmt::format("{}: cannot read dataset {} (checksum mismatch or damaged file)", path_, obj));
   return out;
 }
 
@@ -238,7 +272,8 @@ void File::set_attr(const std::string& obj, const std::string& name, const std::
   if (H5Aexists_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0) {
     RM_HDF5_CHECK(H5Adelete_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT));
   }
-  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), type.id(),
+                                              space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
   const std::string padded = value.empty() ? std::string(1, '\0') : value;
   RM_HDF5_CHECK(H5Awrite(attr.id(), type.id(), padded.data()));
 }
@@ -248,7 +283,8 @@ void File::set_attr(const std::string& obj, const std::string& name, std::int64_
   if (H5Aexists_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0) {
     RM_HDF5_CHECK(H5Adelete_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT));
   }
-  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), H5T_STD_I64LE, space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), H5T_STD_I64LE,
+                                              space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
   RM_HDF5_CHECK(H5Awrite(attr.id(), H5T_NATIVE_INT64, &value));
 }
 
@@ -273,10 +309,14 @@ void File::read_raw(const std::string& obj, hid_t mem_type, void* data, std::int
   Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
   Handle space(RM_HDF5_CHECK(H5Dget_space(ds.id())));
   const auto n = RM_HDF5_CHECK(H5Sget_simple_extent_npoints(space.id()));
-  RM_CHECK_KIND(Data, n == expect, fmt::format("{}: dataset {} has {} elements, expected {}", path_, obj, n, expect));
+  RM_CHECK_KIND(Data, n == expect,
+                fmt::format("{}: dataset {} has {} elements, expected {}", path_, obj, n, expect));
   if (n > 0) {
     const herr_t rc = H5Dread(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    RM_CHECK_KIND(Data, rc >= 0, fmt::format("{}: cannot read dataset {} (checksum mismatch, damaged file or wrong type)", path_, obj));
+    RM_CHECK_KIND(
+        Data, rc >= 0,
+        fmt::format("{}: cannot read dataset {} (checksum mismatch, damaged file or wrong type)",
+                    path_, obj));
   }
 }
 
@@ -312,11 +352,15 @@ double File::read_scalar(const std::string& obj) const {
 }
 
 std::string File::attr_string(const std::string& obj, const std::string& name) const {
-  RM_CHECK_KIND(Data, has_attr(obj, name), fmt::format("{}: missing attribute {} on {}", path_, name, obj));
-  Handle attr(RM_HDF5_CHECK(H5Aopen_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT)));
+  RM_CHECK_KIND(Data, has_attr(obj, name),
+                fmt::format("{}: missing attribute {} on {}", path_, name, obj));
+  Handle attr(
+      RM_HDF5_CHECK(H5Aopen_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT)));
   Handle type(RM_HDF5_CHECK(H5Aget_type(attr.id())));
-  RM_CHECK_KIND(Data, H5Tget_class(type.id()) == H5T_STRING, fmt::format("{}: attribute {} is not a string", path_, name));
-  RM_CHECK_KIND(Data, H5Tis_variable_str(type.id()) == 0, fmt::format("{}: attribute {} is a variable-length string", path_, name));
+  RM_CHECK_KIND(Data, H5Tget_class(type.id()) == H5T_STRING,
+                fmt::format("{}: attribute {} is not a string", path_, name));
+  RM_CHECK_KIND(Data, H5Tis_variable_str(type.id()) == 0,
+                fmt::format("{}: attribute {} is a variable-length string", path_, name));
   const std::size_t size = H5Tget_size(type.id());
   std::string s(size, '\0');
   RM_HDF5_CHECK(H5Aread(attr.id(), type.id(), s.data()));
@@ -326,8 +370,10 @@ std::string File::attr_string(const std::string& obj, const std::string& name) c
 }
 
 std::int64_t File::attr_int(const std::string& obj, const std::string& name) const {
-  RM_CHECK_KIND(Data, has_attr(obj, name), fmt::format("{}: missing attribute {} on {}", path_, name, obj));
-  Handle attr(RM_HDF5_CHECK(H5Aopen_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT)));
+  RM_CHECK_KIND(Data, has_attr(obj, name),
+                fmt::format("{}: missing attribute {} on {}", path_, name, obj));
+  Handle attr(
+      RM_HDF5_CHECK(H5Aopen_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT)));
   std::int64_t v = 0;
   RM_HDF5_CHECK(H5Aread(attr.id(), H5T_NATIVE_INT64, &v));
   return v;
@@ -342,7 +388,8 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* out) {
 
 std::vector<std::string> File::list(const std::string& group) const {
   std::vector<std::string> names;
-  RM_CHECK_KIND(Data, group == "/" || exists(group), fmt::format("{}: missing group {}", path_, group));
+  RM_CHECK_KIND(Data, group == "/" || exists(group),
+                fmt::format("{}: missing group {}", path_, group));
   Handle g(RM_HDF5_CHECK(H5Gopen2(id(), group.c_str(), H5P_DEFAULT)));
   RM_HDF5_CHECK(H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_name, &names));
   std::sort(names.begin(), names.end());

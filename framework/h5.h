@@ -64,9 +64,11 @@ class File {
   // Writes rows [row_begin, row_begin + rows) of dimension 0 from `data`. In a parallel file
   // every rank calls it for every dataset (collective transfer); a rank with nothing to write
   // passes rows = 0.
-  void write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows, const float* data);
+  void write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows,
+                      const float* data);
   // Reads rows [row_begin, row_begin + rows) of dimension 0.
-  std::vector<float> read_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows) const;
+  std::vector<float> read_f32_rows(const std::string& obj, std::int64_t row_begin,
+                                   std::int64_t rows) const;
   bool parallel() const { return parallel_; }
 
   Shape shape_of(const std::string& obj) const;

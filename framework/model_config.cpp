@@ -11,15 +11,20 @@ RouterKind parse_router(const std::string& name) {
   if (name == "similarity") return RouterKind::Similarity;
   if (name == "attention") return RouterKind::Attention;
   if (name == "ac") return RouterKind::AC;
-  RM_FAIL(Config, fmt::format("unknown router '{}' (expected topk, similarity, attention or ac)", name));
+  RM_FAIL(Config,
+          fmt::format("unknown router '{}' (expected topk, similarity, attention or ac)", name));
 }
 
 const char* router_name(RouterKind kind) {
   switch (kind) {
-    case RouterKind::TopK: return "topk";
-    case RouterKind::Similarity: return "similarity";
-    case RouterKind::Attention: return "attention";
-    case RouterKind::AC: return "ac";
+    case RouterKind::TopK:
+      return "topk";
+    case RouterKind::Similarity:
+      return "similarity";
+    case RouterKind::Attention:
+      return "attention";
+    case RouterKind::AC:
+      return "ac";
   }
   return "?";
 }
@@ -37,28 +42,36 @@ void ModelConfig::validate() const {
   positive("n_experts", n_experts);
   positive("top_k", top_k);
   positive("moe_every", moe_every);
-  RM_CHECK_KIND(Config, vocab_size <= 65536,
-                fmt::format("model.vocab_size {} exceeds 65536 (tokens are stored as uint16)", vocab_size));
-  RM_CHECK_KIND(Config, d_model % n_heads == 0,
-                fmt::format("model.d_model {} is not divisible by model.n_heads {}", d_model, n_heads));
+  RM_CHECK_KIND(
+      Config, vocab_size <= 65536,
+      fmt::format("model.vocab_size {} exceeds 65536 (tokens are stored as uint16)", vocab_size));
+  RM_CHECK_KIND(
+      Config, d_model % n_heads == 0,
+      fmt::format("model.d_model {} is not divisible by model.n_heads {}", d_model, n_heads));
   RM_CHECK_KIND(Config, top_k <= n_experts,
                 fmt::format("model.top_k {} exceeds model.n_experts {}", top_k, n_experts));
   RM_CHECK_KIND(Config, moe_every <= n_layers,
-                fmt::format("model.moe_every {} exceeds model.n_layers {}: no MoE layer", moe_every, n_layers));
+                fmt::format("model.moe_every {} exceeds model.n_layers {}: no MoE layer", moe_every,
+                            n_layers));
   const auto m = static_cast<std::size_t>(n_moe_layers());
-  RM_CHECK_KIND(Config, routers.size() == 1 || routers.size() == m,
-                fmt::format("model.routers has {} entries; give one (for all MoE layers) or {} (one per "
-                            "MoE layer)", routers.size(), m));
+  RM_CHECK_KIND(
+      Config, routers.size() == 1 || routers.size() == m,
+      fmt::format("model.routers has {} entries; give one (for all MoE layers) or {} (one per "
+                  "MoE layer)",
+                  routers.size(), m));
   for (const std::string& r : routers) parse_router(r);
   RM_CHECK_KIND(Config, similarity_tau > 0,
                 fmt::format("model.similarity_tau must be positive, got {}", similarity_tau));
-  RM_CHECK_KIND(Config, aux_loss_coef >= 0, fmt::format("model.aux_loss_coef must be >= 0, got {}", aux_loss_coef));
-  RM_CHECK_KIND(Config, z_loss_coef >= 0, fmt::format("model.z_loss_coef must be >= 0, got {}", z_loss_coef));
+  RM_CHECK_KIND(Config, aux_loss_coef >= 0,
+                fmt::format("model.aux_loss_coef must be >= 0, got {}", aux_loss_coef));
+  RM_CHECK_KIND(Config, z_loss_coef >= 0,
+                fmt::format("model.z_loss_coef must be >= 0, got {}", z_loss_coef));
   RM_CHECK_KIND(Config, ln_eps > 0, fmt::format("model.ln_eps must be positive, got {}", ln_eps));
 }
 
 RouterKind ModelConfig::router_of(std::int64_t moe_layer) const {
-  const std::string& name = routers.size() == 1 ? routers[0] : routers.at(static_cast<std::size_t>(moe_layer));
+  const std::string& name =
+      routers.size() == 1 ? routers[0] : routers.at(static_cast<std::size_t>(moe_layer));
   return parse_router(name);
 }
 

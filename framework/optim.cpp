@@ -12,21 +12,27 @@
 namespace routemoe {
 
 void OptimConfig::validate() const {
-  RM_CHECK_KIND(Config, lr > 0 && std::isfinite(lr), fmt::format("optim.lr must be positive, got {}", lr));
+  RM_CHECK_KIND(Config, lr > 0 && std::isfinite(lr),
+                fmt::format("optim.lr must be positive, got {}", lr));
   RM_CHECK_KIND(Config, lr_min >= 0 && lr_min <= lr,
                 fmt::format("optim.lr_min must lie in [0, optim.lr = {}], got {}", lr, lr_min));
   RM_CHECK_KIND(Config, warmup >= 0, fmt::format("optim.warmup must be >= 0, got {}", warmup));
-  RM_CHECK_KIND(Config, beta1 >= 0 && beta1 < 1, fmt::format("optim.beta1 must lie in [0, 1), got {}", beta1));
-  RM_CHECK_KIND(Config, beta2 >= 0 && beta2 < 1, fmt::format("optim.beta2 must lie in [0, 1), got {}", beta2));
+  RM_CHECK_KIND(Config, beta1 >= 0 && beta1 < 1,
+                fmt::format("optim.beta1 must lie in [0, 1), got {}", beta1));
+  RM_CHECK_KIND(Config, beta2 >= 0 && beta2 < 1,
+                fmt::format("optim.beta2 must lie in [0, 1), got {}", beta2));
   RM_CHECK_KIND(Config, eps > 0, fmt::format("optim.eps must be positive, got {}", eps));
-  RM_CHECK_KIND(Config, weight_decay >= 0, fmt::format("optim.weight_decay must be >= 0, got {}", weight_decay));
+  RM_CHECK_KIND(Config, weight_decay >= 0,
+                fmt::format("optim.weight_decay must be >= 0, got {}", weight_decay));
 }
 
 double lr_at(const OptimConfig& cfg, std::int64_t step, std::int64_t total_steps) {
-  if (step < cfg.warmup) return cfg.lr * static_cast<double>(step + 1) / static_cast<double>(cfg.warmup);
+  if (step < cfg.warmup)
+    return cfg.lr * static_cast<double>(step + 1) / static_cast<double>(cfg.warmup);
   const double q = static_cast<double>(step - cfg.warmup) /
                    static_cast<double>(std::max<std::int64_t>(1, total_steps - cfg.warmup));
-  return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + std::cos(std::numbers::pi * std::min(q, 1.0)));
+  return cfg.lr_min +
+         0.5 * (cfg.lr - cfg.lr_min) * (1.0 + std::cos(std::numbers::pi * std::min(q, 1.0)));
 }
 
 double local_grad_sq_norm(const ParamStore& params) {

@@ -13,7 +13,7 @@ class ParamStore;
 struct OptimConfig {
   double lr = 3e-4;
   double lr_min = 3e-5;
-  std::int64_t warmup = 0;   // steps of linear warmup
+  std::int64_t warmup = 0;  // steps of linear warmup
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;

@@ -12,7 +12,9 @@ namespace routemoe {
 
 namespace {
 constexpr std::size_t kAlignElems = 64;  // 256 bytes
-std::size_t align_elems(std::size_t n) { return (n + kAlignElems - 1) / kAlignElems * kAlignElems; }
+std::size_t align_elems(std::size_t n) {
+  return (n + kAlignElems - 1) / kAlignElems * kAlignElems;
+}
 }  // namespace
 
 std::size_t ParamStore::declare(std::string name, Shape global_shape, InitSpec init, bool decay,
@@ -27,8 +29,9 @@ std::size_t ParamStore::declare(std::string name, Shape global_shape, InitSpec i
   if (expert) {
     RM_CHECK(!global_shape.empty(), "expert parameter without an expert dimension");
     if (expert_count < 0) expert_count = global_shape[0] - expert_begin;
-    RM_CHECK(expert_begin >= 0 && expert_begin + expert_count <= global_shape[0],
-             fmt::format("experts [{}, {}) of {}", expert_begin, expert_begin + expert_count, p.name));
+    RM_CHECK(
+        expert_begin >= 0 && expert_begin + expert_count <= global_shape[0],
+        fmt::format("experts [{}, {}) of {}", expert_begin, expert_begin + expert_count, p.name));
     p.expert_begin = expert_begin;
     p.local_shape[0] = expert_count;
   }
@@ -65,7 +68,9 @@ void ParamStore::initialize(std::uint64_t seed) {
                                  : shape_numel(p.local_shape) / p.local_shape[0];
     const auto index_offset = static_cast<std::uint64_t>(p.expert ? p.expert_begin * row : 0);
     switch (p.init.kind) {
-      case InitKind::Zeros: p.value.zero_(); break;
+      case InitKind::Zeros:
+        p.value.zero_();
+        break;
       case InitKind::Ones: {
         float* v = p.value.data<float>();
         for (std::int64_t i = 0; i < p.value.numel(); ++i) v[i] = 1.0f;
@@ -84,7 +89,9 @@ void ParamStore::initialize(std::uint64_t seed) {
   }
 }
 
-void ParamStore::zero_grads() { grads_.zero_(); }
+void ParamStore::zero_grads() {
+  grads_.zero_();
+}
 
 const Param* ParamStore::find(const std::string& name) const {
   for (const Param& p : params_) {
@@ -135,7 +142,8 @@ void orthogonalize(float* m, std::int64_t rows, std::int64_t cols, float gain) {
     for (std::int64_t i = 0; i < len; ++i) qv[i] /= norm;
   }
   for (std::int64_t v = 0; v < count; ++v) {
-    for (std::int64_t i = 0; i < len; ++i) at(v, i) = static_cast<float>(gain * q[static_cast<std::size_t>(v * len + i)]);
+    for (std::int64_t i = 0; i < len; ++i)
+      at(v, i) = static_cast<float>(gain * q[static_cast<std::size_t>(v * len + i)]);
   }
 }
 

@@ -24,16 +24,16 @@ struct InitSpec {
 
 struct Param {
   std::string name;
-  Shape global_shape;              // full shape (expert dimension = all experts)
-  Shape local_shape;               // shape held here
-  bool expert = false;             // dim 0 is the expert dimension, sharded across EP ranks
-  std::int64_t expert_begin = 0;   // first global expert held here (expert params)
-  bool decay = true;               // AdamW weight decay applies
+  Shape global_shape;             // full shape (expert dimension = all experts)
+  Shape local_shape;              // shape held here
+  bool expert = false;            // dim 0 is the expert dimension, sharded across EP ranks
+  std::int64_t expert_begin = 0;  // first global expert held here (expert params)
+  bool decay = true;              // AdamW weight decay applies
   InitSpec init;
-  std::uint64_t stream = 0;        // Philox stream (declaration order)
-  std::size_t offset = 0;          // in elements, into the flat buffers
-  Tensor value;                    // view into the value buffer
-  Tensor grad;                     // view into the gradient buffer
+  std::uint64_t stream = 0;  // Philox stream (declaration order)
+  std::size_t offset = 0;    // in elements, into the flat buffers
+  Tensor value;              // view into the value buffer
+  Tensor grad;               // view into the gradient buffer
 };
 
 class ParamStore {

@@ -27,7 +27,10 @@ RM_HD inline PhiloxBlock philox4x32_10(std::uint32_t c0, std::uint32_t c1, std::
     const auto hi0 = static_cast<std::uint32_t>(p0 >> 32), lo0 = static_cast<std::uint32_t>(p0);
     const auto hi1 = static_cast<std::uint32_t>(p1 >> 32), lo1 = static_cast<std::uint32_t>(p1);
     const std::uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
-    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    c0 = n0;
+    c1 = n1;
+    c2 = n2;
+    c3 = n3;
     k0 += kWeyl0;
     k1 += kWeyl1;
   }
@@ -35,14 +38,17 @@ RM_HD inline PhiloxBlock philox4x32_10(std::uint32_t c0, std::uint32_t c1, std::
 }
 
 // The block for element `index` of `stream` under `seed`.
-RM_HD inline PhiloxBlock philox_block(std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
+RM_HD inline PhiloxBlock philox_block(std::uint64_t seed, std::uint64_t stream,
+                                      std::uint64_t index) {
   return philox4x32_10(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(index >> 32),
                        static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32),
                        static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32));
 }
 
 // Uniform in [0, 1) with 24 random bits (exactly representable in fp32).
-RM_HD inline float u32_to_unit(std::uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
+RM_HD inline float u32_to_unit(std::uint32_t x) {
+  return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
+}
 
 RM_HD inline float philox_uniform(std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
   return u32_to_unit(philox_block(seed, stream, index).v[0]);

@@ -10,13 +10,16 @@ namespace routemoe {
 std::int64_t shape_numel(const Shape& shape) {
   std::int64_t n = 1;
   for (std::int64_t s : shape) {
-    RM_CHECK_KIND(Shape, s >= 0, fmt::format("negative dimension in shape {}", fmt::join(shape, ", ")));
+    RM_CHECK_KIND(Shape, s >= 0,
+                  fmt::format("negative dimension in shape {}", fmt::join(shape, ", ")));
     n *= s;
   }
   return n;
 }
 
-std::string shape_str(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(const Shape& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 std::shared_ptr<Storage> Storage::allocate(std::size_t bytes, Device device) {
   void* p = device_alloc(device, bytes);
@@ -127,7 +130,8 @@ Tensor Tensor::to(Device device) const {
 }
 
 Tensor Tensor::to(DType dtype) const {
-  RM_CHECK_KIND(Shape, device_ == Device::CPU, "dtype conversion of a device tensor: copy to CPU first");
+  RM_CHECK_KIND(Shape, device_ == Device::CPU,
+                "dtype conversion of a device tensor: copy to CPU first");
   Tensor t = empty(shape_, dtype, Device::CPU);
   if (dtype == dtype_) {
     t.copy_from(*this);
@@ -146,7 +150,9 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
-Tensor Tensor::clone() const { return to(device_); }
+Tensor Tensor::clone() const {
+  return to(device_);
+}
 
 void Tensor::copy_from(const Tensor& src) {
   RM_CHECK_KIND(Shape, src.shape_ == shape_ && src.dtype_ == dtype_,
@@ -154,7 +160,9 @@ void Tensor::copy_from(const Tensor& src) {
   device_copy(raw(), device_, src.raw(), src.device_, nbytes());
 }
 
-void Tensor::zero_() { device_zero(raw(), device_, nbytes()); }
+void Tensor::zero_() {
+  device_zero(raw(), device_, nbytes());
+}
 
 std::vector<float> Tensor::to_vector() const {
   Tensor host = device_ == Device::CPU ? *this : to(Device::CPU);

@@ -43,9 +43,13 @@ class Storage {
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::F32; }
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
 template <>
-constexpr DType dtype_of<bf16>() { return DType::BF16; }
+constexpr DType dtype_of<bf16>() {
+  return DType::BF16;
+}
 
 class Tensor {
  public:
@@ -66,7 +70,9 @@ class Tensor {
   // Size of dimension i; negative i counts from the end. Throws Error(Shape) when out of range.
   std::int64_t dim(int i) const;
   std::int64_t numel() const noexcept { return numel_; }
-  std::size_t nbytes() const noexcept { return static_cast<std::size_t>(numel_) * dtype_size(dtype_); }
+  std::size_t nbytes() const noexcept {
+    return static_cast<std::size_t>(numel_) * dtype_size(dtype_);
+  }
   DType dtype() const noexcept { return dtype_; }
   Device device() const noexcept { return device_; }
 

@@ -14,8 +14,8 @@ namespace routemoe::layers {
 // batched GEMM walks over.
 
 template <typename T>
-void attention_forward(const AttentionDims& dims, const AttentionWeights<T>& w, const T* h,
-                       T* out, T* avg_probs, AttentionCache<T>& cache, Arena& arena) {
+void attention_forward(const AttentionDims& dims, const AttentionWeights<T>& w, const T* h, T* out,
+                       T* avg_probs, AttentionCache<T>& cache, Arena& arena) {
   const std::int64_t B = dims.batch, Tn = dims.seq, d = dims.d, H = dims.heads, N = dims.tokens();
   RM_CHECK(H > 0 && d % H == 0, "attention: d_model must be divisible by the number of heads");
   const std::int64_t dh = d / H, ld = 3 * d;
@@ -90,11 +90,11 @@ void attention_backward(const AttentionDims& dims, const AttentionWeights<T>& w,
   cpu::linear_backward<T>(dqkv, h, w.qkv_w, dh, g.qkv_w, g.qkv_b, N, d, 3 * d);
 }
 
-#define RM_INSTANTIATE(T)                                                                       \
+#define RM_INSTANTIATE(T)                                                                        \
   template void attention_forward<T>(const AttentionDims&, const AttentionWeights<T>&, const T*, \
-                                     T*, T*, AttentionCache<T>&, Arena&);                       \
-  template void attention_backward<T>(const AttentionDims&, const AttentionWeights<T>&,         \
-                                      const AttentionGrads<T>&, const T*,                       \
+                                     T*, T*, AttentionCache<T>&, Arena&);                        \
+  template void attention_backward<T>(const AttentionDims&, const AttentionWeights<T>&,          \
+                                      const AttentionGrads<T>&, const T*,                        \
                                       const AttentionCache<T>&, const T*, const T*, T*, Arena&);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)

@@ -26,7 +26,7 @@ struct AttentionWeights {
 };
 
 template <typename T>
-struct AttentionGrads {  // += 
+struct AttentionGrads {  // +=
   T* qkv_w = nullptr;
   T* qkv_b = nullptr;
   T* proj_w = nullptr;
@@ -43,8 +43,8 @@ struct AttentionCache {
 // out[N, d] = proj(merge_heads(softmax(q k^T / sqrt(dh) + causal mask) v)), from h[N, d].
 // avg_probs [B, T, T] (optional, may be null) = mean over heads of the probabilities.
 template <typename T>
-void attention_forward(const AttentionDims& dims, const AttentionWeights<T>& w, const T* h,
-                       T* out, T* avg_probs, AttentionCache<T>& cache, Arena& arena);
+void attention_forward(const AttentionDims& dims, const AttentionWeights<T>& w, const T* h, T* out,
+                       T* avg_probs, AttentionCache<T>& cache, Arena& arena);
 
 // dh[N, d] overwritten; parameter gradients +=. d_avg_probs [B, T, T] (optional) is the
 // gradient arriving at the head-averaged probabilities.

@@ -46,13 +46,15 @@ void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t E, std::
   c.block_first = alloc_array<std::int64_t>(arena, P + 1);
   for (int p = 0; p <= P; ++p) c.block_first[p] = p * L;
   for (std::int64_t e = 0; e < E; ++e) {
-    c.slot_blocks[e] = {c.expert_offset[e] * width, (c.expert_offset[e + 1] - c.expert_offset[e]) * width};
+    c.slot_blocks[e] = {c.expert_offset[e] * width,
+                        (c.expert_offset[e + 1] - c.expert_offset[e]) * width};
     c.owner_blocks[e] = {c.owner_start[e] * width, c.recv_split[e] * width};
   }
 }
 
 template <typename T>
-void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows) {
+void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows,
+                   T* owner_rows) {
   ep.all_to_all_blocks(slot_rows, c.slot_blocks, c.block_first, owner_rows, c.owner_blocks,
                        c.block_first, comm::datatype_of<T>());
 }
@@ -63,10 +65,10 @@ void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_r
                        c.block_first, comm::datatype_of<T>());
 }
 
-#define RM_INSTANTIATE(T)                                                                          \
-  template void plan_dispatch<T>(MoeCache<T>&, comm::Communicator&, std::int64_t, std::int64_t,    \
-                                 Arena&);                                                          \
-  template void dispatch_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*);           \
+#define RM_INSTANTIATE(T)                                                                       \
+  template void plan_dispatch<T>(MoeCache<T>&, comm::Communicator&, std::int64_t, std::int64_t, \
+                                 Arena&);                                                       \
+  template void dispatch_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*);        \
   template void combine_rows<T>(const MoeCache<T>&, comm::Communicator&, const T*, T*);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)

@@ -13,28 +13,35 @@ namespace routemoe::layers {
 
 namespace {
 void expect_on(const Exec& exec, const Tensor& t, const char* what) {
-  RM_CHECK_KIND(Shape, t.device() == exec.device && t.dtype() == DType::F32,
-                fmt::format("{} is {}, expected f32 on {}", what, t.str(), device_name(exec.device)));
+  RM_CHECK_KIND(
+      Shape, t.device() == exec.device && t.dtype() == DType::F32,
+      fmt::format("{} is {}, expected f32 on {}", what, t.str(), device_name(exec.device)));
 }
 #if !ROUTEMOE_HAVE_CUDA
-[[noreturn]] void no_cuda() { RM_FAIL(Check, "CUDA execution requested in a build without CUDA"); }
+[[noreturn]] void no_cuda() {
+  RM_FAIL(Check, "CUDA execution requested in a build without CUDA");
+}
 #endif
 }  // namespace
 
-void linear_forward(const Exec& exec, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y) {
-  RM_CHECK_KIND(Shape, x.ndim() == 2 && w.ndim() == 2, fmt::format("linear: x {} w {}", x.str(), w.str()));
+void linear_forward(const Exec& exec, const Tensor& x, const Tensor& w, const Tensor& b,
+                    Tensor& y) {
+  RM_CHECK_KIND(Shape, x.ndim() == 2 && w.ndim() == 2,
+                fmt::format("linear: x {} w {}", x.str(), w.str()));
   const std::int64_t n = x.dim(0), in = x.dim(1), out = w.dim(0);
   expect_shape(w, {out, in}, "linear weight");
   expect_shape(y, {n, out}, "linear output");
   if (b.defined()) expect_shape(b, {out}, "linear bias");
-  for (const Tensor* t : {&x, &w, static_cast<const Tensor*>(&y)}) expect_on(exec, *t, "linear operand");
+  for (const Tensor* t : {&x, &w, static_cast<const Tensor*>(&y)})
+    expect_on(exec, *t, "linear operand");
   const float* bias = b.defined() ? b.data<float>() : nullptr;
   if (exec.device == Device::CPU) {
     cpu::linear_forward(x.data<float>(), w.data<float>(), bias, y.data<float>(), n, in, out);
     return;
   }
 #if ROUTEMOE_HAVE_CUDA
-  cuda::linear_forward(*exec.cuda, x.data<float>(), w.data<float>(), bias, y.data<float>(), n, in, out);
+  cuda::linear_forward(*exec.cuda, x.data<float>(), w.data<float>(), bias, y.data<float>(), n, in,
+                       out);
 #else
   no_cuda();
 #endif
@@ -42,7 +49,8 @@ void linear_forward(const Exec& exec, const Tensor& x, const Tensor& w, const Te
 
 void linear_backward(const Exec& exec, const Tensor& dy, const Tensor& x, const Tensor& w,
                      Tensor* dx, Tensor& dw, Tensor* db) {
-  RM_CHECK_KIND(Shape, x.ndim() == 2 && w.ndim() == 2, fmt::format("linear: x {} w {}", x.str(), w.str()));
+  RM_CHECK_KIND(Shape, x.ndim() == 2 && w.ndim() == 2,
+                fmt::format("linear: x {} w {}", x.str(), w.str()));
   const std::int64_t n = x.dim(0), in = x.dim(1), out = w.dim(0);
   expect_shape(dy, {n, out}, "linear output gradient");
   expect_shape(dw, {out, in}, "linear weight gradient");

@@ -34,17 +34,17 @@ struct Model::Block {
   RouterKind router = RouterKind::TopK;
   // Parameter indices into ParamStore.
   std::size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
-  std::size_t fc_w = 0, fc_b = 0, fcp_w = 0, fcp_b = 0;                 // dense
+  std::size_t fc_w = 0, fc_b = 0, fcp_w = 0, fcp_b = 0;                         // dense
   std::size_t gate = SIZE_MAX, emb = SIZE_MAX, w1 = 0, b1 = 0, w2 = 0, b2 = 0;  // moe
   // Saved activations of the current step (arena memory).
-  float* x_in = nullptr;   // [N, d] residual stream entering the block
-  float* ln1 = nullptr;    // [N, d]
+  float* x_in = nullptr;  // [N, d] residual stream entering the block
+  float* ln1 = nullptr;   // [N, d]
   float* ln1_mean = nullptr;
   float* ln1_rstd = nullptr;
   AttentionCache<float> attn;
   float* avg_probs = nullptr;  // [B, T, T] (attention router)
-  float* x_mid = nullptr;  // [N, d] after the attention residual
-  float* ln2 = nullptr;    // [N, d] = u
+  float* x_mid = nullptr;      // [N, d] after the attention residual
+  float* ln2 = nullptr;        // [N, d] = u
   float* ln2_mean = nullptr;
   float* ln2_rstd = nullptr;
   MoeCache<float> moe;
@@ -64,8 +64,10 @@ Model::Model(const ModelConfig& config, comm::Communicator* ep)
   const std::int64_t first_expert = ep_rank * local_experts;
   const ModelConfig& c = config_;
   const std::int64_t d = c.d_model, V = c.vocab_size, F = c.d_ff, E = c.n_experts;
-  const float proj_std = static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layers)));
-  const InitSpec normal02{InitKind::Normal, 0.02f}, ones{InitKind::Ones, 0}, zeros{InitKind::Zeros, 0};
+  const float proj_std =
+      static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layers)));
+  const InitSpec normal02{InitKind::Normal, 0.02f}, ones{InitKind::Ones, 0},
+      zeros{InitKind::Zeros, 0};
   const InitSpec proj{InitKind::Normal, proj_std};
   auto declare = [&](const std::string& name, Shape shape, InitSpec init, bool expert = false) {
     return expert ? params_.declare(name, std::move(shape), init, !is_no_decay(name), true,
@@ -126,7 +128,9 @@ StepStats Model::forward(const std::int32_t* inputs, const std::int32_t* targets
   return run(inputs, targets, batch, seq, false, 0.0, logits, dropless);
 }
 
-std::vector<RoutingView> Model::last_routing() const { return routing_; }
+std::vector<RoutingView> Model::last_routing() const {
+  return routing_;
+}
 
 std::vector<ArenaStats> Model::memory_report() const {
   ArenaStats p;
@@ -155,7 +159,8 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
 
   // --- Embeddings ------------------------------------------------------------------------------
   std::vector<std::int32_t> pos(static_cast<std::size_t>(N));
-  for (std::int64_t i = 0; i < N; ++i) pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % seq);
+  for (std::int64_t i = 0; i < N; ++i)
+    pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % seq);
   float* x = alloc_array<float>(A, N * d);
   float* tmp = alloc_array<float>(A, N * d);
   cpu::embedding_forward<float>(inputs, P(wte), x, N, V, d);
@@ -174,26 +179,33 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
     b.ln1 = alloc_array<float>(A, N * d);
     b.ln1_mean = alloc_array<float>(A, N);
     b.ln1_rstd = alloc_array<float>(A, N);
-    cpu::layernorm_forward<float>(x, P(b.ln1_w), P(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd, N, d, eps);
+    cpu::layernorm_forward<float>(x, P(b.ln1_w), P(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd, N, d,
+                                  eps);
     const bool want_avg = b.moe_index >= 0 && b.router == RouterKind::Attention;
     b.avg_probs = want_avg ? alloc_array<float>(A, batch * seq * seq) : nullptr;
     float* attn_out = alloc_array<float>(A, N * d);
-    layers::attention_forward<float>(adims, {P(b.qkv_w), P(b.qkv_b), P(b.proj_w), P(b.proj_b)}, b.ln1,
-                                     attn_out, b.avg_probs, b.attn, A);
+    layers::attention_forward<float>(adims, {P(b.qkv_w), P(b.qkv_b), P(b.proj_w), P(b.proj_b)},
+                                     b.ln1, attn_out, b.avg_probs, b.attn, A);
     b.x_mid = alloc_array<float>(A, N * d);
     cpu::add<float>(x, attn_out, b.x_mid, N * d);
     b.ln2 = alloc_array<float>(A, N * d);
     b.ln2_mean = alloc_array<float>(A, N);
     b.ln2_rstd = alloc_array<float>(A, N);
-    cpu::layernorm_forward<float>(b.x_mid, P(b.ln2_w), P(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd, N, d, eps);
+    cpu::layernorm_forward<float>(b.x_mid, P(b.ln2_w), P(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd, N,
+                                  d, eps);
     float* branch = alloc_array<float>(A, N * d);
     if (b.moe_index >= 0) {
-      const RouterOptions opts{b.router, c.similarity_tau, c.similarity_causal, c.aux_loss_coef, c.z_loss_coef};
+      const RouterOptions opts{b.router, c.similarity_tau, c.similarity_causal, c.aux_loss_coef,
+                               c.z_loss_coef};
       MoeWeights<float> w;
       if (b.gate != SIZE_MAX) w.gate = P(b.gate);
       if (b.emb != SIZE_MAX) w.expert_emb = P(b.emb);
-      w.w1 = P(b.w1); w.b1 = P(b.b1); w.w2 = P(b.w2); w.b2 = P(b.b2);
-      layers::moe_forward<float>(mdims, opts, w, {b.ln2, b.avg_probs, prev_top1, nullptr, ep_}, branch, b.moe, A);
+      w.w1 = P(b.w1);
+      w.b1 = P(b.b1);
+      w.w2 = P(b.w2);
+      w.b2 = P(b.b2);
+      layers::moe_forward<float>(mdims, opts, w, {b.ln2, b.avg_probs, prev_top1, nullptr, ep_},
+                                 branch, b.moe, A);
       prev_top1 = b.moe.top1;
       MoeLayerStats ms;
       ms.layer = b.index;
@@ -205,7 +217,8 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
       ms.dropped = b.moe.dropped;
       stats.aux_loss += c.aux_loss_coef * ms.switch_loss + c.z_loss_coef * ms.z_loss;
       stats.moe.push_back(std::move(ms));
-      routing_.push_back({N, c.top_k, c.n_experts, b.moe.choice, b.moe.gates, b.router == RouterKind::AC ? b.moe.probs : b.moe.select, b.moe.scale});
+      routing_.push_back({N, c.top_k, c.n_experts, b.moe.choice, b.moe.gates,
+                          b.router == RouterKind::AC ? b.moe.probs : b.moe.select, b.moe.scale});
     } else {
       b.fc_pre = alloc_array<float>(A, N * F);
       b.fc_act = alloc_array<float>(A, N * F);
@@ -244,13 +257,15 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
   // --- Backward --------------------------------------------------------------------------------
   const float gs = static_cast<float>(grad_scale);
   float* dloss = alloc_array<float>(A, N);
-  for (std::int64_t i = 0; i < N; ++i) dloss[i] = targets[i] >= 0 && count > 0 ? gs / static_cast<float>(count) : 0.0f;
+  for (std::int64_t i = 0; i < N; ++i)
+    dloss[i] = targets[i] >= 0 && count > 0 ? gs / static_cast<float>(count) : 0.0f;
   float* dlogits = alloc_array<float>(A, N * V);
   cpu::cross_entropy_backward<float>(logits, targets, lse, dloss, dlogits, N, V);
   float* dlnf = alloc_array<float>(A, N * d);
   cpu::linear_backward<float>(dlogits, lnf, P(wte), dlnf, G(wte), nullptr, N, d, V);
   float* dx = alloc_array<float>(A, N * d);
-  cpu::layernorm_backward<float>(dlnf, x, P(lnf_w), lnf_mean, lnf_rstd, dx, G(lnf_w), G(lnf_b), N, d);
+  cpu::layernorm_backward<float>(dlnf, x, P(lnf_w), lnf_mean, lnf_rstd, dx, G(lnf_w), G(lnf_b), N,
+                                 d);
   float* du = alloc_array<float>(A, N * d);
   float* dln = alloc_array<float>(A, N * d);
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
@@ -262,24 +277,39 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
                                c.aux_loss_coef * grad_scale, c.z_loss_coef * grad_scale};
       MoeWeights<float> w;
       MoeGrads<float> g;
-      if (b.gate != SIZE_MAX) { w.gate = P(b.gate); g.gate = G(b.gate); }
-      if (b.emb != SIZE_MAX) { w.expert_emb = P(b.emb); g.expert_emb = G(b.emb); }
-      w.w1 = P(b.w1); w.b1 = P(b.b1); w.w2 = P(b.w2); w.b2 = P(b.b2);
-      g.w1 = G(b.w1); g.b1 = G(b.b1); g.w2 = G(b.w2); g.b2 = G(b.b2);
+      if (b.gate != SIZE_MAX) {
+        w.gate = P(b.gate);
+        g.gate = G(b.gate);
+      }
+      if (b.emb != SIZE_MAX) {
+        w.expert_emb = P(b.emb);
+        g.expert_emb = G(b.emb);
+      }
+      w.w1 = P(b.w1);
+      w.b1 = P(b.b1);
+      w.w2 = P(b.w2);
+      w.b2 = P(b.b2);
+      g.w1 = G(b.w1);
+      g.b1 = G(b.b1);
+      g.w2 = G(b.w2);
+      g.b2 = G(b.b2);
       if (b.avg_probs != nullptr) d_avg = alloc_zeroed<float>(A, batch * seq * seq);
-      layers::moe_backward<float>(mdims, opts, w, g, {b.ln2, b.avg_probs, nullptr, nullptr, ep_}, b.moe, dx, du, d_avg, A);
+      layers::moe_backward<float>(mdims, opts, w, g, {b.ln2, b.avg_probs, nullptr, nullptr, ep_},
+                                  b.moe, dx, du, d_avg, A);
     } else {
       float* dact = alloc_array<float>(A, N * F);
       cpu::linear_backward<float>(dx, b.fc_act, P(b.fcp_w), dact, G(b.fcp_w), G(b.fcp_b), N, F, d);
       cpu::gelu_backward<float>(b.fc_pre, dact, dact, N * F);
       cpu::linear_backward<float>(dact, b.ln2, P(b.fc_w), du, G(b.fc_w), G(b.fc_b), N, d, F);
     }
-    cpu::layernorm_backward<float>(du, b.x_mid, P(b.ln2_w), b.ln2_mean, b.ln2_rstd, dln, G(b.ln2_w), G(b.ln2_b), N, d);
+    cpu::layernorm_backward<float>(du, b.x_mid, P(b.ln2_w), b.ln2_mean, b.ln2_rstd, dln, G(b.ln2_w),
+                                   G(b.ln2_b), N, d);
     cpu::add<float>(dx, dln, dx, N * d);  // dx is now d(x_mid)
     layers::attention_backward<float>(adims, {P(b.qkv_w), P(b.qkv_b), P(b.proj_w), P(b.proj_b)},
                                       {G(b.qkv_w), G(b.qkv_b), G(b.proj_w), G(b.proj_b)}, b.ln1,
                                       b.attn, dx, d_avg, du, A);
-    cpu::layernorm_backward<float>(du, b.x_in, P(b.ln1_w), b.ln1_mean, b.ln1_rstd, dln, G(b.ln1_w), G(b.ln1_b), N, d);
+    cpu::layernorm_backward<float>(du, b.x_in, P(b.ln1_w), b.ln1_mean, b.ln1_rstd, dln, G(b.ln1_w),
+                                   G(b.ln1_b), N, d);
     cpu::add<float>(dx, dln, dx, N * d);  // d(x_in)
   }
   cpu::embedding_backward<float>(inputs, dx, G(wte), N, V, d);

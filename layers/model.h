@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "framework/arena.h"
-#include "layers/attention.h"
 #include "framework/model_config.h"
-#include "layers/moe.h"
 #include "framework/params.h"
+#include "layers/attention.h"
+#include "layers/moe.h"
 
 namespace routemoe {
 
@@ -19,18 +19,18 @@ class Communicator;
 }
 
 struct MoeLayerStats {
-  std::int64_t layer = 0;            // block index
+  std::int64_t layer = 0;  // block index
   RouterKind router = RouterKind::TopK;
-  std::vector<std::int64_t> load;    // tokens whose first choice is each expert
+  std::vector<std::int64_t> load;  // tokens whose first choice is each expert
   double switch_loss = 0.0;
   double z_loss = 0.0;
-  std::int64_t dropped = 0;          // slots dropped by the capacity limit
+  std::int64_t dropped = 0;  // slots dropped by the capacity limit
 };
 
 struct StepStats {
-  double loss = 0.0;      // ce_loss + aux_loss
-  double ce_loss = 0.0;   // mean cross-entropy over non-ignored targets
-  double aux_loss = 0.0;  // aux_coef * sum switch + z_coef * sum z
+  double loss = 0.0;        // ce_loss + aux_loss
+  double ce_loss = 0.0;     // mean cross-entropy over non-ignored targets
+  double aux_loss = 0.0;    // aux_coef * sum switch + z_coef * sum z
   std::int64_t tokens = 0;  // non-ignored targets
   std::vector<MoeLayerStats> moe;
 };

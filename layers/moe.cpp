@@ -7,9 +7,9 @@
 #include <limits>
 
 #include "comm/communicator.h"
-#include "layers/dispatch.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
+#include "layers/dispatch.h"
 
 namespace routemoe::layers {
 
@@ -35,7 +35,8 @@ void row_logsumexp(const T* x, T* out, std::int64_t n, std::int64_t e) {
 
 // Per-sequence graph: sel_b[T, E] = A_b[T, T] @ p_b[T, E].
 template <typename T>
-void graph_mix(const T* a, const T* p, T* out, std::int64_t batch, std::int64_t seq, std::int64_t e) {
+void graph_mix(const T* a, const T* p, T* out, std::int64_t batch, std::int64_t seq,
+               std::int64_t e) {
   cpu::gemm_strided_batched<T>(false, false, seq, e, seq, T(1), a, seq, seq * seq, p, e, seq * e,
                                T(0), out, e, seq * e, batch);
 }
@@ -66,22 +67,27 @@ void similarity_graph(const MoeDims& dims, const RouterOptions& opts, const T* u
 template <typename T>
 void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* prev, T* m) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
-  std::vector<double> mu(static_cast<std::size_t>(E * d), 0.0), mad(static_cast<std::size_t>(E * d), 0.0);
+  std::vector<double> mu(static_cast<std::size_t>(E * d), 0.0),
+      mad(static_cast<std::size_t>(E * d), 0.0);
   std::vector<std::int64_t> count(static_cast<std::size_t>(E), 0);
   for (std::int64_t i = 0; i < N; ++i) {
     const std::int32_t c = prev[i];
-    RM_CHECK(c >= 0 && c < E, fmt::format("ac router: previous assignment {} of token {} outside [0, {})", c, i, E));
+    RM_CHECK(c >= 0 && c < E,
+             fmt::format("ac router: previous assignment {} of token {} outside [0, {})", c, i, E));
     ++count[static_cast<std::size_t>(c)];
     for (std::int64_t f = 0; f < d; ++f) mu[static_cast<std::size_t>(c * d + f)] += u[i * d + f];
   }
   for (std::int64_t e = 0; e < E; ++e) {
     if (count[static_cast<std::size_t>(e)] == 0) continue;
-    for (std::int64_t f = 0; f < d; ++f) mu[static_cast<std::size_t>(e * d + f)] /= static_cast<double>(count[static_cast<std::size_t>(e)]);
+    for (std::int64_t f = 0; f < d; ++f)
+      mu[static_cast<std::size_t>(e * d + f)] /=
+          static_cast<double>(count[static_cast<std::size_t>(e)]);
   }
   for (std::int64_t i = 0; i < N; ++i) {
     const std::int64_t c = prev[i];
     for (std::int64_t f = 0; f < d; ++f) {
-      mad[static_cast<std::size_t>(c * d + f)] += std::abs(static_cast<double>(u[i * d + f]) - mu[static_cast<std::size_t>(c * d + f)]);
+      mad[static_cast<std::size_t>(c * d + f)] +=
+          std::abs(static_cast<double>(u[i * d + f]) - mu[static_cast<std::size_t>(c * d + f)]);
     }
   }
   // w_e = 1 / (MAD_e + 1e-4) for present experts; mean over all their entries.
@@ -111,7 +117,8 @@ void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* pre
   for (std::int64_t i = 0; i < N; ++i) {
     const std::int64_t c = prev[i];
     for (std::int64_t f = 0; f < d; ++f) {
-      m[i * d + f] = static_cast<T>(mad[static_cast<std::size_t>(c * d + f)] / colmean[static_cast<std::size_t>(f)]);
+      m[i * d + f] = static_cast<T>(mad[static_cast<std::size_t>(c * d + f)] /
+                                    colmean[static_cast<std::size_t>(f)]);
     }
   }
 }
@@ -136,7 +143,9 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
 
 namespace {
 
-bool expert_parallel(const comm::Communicator* ep) { return ep != nullptr && ep->size() > 1; }
+bool expert_parallel(const comm::Communicator* ep) {
+  return ep != nullptr && ep->size() > 1;
+}
 
 // The local experts over their contiguous row blocks: one GEMM pair per expert.
 template <typename T>
@@ -145,9 +154,11 @@ void experts_forward(const MoeDims& dims, const MoeWeights<T>& w, MoeCache<T>& c
   for (std::int64_t e = 0; e < c.local_experts; ++e) {
     const std::int64_t s0 = c.local_offset[e], rows = c.local_offset[e + 1] - s0;
     if (rows == 0) continue;
-    cpu::linear_forward<T>(c.ex_in + s0 * d, w.w1 + e * F * d, w.b1 + e * F, c.h_pre + s0 * F, rows, d, F);
+    cpu::linear_forward<T>(c.ex_in + s0 * d, w.w1 + e * F * d, w.b1 + e * F, c.h_pre + s0 * F, rows,
+                           d, F);
     cpu::gelu_forward<T>(c.h_pre + s0 * F, c.h_act + s0 * F, rows * F);
-    cpu::linear_forward<T>(c.h_act + s0 * F, w.w2 + e * d * F, w.b2 + e * d, c.ex_out + s0 * d, rows, F, d);
+    cpu::linear_forward<T>(c.h_act + s0 * F, w.w2 + e * d * F, w.b2 + e * d, c.ex_out + s0 * d,
+                           rows, F, d);
   }
 }
 
@@ -184,11 +195,13 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
     for (std::int64_t i = 0; i < N * d; ++i) c.scaled[i] = u[i] * c.scale[i];
     for (std::int64_t e = 0; e < E; ++e) {
       double s = 0;
-      for (std::int64_t f = 0; f < d; ++f) s += static_cast<double>(w.expert_emb[e * d + f]) * w.expert_emb[e * d + f];
+      for (std::int64_t f = 0; f < d; ++f)
+        s += static_cast<double>(w.expert_emb[e * d + f]) * w.expert_emb[e * d + f];
       const double norm = std::sqrt(s);
       RM_CHECK(norm > 0, fmt::format("ac router: expert embedding {} is zero", e));
       c.emb_norm[e] = static_cast<T>(norm);
-      for (std::int64_t f = 0; f < d; ++f) c.emb_unit[e * d + f] = static_cast<T>(w.expert_emb[e * d + f] / norm);
+      for (std::int64_t f = 0; f < d; ++f)
+        c.emb_unit[e * d + f] = static_cast<T>(w.expert_emb[e * d + f] / norm);
     }
     cpu::linear_forward<T>(c.scaled, c.emb_unit, nullptr, c.select, N, d, E);  // s = (u*M) E^T
     row_logsumexp<T>(c.select, c.lse, N, E);
@@ -225,7 +238,8 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
     if (opts.kind == RouterKind::AC) {  // softmax over the chosen scores (ch[0] is the max)
       double z = 0;
       for (std::int64_t j = 0; j < K; ++j) z += std::exp(static_cast<double>(s[ch[j]]) - s[ch[0]]);
-      for (std::int64_t j = 0; j < K; ++j) g[j] = static_cast<T>(std::exp(static_cast<double>(s[ch[j]]) - s[ch[0]]) / z);
+      for (std::int64_t j = 0; j < K; ++j)
+        g[j] = static_cast<T>(std::exp(static_cast<double>(s[ch[j]]) - s[ch[0]]) / z);
     } else {  // renormalised probabilities
       double z = 0;
       for (std::int64_t j = 0; j < K; ++j) z += s[ch[j]];
@@ -236,7 +250,8 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
 
   // --- Auxiliary losses --------------------------------------------------------------------
   c.top1_frac = alloc_zeroed<T>(arena, E);
-  for (std::int64_t i = 0; i < N; ++i) c.top1_frac[c.top1[i]] += static_cast<T>(1.0 / static_cast<double>(N));
+  for (std::int64_t i = 0; i < N; ++i)
+    c.top1_frac[c.top1[i]] += static_cast<T>(1.0 / static_cast<double>(N));
   {
     double sw = 0;
     for (std::int64_t e = 0; e < E; ++e) {
@@ -253,23 +268,28 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
   // --- Capacity: k-major priority, first choices of all tokens first ------------------------
   c.kept = alloc_array<std::uint8_t>(arena, N * K);
   std::vector<std::int64_t> count(static_cast<std::size_t>(E), 0);
-  const std::int64_t cap = dims.capacity_factor > 0
-      ? static_cast<std::int64_t>(std::ceil(dims.capacity_factor * static_cast<double>(N * K) / static_cast<double>(E)))
-      : std::numeric_limits<std::int64_t>::max();
+  const std::int64_t cap =
+      dims.capacity_factor > 0
+          ? static_cast<std::int64_t>(std::ceil(dims.capacity_factor * static_cast<double>(N * K) /
+                                                static_cast<double>(E)))
+          : std::numeric_limits<std::int64_t>::max();
   for (std::int64_t j = 0; j < K; ++j) {
     for (std::int64_t i = 0; i < N; ++i) {
       auto& n = count[static_cast<std::size_t>(c.choice[i * K + j])];
       const bool keep = n < cap;
       c.kept[i * K + j] = keep ? 1 : 0;
-      if (keep) ++n;
-      else ++c.dropped;
+      if (keep)
+        ++n;
+      else
+        ++c.dropped;
     }
   }
 
   // --- Dispatch plan: slots grouped by expert, tokens in order within an expert ---------------
   c.expert_offset = alloc_array<std::int64_t>(arena, E + 1);
   c.expert_offset[0] = 0;
-  for (std::int64_t e = 0; e < E; ++e) c.expert_offset[e + 1] = c.expert_offset[e] + count[static_cast<std::size_t>(e)];
+  for (std::int64_t e = 0; e < E; ++e)
+    c.expert_offset[e + 1] = c.expert_offset[e] + count[static_cast<std::size_t>(e)];
   c.slots = c.expert_offset[E];
   const std::int64_t S = c.slots;
   c.slot_token = alloc_array<std::int32_t>(arena, S);
@@ -292,7 +312,8 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
   c.x_in = alloc_array<T>(arena, S * d);
   cpu::gather_rows_forward<T>(u, c.slot_token, c.x_in, S, N, d);
   if (expert_parallel(in.ep)) {
-    RM_CHECK(E % in.ep->size() == 0, fmt::format("{} experts over {} expert-parallel ranks", E, in.ep->size()));
+    RM_CHECK(E % in.ep->size() == 0,
+             fmt::format("{} experts over {} expert-parallel ranks", E, in.ep->size()));
     plan_dispatch<T>(c, *in.ep, E, d, arena);
     c.ex_in = alloc_array<T>(arena, c.owner_rows * d);
     dispatch_rows<T>(c, *in.ep, c.x_in, c.ex_in);
@@ -320,8 +341,8 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
 
 template <typename T>
 void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
-                  const MoeGrads<T>& g, const MoeInputs<T>& in, const MoeCache<T>& c,
-                  const T* dy, T* du, T* d_attn_avg, Arena& arena) {
+                  const MoeGrads<T>& g, const MoeInputs<T>& in, const MoeCache<T>& c, const T* dy,
+                  T* du, T* d_attn_avg, Arena& arena) {
   const T* u = in.u;
   const T* attn_avg = in.attn_avg;
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, K = dims.top_k, F = dims.d_ff;
@@ -329,7 +350,8 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   // --- Combine: d y_out[s] = gate_s * dy[token_s], d gate_s = <dy[token_s], y_out[s]> -------
   T* dy_out = alloc_array<T>(arena, S * d);
   T* dslot_gate = alloc_array<T>(arena, S);
-  cpu::scatter_add_rows_backward<T>(dy, c.slot_token, c.y_out, c.slot_gate, dy_out, dslot_gate, S, N, d);
+  cpu::scatter_add_rows_backward<T>(dy, c.slot_token, c.y_out, c.slot_gate, dy_out, dslot_gate, S,
+                                    N, d);
   // --- Experts (on the owners) ------------------------------------------------------------
   const bool ep = expert_parallel(in.ep);
   const std::int64_t R = c.owner_rows;
@@ -370,18 +392,21 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
       const T* dgi = dgate + i * K;
       double dot = 0;
       for (std::int64_t j = 0; j < K; ++j) dot += static_cast<double>(gi[j]) * dgi[j];
-      for (std::int64_t j = 0; j < K; ++j) dsel[i * E + c.choice[i * K + j]] += static_cast<T>(gi[j] * (dgi[j] - dot));
+      for (std::int64_t j = 0; j < K; ++j)
+        dsel[i * E + c.choice[i * K + j]] += static_cast<T>(gi[j] * (dgi[j] - dot));
     }
     // Switch loss through r = softmax(s), z-loss through lse(s).
     T* dr = alloc_array<T>(arena, N * E);
     for (std::int64_t i = 0; i < N; ++i) {
-      for (std::int64_t e = 0; e < E; ++e) dr[i * E + e] = static_cast<T>(aux_scale * c.top1_frac[e]);
+      for (std::int64_t e = 0; e < E; ++e)
+        dr[i * E + e] = static_cast<T>(aux_scale * c.top1_frac[e]);
     }
     T* ds_r = alloc_array<T>(arena, N * E);
     cpu::softmax_backward<T>(c.probs, dr, ds_r, N, E);
     for (std::int64_t i = 0; i < N; ++i) {
       for (std::int64_t e = 0; e < E; ++e) {
-        dsel[i * E + e] += ds_r[i * E + e] + static_cast<T>(z_scale * c.lse[i] * c.probs[i * E + e]);
+        dsel[i * E + e] +=
+            ds_r[i * E + e] + static_cast<T>(z_scale * c.lse[i] * c.probs[i * E + e]);
       }
     }
     // s = (u * M) @ emb_unit^T.
@@ -395,7 +420,8 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
       const T* dq = demb_unit + e * d;
       double dot = 0;
       for (std::int64_t f = 0; f < d; ++f) dot += static_cast<double>(q[f]) * dq[f];
-      for (std::int64_t f = 0; f < d; ++f) g.expert_emb[e * d + f] += static_cast<T>((dq[f] - q[f] * dot) / c.emb_norm[e]);
+      for (std::int64_t f = 0; f < d; ++f)
+        g.expert_emb[e * d + f] += static_cast<T>((dq[f] - q[f] * dot) / c.emb_norm[e]);
     }
     return;
   }
@@ -409,9 +435,11 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
       sum += si[ch[j]];
       dot += static_cast<double>(dgate[i * K + j]) * c.gates[i * K + j];
     }
-    for (std::int64_t j = 0; j < K; ++j) dsel[i * E + ch[j]] += static_cast<T>((dgate[i * K + j] - dot) / sum);
+    for (std::int64_t j = 0; j < K; ++j)
+      dsel[i * E + ch[j]] += static_cast<T>((dgate[i * K + j] - dot) / sum);
     // Switch loss: P_e = mean_i r_ie with r = sel.
-    for (std::int64_t e = 0; e < E; ++e) dsel[i * E + e] += static_cast<T>(aux_scale * c.top1_frac[e]);
+    for (std::int64_t e = 0; e < E; ++e)
+      dsel[i * E + e] += static_cast<T>(aux_scale * c.top1_frac[e]);
   }
   // sel -> p (and the graph).
   T* dp = dsel;
@@ -442,19 +470,20 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   T* dz = alloc_array<T>(arena, N * E);
   cpu::softmax_backward<T>(c.probs, dp, dz, N, E);
   for (std::int64_t i = 0; i < N; ++i) {
-    for (std::int64_t e = 0; e < E; ++e) dz[i * E + e] += static_cast<T>(z_scale * c.lse[i] * c.probs[i * E + e]);
+    for (std::int64_t e = 0; e < E; ++e)
+      dz[i * E + e] += static_cast<T>(z_scale * c.lse[i] * c.probs[i * E + e]);
   }
-  cpu::gemm<T>(true, false, E, d, N, T(1), dz, E, u, d, T(1), g.gate, d);  // dW_g += dz^T u
+  cpu::gemm<T>(true, false, E, d, N, T(1), dz, E, u, d, T(1), g.gate, d);    // dW_g += dz^T u
   cpu::gemm<T>(false, false, N, d, E, T(1), dz, E, w.gate, d, T(1), du, d);  // du += dz W_g
 }
 
-#define RM_INSTANTIATE(T)                                                                      \
+#define RM_INSTANTIATE(T)                                                                        \
   template void topk_rows<T>(const T*, std::int32_t*, std::int64_t, std::int64_t, std::int64_t); \
-  template void moe_forward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,     \
-                               const MoeInputs<T>&, T*, MoeCache<T>&, Arena&);                \
-  template void ac_feature_weights<T>(const MoeDims&, const T*, const std::int32_t*, T*);     \
-  template void moe_backward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,   \
-                                const MoeGrads<T>&, const MoeInputs<T>&, const MoeCache<T>&,  \
+  template void moe_forward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,       \
+                               const MoeInputs<T>&, T*, MoeCache<T>&, Arena&);                   \
+  template void ac_feature_weights<T>(const MoeDims&, const T*, const std::int32_t*, T*);        \
+  template void moe_backward<T>(const MoeDims&, const RouterOptions&, const MoeWeights<T>&,      \
+                                const MoeGrads<T>&, const MoeInputs<T>&, const MoeCache<T>&,     \
                                 const T*, T*, T*, Arena&);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)

@@ -9,20 +9,19 @@
 
 #include <cstdint>
 
+#include "comm/communicator.h"
 #include "framework/arena.h"
 #include "framework/model_config.h"
-
-#include "comm/communicator.h"
 
 namespace routemoe::layers {
 
 struct MoeDims {
-  std::int64_t batch = 1;    // B sequences
-  std::int64_t seq = 1;      // T tokens per sequence; N = B*T rows in (b, t) order
-  std::int64_t d = 1;        // d_model
-  std::int64_t d_ff = 1;     // expert hidden width
-  std::int64_t experts = 1;  // E
-  std::int64_t top_k = 1;    // k
+  std::int64_t batch = 1;        // B sequences
+  std::int64_t seq = 1;          // T tokens per sequence; N = B*T rows in (b, t) order
+  std::int64_t d = 1;            // d_model
+  std::int64_t d_ff = 1;         // expert hidden width
+  std::int64_t experts = 1;      // E
+  std::int64_t top_k = 1;        // k
   double capacity_factor = 0.0;  // <= 0: dropless
   std::int64_t tokens() const { return batch * seq; }
 };
@@ -38,10 +37,10 @@ struct RouterOptions {
 // Inputs of the layer besides the parameters.
 template <typename T>
 struct MoeInputs {
-  const T* u = nullptr;                      // [N, d] router and expert input (LN2 output)
-  const T* attn_avg = nullptr;               // [B, T, T] head-averaged attention (attention router)
-  const std::int32_t* prev_top1 = nullptr;   // [N] previous MoE layer's first choices (ac)
-  const T* ac_scale = nullptr;               // [N, d] fixed AC weights (gradient checks), else null
+  const T* u = nullptr;                     // [N, d] router and expert input (LN2 output)
+  const T* attn_avg = nullptr;              // [B, T, T] head-averaged attention (attention router)
+  const std::int32_t* prev_top1 = nullptr;  // [N] previous MoE layer's first choices (ac)
+  const T* ac_scale = nullptr;              // [N, d] fixed AC weights (gradient checks), else null
   // Expert-parallel group: rank q of P owns experts [q*E/P, (q+1)*E/P) and the weights in
   // MoeWeights are that shard. Null (or size 1): all experts are local.
   comm::Communicator* ep = nullptr;
@@ -74,14 +73,14 @@ struct MoeGrads {
 template <typename T>
 struct MoeCache {
   // Router.
-  T* probs = nullptr;     // [N, E] softmax of gate logits (topk family) / softmax(s) (ac)
-  T* select = nullptr;    // [N, E] selection vector: p, p~ (graph routers) or s (ac)
-  T* graph = nullptr;     // [B, T, T] similarity matrix S (similarity router)
-  T* scale = nullptr;     // [N, d] AC feature weights M_i (ac)
-  T* scaled = nullptr;    // [N, d] u * M (ac)
-  T* emb_unit = nullptr;  // [E, d] e_j / |e_j| (ac)
-  T* emb_norm = nullptr;  // [E] |e_j| (ac)
-  T* lse = nullptr;       // [N] logsumexp of the router logits (z-loss)
+  T* probs = nullptr;              // [N, E] softmax of gate logits (topk family) / softmax(s) (ac)
+  T* select = nullptr;             // [N, E] selection vector: p, p~ (graph routers) or s (ac)
+  T* graph = nullptr;              // [B, T, T] similarity matrix S (similarity router)
+  T* scale = nullptr;              // [N, d] AC feature weights M_i (ac)
+  T* scaled = nullptr;             // [N, d] u * M (ac)
+  T* emb_unit = nullptr;           // [E, d] e_j / |e_j| (ac)
+  T* emb_norm = nullptr;           // [E] |e_j| (ac)
+  T* lse = nullptr;                // [N] logsumexp of the router logits (z-loss)
   std::int32_t* choice = nullptr;  // [N, k] chosen experts, best first
   T* gates = nullptr;              // [N, k] gate weights
   std::uint8_t* kept = nullptr;    // [N, k] 1 when the slot survived the capacity limit
@@ -98,19 +97,19 @@ struct MoeCache {
   // Expert side: the rows this rank's experts process, grouped by local expert, then by source
   // rank, then in slot order (one contiguous block per expert). Without expert parallelism
   // these alias the slot-order buffers.
-  std::int64_t local_experts = 0;         // E_local
-  std::int64_t owner_rows = 0;            // R rows received for the local experts
-  std::int64_t* local_offset = nullptr;   // [E_local + 1]
-  T* ex_in = nullptr;                     // [R, d]
-  T* h_pre = nullptr;                     // [R, d_ff] before GELU
-  T* h_act = nullptr;                     // [R, d_ff] after GELU
-  T* ex_out = nullptr;                    // [R, d]
+  std::int64_t local_experts = 0;        // E_local
+  std::int64_t owner_rows = 0;           // R rows received for the local experts
+  std::int64_t* local_offset = nullptr;  // [E_local + 1]
+  T* ex_in = nullptr;                    // [R, d]
+  T* h_pre = nullptr;                    // [R, d_ff] before GELU
+  T* h_act = nullptr;                    // [R, d_ff] after GELU
+  T* ex_out = nullptr;                   // [R, d]
   // Exchange plan (expert parallelism only).
   int ep_size = 1;
-  std::int64_t* send_rows = nullptr;      // [P] slots sent to each ep rank
-  std::int64_t* recv_rows = nullptr;      // [P] rows received from each ep rank
-  std::int64_t* recv_split = nullptr;     // [P * E_local] rows from rank p for local expert l
-  std::int64_t* owner_start = nullptr;    // [P * E_local] first expert-major row of (p, l)
+  std::int64_t* send_rows = nullptr;    // [P] slots sent to each ep rank
+  std::int64_t* recv_rows = nullptr;    // [P] rows received from each ep rank
+  std::int64_t* recv_split = nullptr;   // [P * E_local] rows from rank p for local expert l
+  std::int64_t* owner_start = nullptr;  // [P * E_local] first expert-major row of (p, l)
   // Exchange blocks (elements of rows of width d), one per (peer, local expert) on both sides,
   // built once by plan_dispatch and used by all four row exchanges of the step.
   comm::Communicator::Block* slot_blocks = nullptr;   // [P * E_local] in slot order
@@ -128,7 +127,8 @@ template <typename T>
 void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeights<T>& w,
                  const MoeInputs<T>& in, T* y, MoeCache<T>& cache, Arena& arena);
 
-// AC feature weights M[N, d] from u[N, d] and the previous layer's top-1 assignment (docs/model.md).
+// AC feature weights M[N, d] from u[N, d] and the previous layer's top-1 assignment
+// (docs/model.md).
 template <typename T>
 void ac_feature_weights(const MoeDims& dims, const T* u, const std::int32_t* prev_top1, T* m);
 

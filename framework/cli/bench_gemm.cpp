@@ -75,10 +75,9 @@ Result run_case(const GemmCase& c, double min_seconds) {
   fill_uniform(a, 1, 1, -1.0f, 1.0f);
   fill_uniform(b, 1, 2, -1.0f, 1.0f);
   auto once = [&] {
-    cpu::gemm_strided_batched<float>(c.trans_a, c.trans_b, c.m, c.n, c.k, 1.0f, a.data<float>(),
-                                     a_cols, a_rows * a_cols, b.data<float>(), b_cols,
-                                     b_rows * b_cols, 0.0f, out.data<float>(), c.n, c.m * c.n,
-                                     c.batch);
+    cpu::gemm_strided_batched<float>(
+        c.trans_a, c.trans_b, c.m, c.n, c.k, 1.0f, a.data<float>(), a_cols, a_rows * a_cols,
+        b.data<float>(), b_cols, b_rows * b_cols, 0.0f, out.data<float>(), c.n, c.m * c.n, c.batch);
   };
   once();  // warm-up: thread pool start, page faults
   std::vector<double> times;
@@ -112,14 +111,17 @@ Runner register_bench_gemm(CLI::App& bench) {
   cmd->add_option("--json", opts->json, "also write the results as JSON to this file");
   return [opts]() {
     if (opts->threads > 0) cpu::set_num_threads(opts->threads);
-    fmt::print("routemoe bench gemm: CPU fp32 GEMM through CBLAS, {} threads, best of >= {:.2f} s per case\n",
-               cpu::num_threads(), opts->min_seconds);
+    fmt::print(
+        "routemoe bench gemm: CPU fp32 GEMM through CBLAS, {} threads, best of >= {:.2f} s per "
+        "case\n",
+        cpu::num_threads(), opts->min_seconds);
     std::vector<Result> results;
     for (const GemmCase& c : model_cases(*opts)) {
       Result r = run_case(c, opts->min_seconds);
-      fmt::print("bench gemm case={:<18} m={:<5} n={:<5} k={:<5} batch={:<3} {:>8.1f} GFLOP/s  "
-                 "(median {:.1f}, {} reps)\n",
-                 c.name, c.m, c.n, c.k, c.batch, gflops(c, r.best_s), gflops(c, r.median_s), r.reps);
+      fmt::print(
+          "bench gemm case={:<18} m={:<5} n={:<5} k={:<5} batch={:<3} {:>8.1f} GFLOP/s  "
+          "(median {:.1f}, {} reps)\n",
+          c.name, c.m, c.n, c.k, c.batch, gflops(c, r.best_s), gflops(c, r.median_s), r.reps);
       std::fflush(stdout);
       results.push_back(r);
     }
@@ -130,9 +132,10 @@ Runner register_bench_gemm(CLI::App& bench) {
       model_seconds += results[i].best_s;
     }
     const double model = model_flops / model_seconds;
-    fmt::print("bench gemm summary: model shapes {:.1f} GFLOP/s, square ceiling {:.1f} GFLOP/s, "
-               "ratio={:.2f} (model/ceiling)\n",
-               model, ceiling, model / ceiling);
+    fmt::print(
+        "bench gemm summary: model shapes {:.1f} GFLOP/s, square ceiling {:.1f} GFLOP/s, "
+        "ratio={:.2f} (model/ceiling)\n",
+        model, ceiling, model / ceiling);
     if (!opts->json.empty()) {
       std::ofstream f(opts->json);
       RM_CHECK_KIND(Io, f.good(), fmt::format("cannot open {} for writing", opts->json));
@@ -140,12 +143,14 @@ Runner register_bench_gemm(CLI::App& bench) {
       for (std::size_t i = 0; i < results.size(); ++i) {
         const Result& r = results[i];
         f << (i ? ", " : "")
-          << fmt::format("{{\"name\": \"{}\", \"m\": {}, \"n\": {}, \"k\": {}, \"batch\": {}, "
-                         "\"gflops_best\": {:.3f}, \"gflops_median\": {:.3f}}}",
-                         r.c.name, r.c.m, r.c.n, r.c.k, r.c.batch, gflops(r.c, r.best_s),
-                         gflops(r.c, r.median_s));
+          << fmt::format(
+                 "{{\"name\": \"{}\", \"m\": {}, \"n\": {}, \"k\": {}, \"batch\": {}, "
+                 "\"gflops_best\": {:.3f}, \"gflops_median\": {:.3f}}}",
+                 r.c.name, r.c.m, r.c.n, r.c.k, r.c.batch, gflops(r.c, r.best_s),
+                 gflops(r.c, r.median_s));
       }
-      f << fmt::format("], \"model_gflops\": {:.3f}, \"ceiling_gflops\": {:.3f}}}\n", model, ceiling);
+      f << fmt::format("], \"model_gflops\": {:.3f}, \"ceiling_gflops\": {:.3f}}}\n", model,
+                       ceiling);
       RM_CHECK_KIND(Io, f.good(), fmt::format("write to {} failed", opts->json));
     }
     return 0;

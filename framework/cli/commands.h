@@ -4,7 +4,6 @@
 // it after parsing.
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <memory>
 

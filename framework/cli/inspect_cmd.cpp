@@ -29,8 +29,8 @@
 #include "framework/cli/commands.h"
 #include "framework/config.h"
 #include "framework/error.h"
-#include "framework/json.h"
 #include "framework/h5.h"
+#include "framework/json.h"
 #include "framework/optim.h"
 #include "framework/train/checkpoint.h"
 #include "layers/model.h"
@@ -247,8 +247,8 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
         o += fmt::format(
             "{}{{\"name\": {}, \"shape\": {}, \"dtype\": \"{}\", \"numel\": {}, \"min\": {}, "
             "\"max\": {}, \"mean\": {}, \"nonfinite\": {}}}",
-            first ? "" : ", ", json_quote(t.name), shape_text(t.shape), t.dtype, t.numel, jnum(t.min),
-            jnum(t.max), jnum(t.mean), t.nonfinite);
+            first ? "" : ", ", json_quote(t.name), shape_text(t.shape), t.dtype, t.numel,
+            jnum(t.min), jnum(t.max), jnum(t.mean), t.nonfinite);
         first = false;
       }
     }

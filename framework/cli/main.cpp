@@ -4,9 +4,9 @@
 // message naming the rank; in a multi-rank job every rank is ended (MPI_Abort) instead of
 // leaving the others waiting in a collective.
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 
@@ -15,8 +15,9 @@
 #include "framework/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"routemoe: expert-parallel Mixture-of-Experts training with graph-of-tokens and "
-               "adaptive-clustering routers"};
+  CLI::App app{
+      "routemoe: expert-parallel Mixture-of-Experts training with graph-of-tokens and "
+      "adaptive-clustering routers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "routemoe 0.1.0");
 
@@ -45,7 +46,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("inspect")) rc = run_inspect();
     if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
     if (bench->got_subcommand("train")) rc = run_bench_train();
-    if (bench->got_subcommand("alltoall")) rc = run_bench_alltoall();  // starts MPI itself
+    if (bench->got_subcommand("alltoall")) rc = run_bench_alltoall();      // starts MPI itself
     if (bench->got_subcommand("checkpoint")) rc = run_bench_checkpoint();  // MPI under mpirun
     routemoe::comm::finalize_mpi();
     return rc;

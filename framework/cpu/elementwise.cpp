@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "framework/cpu/kernels.h"
 #include "framework/cpu/check_sizes.h"
+#include "framework/cpu/kernels.h"
 
 namespace routemoe::cpu {
 

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "framework/cpu/kernels.h"
 #include "framework/cpu/check_sizes.h"
+#include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
 // OpenBLAS extensions. Declared again here (identically to OpenBLAS's own cblas.h) so that this

@@ -35,14 +35,16 @@ namespace routemoe::cpu {
 // beta == 0 overwrites c (NaNs in c are not propagated).
 template <typename T>
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
-          const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
+          const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+          std::int64_t ldc);
 
 // `batch` independent GEMMs as above; matrix i starts at a + i*stride_a, b + i*stride_b,
 // c + i*stride_c.
 template <typename T>
-void gemm_strided_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
-                          T alpha, const T* a, std::int64_t lda, std::int64_t stride_a, const T* b,
-                          std::int64_t ldb, std::int64_t stride_b, T beta, T* c, std::int64_t ldc,
+void gemm_strided_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
+                          std::int64_t k, T alpha, const T* a, std::int64_t lda,
+                          std::int64_t stride_a, const T* b, std::int64_t ldb,
+                          std::int64_t stride_b, T beta, T* c, std::int64_t ldc,
                           std::int64_t stride_c, std::int64_t batch);
 
 // ----------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <limits>
 
-#include "framework/cpu/kernels.h"
 #include "framework/cpu/check_sizes.h"
+#include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
 namespace routemoe::cpu {

@@ -14,8 +14,8 @@ class Context {
   ~Context();
 
   int device() const noexcept { return device_; }
-  void* stream() const noexcept { return stream_; }   // cudaStream_t
-  void* cublas() const noexcept { return cublas_; }   // cublasHandle_t
+  void* stream() const noexcept { return stream_; }  // cudaStream_t
+  void* cublas() const noexcept { return cublas_; }  // cublasHandle_t
   // Waits for all work queued on the stream; throws Error(Cuda) on an asynchronous failure.
   void synchronize() const;
 

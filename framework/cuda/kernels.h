@@ -28,7 +28,8 @@ void linear_forward(const Context& ctx, const float* x, const float* w, const fl
 void linear_backward(const Context& ctx, const float* dy, const float* x, const float* w, float* dx,
                      float* dw, float* db, std::int64_t n, std::int64_t in, std::int64_t out);
 
-void softmax_forward(const Context& ctx, const float* x, float* y, std::int64_t rows, std::int64_t cols);
+void softmax_forward(const Context& ctx, const float* x, float* y, std::int64_t rows,
+                     std::int64_t cols);
 void softmax_backward(const Context& ctx, const float* y, const float* dy, float* dx,
                       std::int64_t rows, std::int64_t cols);
 

@@ -21,11 +21,15 @@ inline unsigned grid_for(std::int64_t work) {
   return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, kMaxGrid));
 }
 
-inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream()); }
+inline cudaStream_t stream_of(const Context& ctx) {
+  return static_cast<cudaStream_t>(ctx.stream());
+}
 
 // Sizes must be non-negative; like the CPU kernels, a negative one throws Error(Shape).
-inline void check_sizes(const char* kernel, std::int64_t a, std::int64_t b = 0, std::int64_t c = 0) {
-  RM_CHECK_KIND(Shape, a >= 0 && b >= 0 && c >= 0, std::string("cuda::") + kernel + ": negative size");
+inline void check_sizes(const char* kernel, std::int64_t a, std::int64_t b = 0,
+                        std::int64_t c = 0) {
+  RM_CHECK_KIND(Shape, a >= 0 && b >= 0 && c >= 0,
+                std::string("cuda::") + kernel + ": negative size");
 }
 
 __device__ __forceinline__ std::int64_t global_index() {

@@ -47,7 +47,6 @@ int row_block(std::int64_t cols) {
   return 512;
 }
 
-
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
   return v;

@@ -12,8 +12,8 @@
 #include <sstream>
 
 #include "framework/error.h"
-#include "framework/json.h"
 #include "framework/h5.h"
+#include "framework/json.h"
 
 namespace routemoe::trace {
 

@@ -34,14 +34,15 @@ auto with_file_context(const std::string& path, Fn&& fn) -> decltype(fn()) {
 
 }  // namespace
 
-RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, std::int64_t seq_len,
-                          comm::Communicator& world) {
+RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
+                          std::int64_t seq_len, comm::Communicator& world) {
   const ModelConfig& mc = model.config();
   const std::int64_t sequences = static_cast<std::int64_t>(probe.size()) / seq_len;
   const int W = world.size();
   RM_CHECK_KIND(Config, sequences > 0 && sequences % W == 0,
                 fmt::format("the probe set has {} sequences of {} tokens; it must be a positive "
-                            "multiple of the {} ranks (checkpoint.probe_tokens)", sequences, seq_len, W));
+                            "multiple of the {} ranks (checkpoint.probe_tokens)",
+                            sequences, seq_len, W));
   const std::int64_t rows = sequences / W;
   const std::int64_t n_local = rows * seq_len;
   const std::int32_t* in = probe.data() + world.rank() * n_local;
@@ -59,7 +60,8 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, 
     L.router = router_name(mc.effective_router(static_cast<std::int64_t>(m)));
     std::vector<float> probs(static_cast<std::size_t>(n_local * K));
     for (std::int64_t i = 0; i < n_local; ++i) {
-      for (std::int64_t j = 0; j < K; ++j) probs[static_cast<std::size_t>(i * K + j)] = v.probs[i * E + v.choice[i * K + j]];
+      for (std::int64_t j = 0; j < K; ++j)
+        probs[static_cast<std::size_t>(i * K + j)] = v.probs[i * E + v.choice[i * K + j]];
     }
     L.experts.resize(static_cast<std::size_t>(rec.tokens * K));
     L.gates.resize(L.experts.size());
@@ -103,7 +105,9 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
   const bool expert_writer = groups.edp->rank() == 0;
   const bool parallel = mode == CheckpointWrite::Auto && world.size() > 1 &&
                         ROUTEMOE_HAVE_PARALLEL_HDF5 && comm::mpi_active();
-  if (lead) fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
+  if (lead)
+    fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".")
+                                                                : fs::path(path).parent_path());
   world.barrier();
 
   ParamStore& ps = model.params();
@@ -182,19 +186,23 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& op
   RM_CHECK_KIND(Data, fs::is_regular_file(path), fmt::format("{}: not a file", path));
   return with_file_context(path, [&]() {
     const h5::File f = h5::File::open_read(path);
-    RM_CHECK_KIND(Data, f.has_attr("/", "format") && f.attr_string("/", "format") == "routemoe-checkpoint",
-                  fmt::format("{}: not a routemoe checkpoint (no format attribute 'routemoe-checkpoint')", path));
+    RM_CHECK_KIND(
+        Data, f.has_attr("/", "format") && f.attr_string("/", "format") == "routemoe-checkpoint",
+        fmt::format("{}: not a routemoe checkpoint (no format attribute 'routemoe-checkpoint')",
+                    path));
     const std::int64_t version = f.attr_int("/", "format_version");
-    RM_CHECK_KIND(Data, version >= 1 && version <= kCheckpointFormatVersion,
-                  fmt::format("{}: checkpoint format version {} is not supported (this build reads 1..{})",
-                              path, version, kCheckpointFormatVersion));
+    RM_CHECK_KIND(
+        Data, version >= 1 && version <= kCheckpointFormatVersion,
+        fmt::format("{}: checkpoint format version {} is not supported (this build reads 1..{})",
+                    path, version, kCheckpointFormatVersion));
     // Same tensor shapes are not enough: a gate trained for one router must not silently
     // drive another.
     const ModelConfig& mc = model.config();
     const std::string routers = fmt::format("{}", fmt::join(mc.expanded_routers(), ","));
     const std::string stored = f.attr_string("/", "routers");
-    RM_CHECK_KIND(Data, stored == routers,
-                  fmt::format("{}: written for routers {}, this model uses {}", path, stored, routers));
+    RM_CHECK_KIND(
+        Data, stored == routers,
+        fmt::format("{}: written for routers {}, this model uses {}", path, stored, routers));
     CheckpointState st;
     st.step = f.attr_int("/", "step");
     st.epoch = f.attr_int("/", "epoch");
@@ -207,18 +215,23 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& op
       const char* group[3] = {"params", "optim/m", "optim/v"};
       for (int t = 0; t < 3; ++t) {
         const std::string name = fmt::format("{}/{}", group[t], p.name);
-        RM_CHECK_KIND(Data, f.exists(name),
-                      fmt::format("{}: missing dataset {} (a checkpoint of a different model or router?)", path, name));
+        RM_CHECK_KIND(
+            Data, f.exists(name),
+            fmt::format("{}: missing dataset {} (a checkpoint of a different model or router?)",
+                        path, name));
         const Shape shape = f.shape_of(name);
         RM_CHECK_KIND(Data, shape == p.global_shape,
-                      fmt::format("{}: {} has shape {}, the model needs {} (different model shape)", path, name,
-                                  shape_str(shape), shape_str(p.global_shape)));
+                      fmt::format("{}: {} has shape {}, the model needs {} (different model shape)",
+                                  path, name, shape_str(shape), shape_str(p.global_shape)));
         const std::int64_t rows = p.local_shape.empty() ? 1 : p.local_shape[0];
-        const std::vector<float> data = p.expert ? f.read_f32_rows(name, p.expert_begin, rows) : f.read_f32(name);
+        const std::vector<float> data =
+            p.expert ? f.read_f32_rows(name, p.expert_begin, rows) : f.read_f32(name);
         RM_CHECK_KIND(Data, static_cast<std::int64_t>(data.size()) == p.value.numel(),
-                      fmt::format("{}: {} has {} values, expected {}", path, name, data.size(), p.value.numel()));
+                      fmt::format("{}: {} has {} values, expected {}", path, name, data.size(),
+                                  p.value.numel()));
         for (float x : data) {
-          RM_CHECK_KIND(Data, std::isfinite(x), fmt::format("{}: {} holds a non-finite value", path, name));
+          RM_CHECK_KIND(Data, std::isfinite(x),
+                        fmt::format("{}: {} holds a non-finite value", path, name));
         }
         std::copy(data.begin(), data.end(), dst[t]);
       }
@@ -247,13 +260,15 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
 
 void prune_checkpoints(const std::string& dir, std::int64_t keep_last) {
   const std::vector<std::string> all = list_checkpoints(dir);
-  for (std::size_t i = 0; i + static_cast<std::size_t>(std::max<std::int64_t>(1, keep_last)) < all.size(); ++i) {
+  for (std::size_t i = 0;
+       i + static_cast<std::size_t>(std::max<std::int64_t>(1, keep_last)) < all.size(); ++i) {
     std::error_code ec;
     fs::remove(all[i], ec);
   }
 }
 
-void truncate_run_after(const std::string& metrics_path, const std::string& trace_path, std::int64_t step) {
+void truncate_run_after(const std::string& metrics_path, const std::string& trace_path,
+                        std::int64_t step) {
   std::error_code ec;
   if (fs::exists(metrics_path)) {
     std::ifstream in(metrics_path);
@@ -293,8 +308,8 @@ void truncate_run_after(const std::string& metrics_path, const std::string& trac
   }
 }
 
-void append_trace(const std::string& path, const RunConfig& cfg, const std::vector<std::int32_t>& probe,
-                  const RoutingRecord& record) {
+void append_trace(const std::string& path, const RunConfig& cfg,
+                  const std::vector<std::int32_t>& probe, const RoutingRecord& record) {
   const std::string tmp = path + ".tmp";
   std::error_code ec;
   fs::remove(tmp, ec);

@@ -34,7 +34,7 @@ struct LayerRouting {
 struct RoutingRecord {
   std::int64_t step = 0;
   std::int64_t epoch = 0;
-  std::string reason;  // epoch_end | checkpoint | final
+  std::string reason;       // epoch_end | checkpoint | final
   std::int64_t tokens = 0;  // P
   std::int64_t top_k = 0;
   std::int64_t d_model = 0;
@@ -42,15 +42,15 @@ struct RoutingRecord {
 };
 
 struct CheckpointState {
-  std::int64_t step = 0;   // optimiser steps completed
+  std::int64_t step = 0;  // optimiser steps completed
   std::int64_t epoch = 0;
   std::uint64_t data_seed = 0;
 };
 
 // Routes `probe` ([sequences, seq_len] tokens, sequences divisible by the world size) in
 // evaluation mode (no capacity dropping) and gathers the record on every rank. Collective.
-RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe, std::int64_t seq_len,
-                          comm::Communicator& world);
+RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
+                          std::int64_t seq_len, comm::Communicator& world);
 
 // How a multi-rank checkpoint is written: Auto uses parallel HDF5 (each rank writes its expert
 // slices) when available; Gathered always gathers expert shards to rank 0, which writes alone
@@ -80,7 +80,8 @@ void append_trace(const std::string& path, const RunConfig& cfg,
 // After resuming at `step` (steps completed): removes the metrics lines of later steps
 // (their "step" field, 0-based, is >= step) and the trace records taken after `step`, so that
 // the resumed run does not log those steps twice. Rank 0 only; missing files are fine.
-void truncate_run_after(const std::string& metrics_path, const std::string& trace_path, std::int64_t step);
+void truncate_run_after(const std::string& metrics_path, const std::string& trace_path,
+                        std::int64_t step);
 
 // Writes a routing record into group `group` of an open file (used by checkpoints and traces).
 namespace h5 {

@@ -17,16 +17,17 @@ class ParamStore;
 
 struct TrainSummary {
   std::int64_t steps = 0;
-  double first_loss = 0.0;       // training loss of step 0
-  double final_loss = 0.0;       // mean training loss over the last log interval
-  double final_val_loss = 0.0;   // last validation cross-entropy (nats/token)
+  double first_loss = 0.0;      // training loss of step 0
+  double final_loss = 0.0;      // mean training loss over the last log interval
+  double final_val_loss = 0.0;  // last validation cross-entropy (nats/token)
   double best_val_loss = 0.0;
   double unigram_entropy = 0.0;  // entropy of the training split's token distribution (nats)
   double tokens_per_s = 0.0;     // training throughput over the whole run
   double seconds = 0.0;
-  std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer, tokens per expert (last step)
-  std::vector<double> losses;    // training loss of every step (mean over ranks and micro-batches)
-  std::string memory;            // rank 0's memory report: parameters, gradients, activation arena
+  std::vector<std::vector<std::int64_t>>
+      expert_load;             // per MoE layer, tokens per expert (last step)
+  std::vector<double> losses;  // training loss of every step (mean over ranks and micro-batches)
+  std::string memory;          // rank 0's memory report: parameters, gradients, activation arena
   std::string out_dir;
 };
 

@@ -339,7 +339,9 @@ TEST_P(CommTest, AllToAllBlocksScattered) {
   Communicator& c = comm();
   const int n = c.size(), me = c.rank();
   constexpr int kBlocks = 3;
-  auto count = [](int src, int dst, int k) { return static_cast<std::int64_t>((src + 2 * dst + k) % 4); };
+  auto count = [](int src, int dst, int k) {
+    return static_cast<std::int64_t>((src + 2 * dst + k) % 4);
+  };
   auto value = [](int src, int dst, int k, std::int64_t i) {
     return static_cast<std::int64_t>(((src * 64 + dst) * 8 + k) * 1000 + i);
   };
@@ -356,14 +358,16 @@ TEST_P(CommTest, AllToAllBlocksScattered) {
     }
   }
   sf[static_cast<std::size_t>(n)] = rf[static_cast<std::size_t>(n)] = n * kBlocks;
-  std::vector<std::int64_t> send(static_cast<std::size_t>(stotal)), recv(static_cast<std::size_t>(rtotal), -1);
+  std::vector<std::int64_t> send(static_cast<std::size_t>(stotal)),
+      recv(static_cast<std::size_t>(rtotal), -1);
   std::int64_t off = stotal;  // reverse layout on the sending side
   for (int r = 0; r < n; ++r) {
     for (int k = 0; k < kBlocks; ++k) {
       const std::int64_t cnt = count(me, r, k);
       off -= cnt;
       sb[static_cast<std::size_t>(r * kBlocks + k)] = {off, cnt};
-      for (std::int64_t i = 0; i < cnt; ++i) send[static_cast<std::size_t>(off + i)] = value(me, r, k, i);
+      for (std::int64_t i = 0; i < cnt; ++i)
+        send[static_cast<std::size_t>(off + i)] = value(me, r, k, i);
     }
   }
   off = 0;  // receiving side: block k of every source together (k-major)
@@ -374,7 +378,8 @@ TEST_P(CommTest, AllToAllBlocksScattered) {
       off += cnt;
     }
   }
-  c.all_to_all_blocks(send.data(), sb.data(), sf.data(), recv.data(), rb.data(), rf.data(), DataType::I64);
+  c.all_to_all_blocks(send.data(), sb.data(), sf.data(), recv.data(), rb.data(), rf.data(),
+                      DataType::I64);
   for (int r = 0; r < n; ++r) {
     for (int k = 0; k < kBlocks; ++k) {
       const Block& blk = rb[static_cast<std::size_t>(r * kBlocks + k)];

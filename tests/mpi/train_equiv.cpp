@@ -19,10 +19,10 @@
 // below what a real mistake does (a missing gradient contribution shifts the loss by ~1e-3 and
 // parameters by ~lr per step).
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -40,7 +40,8 @@ using namespace routemoe;
 namespace {
 
 // Full (all experts) copy of every parameter, gathered over the ep group.
-std::vector<std::pair<std::string, std::vector<float>>> gather_params(Model& model, comm::ProcessGroups& g) {
+std::vector<std::pair<std::string, std::vector<float>>> gather_params(Model& model,
+                                                                      comm::ProcessGroups& g) {
   std::vector<std::pair<std::string, std::vector<float>>> out;
   for (const Param& p : model.params().params()) {
     const std::int64_t n = p.value.numel();
@@ -104,16 +105,19 @@ int run(int argc, char** argv) {
   groups.world->barrier();
 
   std::vector<std::pair<std::string, std::vector<float>>> params;
-  const TrainSummary s = run_training(cfg, groups, [&](Model& m) { params = gather_params(m, groups); });
+  const TrainSummary s =
+      run_training(cfg, groups, [&](Model& m) { params = gather_params(m, groups); });
   if (groups.world->rank() != 0) return 0;
 
   h5::File f = h5::File::create(out);
   std::vector<float> losses(s.losses.begin(), s.losses.end());
   f.write_f32("/losses", losses.data(), {static_cast<std::int64_t>(losses.size())});
-  for (const auto& [name, v] : params) f.write_f32("/params/" + name, v.data(), {static_cast<std::int64_t>(v.size())});
+  for (const auto& [name, v] : params)
+    f.write_f32("/params/" + name, v.data(), {static_cast<std::int64_t>(v.size())});
   f.close();
   if (reference.empty()) {
-    std::printf("train_equiv: %d rank(s), router %s: wrote reference %s (final loss %.6f)\n", W, router.c_str(), out.c_str(), s.losses.back());
+    std::printf("train_equiv: %d rank(s), router %s: wrote reference %s (final loss %.6f)\n", W,
+                router.c_str(), out.c_str(), s.losses.back());
     return 0;
   }
   const h5::File ref = h5::File::open_read(reference);
@@ -139,8 +143,10 @@ int run(int argc, char** argv) {
       }
     }
   }
-  std::printf("train_equiv: %d rank(s), ep %d, router %s: max loss rel diff %.3g, max param abs diff %.3g: %s\n",
-              W, ep, router.c_str(), worst_loss, worst_param, bad == 0 ? "OK" : "MISMATCH");
+  std::printf(
+      "train_equiv: %d rank(s), ep %d, router %s: max loss rel diff %.3g, max param abs diff %.3g: "
+      "%s\n",
+      W, ep, router.c_str(), worst_loss, worst_param, bad == 0 ? "OK" : "MISMATCH");
   return bad == 0 ? 0 : 1;
 }
 

@@ -5,9 +5,9 @@
 //   dump_model --out DUMP.h5 --router topk [--routers topk,ac] [--moe-every 1] [--capacity 0]
 //              [--steps 10] [--seed 7]
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -24,7 +24,8 @@ namespace {
 
 std::string config_json(const ModelConfig& m, const OptimConfig& o, std::int64_t steps) {
   std::string routers;
-  for (const std::string& r : m.expanded_routers()) routers += fmt::format("{}\"{}\"", routers.empty() ? "" : ", ", r);
+  for (const std::string& r : m.expanded_routers())
+    routers += fmt::format("{}\"{}\"", routers.empty() ? "" : ", ", r);
   return fmt::format(
       "{{\"vocab_size\": {}, \"seq_len\": {}, \"d_model\": {}, \"n_heads\": {}, \"n_layers\": {}, "
       "\"d_ff\": {}, \"n_experts\": {}, \"top_k\": {}, \"moe_every\": {}, \"routers\": [{}], "
@@ -33,9 +34,9 @@ std::string config_json(const ModelConfig& m, const OptimConfig& o, std::int64_t
       "\"warmup\": {}, \"steps\": {}, \"beta1\": {}, \"beta2\": {}, \"eps\": {}, "
       "\"weight_decay\": {}, \"grad_clip\": {}}}",
       m.vocab_size, m.seq_len, m.d_model, m.n_heads, m.n_layers, m.d_ff, m.n_experts, m.top_k,
-      m.moe_every, routers, m.capacity_factor, m.similarity_tau, m.similarity_causal ? "true" : "false",
-      m.aux_loss_coef, m.z_loss_coef, m.ln_eps, o.lr, o.lr_min, o.warmup, steps, o.beta1, o.beta2,
-      o.eps, o.weight_decay, o.grad_clip);
+      m.moe_every, routers, m.capacity_factor, m.similarity_tau,
+      m.similarity_causal ? "true" : "false", m.aux_loss_coef, m.z_loss_coef, m.ln_eps, o.lr,
+      o.lr_min, o.warmup, steps, o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip);
 }
 
 // Token batch drawn from Philox; a few targets are ignored (-1) to exercise that path.
@@ -45,8 +46,11 @@ void make_batch(std::uint64_t seed, std::uint64_t stream, std::int64_t n, std::i
   inputs.resize(static_cast<std::size_t>(n));
   targets.resize(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
-    inputs[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(vocab)));
-    targets[static_cast<std::size_t>(i)] = i % 7 == 3 ? -1 : static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(vocab)));
+    inputs[static_cast<std::size_t>(i)] =
+        static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(vocab)));
+    targets[static_cast<std::size_t>(i)] =
+        i % 7 == 3 ? -1
+                   : static_cast<std::int32_t>(rng.next_below(static_cast<std::uint64_t>(vocab)));
   }
 }
 
@@ -100,7 +104,8 @@ int main(int argc, char** argv) {
       std::size_t start = 0;
       while (start <= routers.size()) {
         const std::size_t comma = routers.find(',', start);
-        mc.routers.push_back(routers.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        mc.routers.push_back(
+            routers.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
         if (comma == std::string::npos) break;
         start = comma + 1;
       }
@@ -138,7 +143,8 @@ int main(int argc, char** argv) {
       std::vector<std::int32_t> all_in, all_tg;
       std::vector<double> losses;
       for (std::int64_t step = 0; step < steps; ++step) {
-        make_batch(seed, 2000 + static_cast<std::uint64_t>(step), N, mc.vocab_size, inputs, targets);
+        make_batch(seed, 2000 + static_cast<std::uint64_t>(step), N, mc.vocab_size, inputs,
+                   targets);
         all_in.insert(all_in.end(), inputs.begin(), inputs.end());
         all_tg.insert(all_tg.end(), targets.begin(), targets.end());
         model.params().zero_grads();
@@ -155,7 +161,8 @@ int main(int argc, char** argv) {
       write_params(f, "/train/final", model.params(), false);
     }
     f.close();
-    std::printf("dump_model: wrote %s (loss %.6f, %zu MoE layers)\n", out.c_str(), s.loss, routing.size());
+    std::printf("dump_model: wrote %s (loss %.6f, %zu MoE layers)\n", out.c_str(), s.loss,
+                routing.size());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dump_model: %s\n", e.what());
     return 1;

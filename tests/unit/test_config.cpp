@@ -2,12 +2,12 @@
 // key documented in docs/configuration.md.
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 
 #include "framework/config.h"
 #include "framework/error.h"
@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 
 // Parses `args` (after the program name) with the TOML text written to a temp file.
 RunConfig parse(const std::string& toml, std::vector<std::string> args) {
-  const fs::path file = fs::temp_directory_path() / ("routemoe_cfg_" + std::to_string(::getpid()) + ".toml");
+  const fs::path file =
+      fs::temp_directory_path() / ("routemoe_cfg_" + std::to_string(::getpid()) + ".toml");
   {
     std::ofstream f(file);
     f << toml;
@@ -38,8 +39,9 @@ RunConfig parse(const std::string& toml, std::vector<std::string> args) {
 }
 
 TEST(Config, FileValuesAndCommandLineOverrides) {
-  const RunConfig c = parse("[model]\nd_model = 64\nrouters = [\"topk\", \"ac\"]\n[optim]\nlr = 0.01\n",
-                            {"--model.d_model=96", "--train.steps=7"});
+  const RunConfig c =
+      parse("[model]\nd_model = 64\nrouters = [\"topk\", \"ac\"]\n[optim]\nlr = 0.01\n",
+            {"--model.d_model=96", "--train.steps=7"});
   EXPECT_EQ(c.model.d_model, 96);  // the command line wins
   EXPECT_EQ(c.model.routers, (std::vector<std::string>{"topk", "ac"}));
   EXPECT_DOUBLE_EQ(c.optim.lr, 0.01);
@@ -84,7 +86,8 @@ TEST(Config, OutOfRangeValuesAreRejectedByValidate) {
 }
 
 TEST(Config, ResolvedTomlRoundTrips) {
-  RunConfig a = parse("[model]\nrouters = [\"similarity\"]\nsimilarity_tau = 0.5\n", {"--train.out_dir=x \"y\" \\z"});
+  RunConfig a = parse("[model]\nrouters = [\"similarity\"]\nsimilarity_tau = 0.5\n",
+                      {"--train.out_dir=x \"y\" \\z"});
   const RunConfig b = parse(a.to_toml(), {});
   EXPECT_EQ(b.to_toml(), a.to_toml());
   EXPECT_EQ(b.train.out_dir, "x \"y\" \\z");  // quotes and backslashes survive the TOML

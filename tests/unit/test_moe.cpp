@@ -79,7 +79,8 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
     for (std::int64_t j = 0; j <= i; ++j) avg[row * T + j] /= s;
   }
   std::vector<std::int32_t> prev(N);
-  for (std::int64_t i = 0; i < N; ++i) prev[i] = static_cast<std::int32_t>((i * 7 + 3) % (E - 1));  // expert E-1 empty
+  for (std::int64_t i = 0; i < N; ++i)
+    prev[i] = static_cast<std::int32_t>((i * 7 + 3) % (E - 1));  // expert E-1 empty
   // AC feature weights held fixed, as in the backward (M carries no gradient).
   Vec scale(N * d);
   ac_feature_weights<double>(dims, u.data(), prev.data(), scale.data());
@@ -89,7 +90,10 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
     MoeWeights<double> w;
     w.gate = gate.data();
     w.expert_emb = emb.data();
-    w.w1 = w1.data(); w.b1 = b1.data(); w.w2 = w2.data(); w.b2 = b2.data();
+    w.w1 = w1.data();
+    w.b1 = b1.data();
+    w.w2 = w2.data();
+    w.b2 = b2.data();
     return w;
   };
   const double* ac = tc.kind == RouterKind::AC ? scale.data() : nullptr;
@@ -114,7 +118,8 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
   Vec du(N * d), dgate(E * d, 0.0), demb(E * d, 0.0), dw1(E * F * d, 0.0), db1(E * F, 0.0),
       dw2(E * d * F, 0.0), db2(E * d, 0.0), davg(B * T * T, 0.0);
   MoeGrads<double> g{dgate.data(), demb.data(), dw1.data(), db1.data(), dw2.data(), db2.data()};
-  moe_backward<double>(dims, opts, weights(), g, inputs(), cache, r.data(), du.data(), davg.data(), arena);
+  moe_backward<double>(dims, opts, weights(), g, inputs(), cache, r.data(), du.data(), davg.data(),
+                       arena);
 
   expect_grad("u", u, du, objective);
   expect_grad("w1", w1, dw1, objective);
@@ -151,7 +156,9 @@ TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) 
       proj_b = random_vec(rng, d, 0.1), r = random_vec(rng, N * d, 1.0),
       ra = random_vec(rng, B * T * T, 1.0);
   Arena arena("test", Device::CPU);
-  auto w = [&] { return AttentionWeights<double>{qkv_w.data(), qkv_b.data(), proj_w.data(), proj_b.data()}; };
+  auto w = [&] {
+    return AttentionWeights<double>{qkv_w.data(), qkv_b.data(), proj_w.data(), proj_b.data()};
+  };
   auto objective = [&] {
     arena.reset();
     AttentionCache<double> cache;
@@ -178,7 +185,8 @@ TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) 
     EXPECT_NEAR(s, 1.0, 1e-12);
   }
   Vec dh(N * d), dqkv_w(3 * d * d, 0.0), dqkv_b(3 * d, 0.0), dproj_w(d * d, 0.0), dproj_b(d, 0.0);
-  attention_backward<double>(dims, w(), {dqkv_w.data(), dqkv_b.data(), dproj_w.data(), dproj_b.data()},
+  attention_backward<double>(dims, w(),
+                             {dqkv_w.data(), dqkv_b.data(), dproj_w.data(), dproj_b.data()},
                              h.data(), cache, r.data(), ra.data(), dh.data(), arena);
   expect_grad("h", h, dh, objective);
   expect_grad("qkv_w", qkv_w, dqkv_w, objective);
@@ -198,16 +206,19 @@ struct Routed {
   std::vector<float> y;
 };
 
-Routed route(const MoeDims& dims, RouterKind kind, const std::vector<float>& u, const std::vector<float>& gate) {
+Routed route(const MoeDims& dims, RouterKind kind, const std::vector<float>& u,
+             const std::vector<float>& gate) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, F = dims.d_ff, K = dims.top_k;
   std::vector<float> w1(E * F * d, 0.01f), b1(E * F, 0.0f), w2(E * d * F, 0.01f), b2(E * d, 0.0f);
-  for (std::int64_t e = 0; e < E; ++e) b2[e * d] = static_cast<float>(e + 1);  // expert e adds e+1 to feature 0
+  for (std::int64_t e = 0; e < E; ++e)
+    b2[e * d] = static_cast<float>(e + 1);  // expert e adds e+1 to feature 0
   Arena arena("test", Device::CPU);
   MoeCache<float> c;
   Routed out;
   out.y.resize(N * d);
   MoeWeights<float> w{gate.data(), nullptr, w1.data(), b1.data(), w2.data(), b2.data()};
-  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, MoeInputs<float>{u.data()}, out.y.data(), c, arena);
+  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, MoeInputs<float>{u.data()},
+                     out.y.data(), c, arena);
   out.choice.assign(c.choice, c.choice + N * K);
   out.gates.assign(c.gates, c.gates + N * K);
   out.kept.assign(c.kept, c.kept + N * K);
@@ -238,8 +249,8 @@ TEST(Routing, AllTokensToOneExpertLeavesOthersEmpty) {
   EXPECT_EQ(r.offsets, (std::vector<std::int64_t>{0, 0, 0, 8, 8}));
   for (int i = 0; i < 8; ++i) {
     EXPECT_EQ(r.choice[i], 2);
-    EXPECT_FLOAT_EQ(r.gates[i], 1.0f);                // k = 1: the gate is 1
-    EXPECT_NEAR(r.y[i * 2], 3.0f, 1e-3f);             // expert 2's bias (3) on feature 0
+    EXPECT_FLOAT_EQ(r.gates[i], 1.0f);     // k = 1: the gate is 1
+    EXPECT_NEAR(r.y[i * 2], 3.0f, 1e-3f);  // expert 2's bias (3) on feature 0
   }
 }
 

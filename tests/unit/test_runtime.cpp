@@ -86,7 +86,8 @@ TEST(Bf16, RoundToNearestEvenAndRoundTrip) {
   // 1 + 2^-8 lies exactly between bf16 neighbours 1 and 1 + 2^-7: ties to even gives 1.
   EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + std::ldexp(1.0f, -8))), 1.0f);
   // 1 + 3*2^-8 is a tie between 1+2^-7 and 1+2^-6: even mantissa is 1+2^-6.
-  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8))), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8))),
+            1.0f + std::ldexp(1.0f, -6));
   EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
   EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(INFINITY))));
   Tensor t = Tensor::from_vector({3}, {0.5f, -2.0f, 3.140625f});  // all exact in bf16
@@ -103,7 +104,8 @@ TEST(Arena, AlignsCountsAndMergesOnReset) {
   Tensor big = arena.alloc({4096});  // does not fit: a second block
   EXPECT_EQ(arena.stats().blocks, 2u);
   const std::size_t peak = arena.stats().peak;
-  EXPECT_EQ(peak, 2 * Arena::kAlignment + 4096 * sizeof(float));  // 3 and 5 floats round up to 256 B
+  EXPECT_EQ(peak,
+            2 * Arena::kAlignment + 4096 * sizeof(float));  // 3 and 5 floats round up to 256 B
   arena.reset();
   const ArenaStats s = arena.stats();
   EXPECT_EQ(s.blocks, 1u);
@@ -130,8 +132,8 @@ TEST(Philox, KnownAnswers) {
   EXPECT_EQ(f.v[1], 0x41c83b0eu);
   EXPECT_EQ(f.v[2], 0xa20bc7c6u);
   EXPECT_EQ(f.v[3], 0x6d5451fdu);
-  PhiloxBlock p = philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u,
-                                0x299f31d0u);
+  PhiloxBlock p =
+      philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
   EXPECT_EQ(p.v[0], 0xd16cfe09u);
   EXPECT_EQ(p.v[1], 0x94fdccebu);
   EXPECT_EQ(p.v[2], 0x5001e420u);

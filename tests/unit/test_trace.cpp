@@ -520,9 +520,10 @@ TEST(TraceFile, OneRecordTraceIsNotAnError) {
 // checks that a run directory of checkpoints reads back as the same run as its trace file.
 TEST(TraceFile, FixtureFilesReadBackAsOneRun) {
   const char* env = std::getenv("ROUTEMOE_TRACE_FIXTURE_DIR");
-  const fs::path dir = env != nullptr && *env != 0
-                           ? fs::path(env)
-                           : fs::temp_directory_path() / ("routemoe_trace_fixture_" + std::to_string(::getpid()));
+  const fs::path dir =
+      env != nullptr && *env != 0
+          ? fs::path(env)
+          : fs::temp_directory_path() / ("routemoe_trace_fixture_" + std::to_string(::getpid()));
   fs::create_directories(dir / "topk");
   fs::create_directories(dir / "ckpt_run" / "checkpoints");
   write_trace((dir / "topk" / "trace.h5").string());
