@@ -8,32 +8,57 @@
 //   1. plan_dispatch: all-to-all of the per-expert slot counts (E int64 per rank), from which
 //      every rank knows how many rows it sends to and receives from each peer and where each
 //      received row goes: the owner's rows are ordered by local expert, then by source rank,
-//      then in the source's slot order, so each local expert has one contiguous block.
+//      then in the source's slot order, so each local expert has one contiguous block. The plan
+//      is the handle that every later exchange of the layer takes back (as DeepEP's dispatch
+//      handle, but typed).
 //   2. dispatch_rows: one block all-to-all (Communicator::all_to_all_blocks) that lands every
 //      row directly in its expert-major place (MPI derived datatypes: no packing copies).
 //   3. combine_rows: the reverse exchange, straight back into slot order.
-// The plan and the block lists are built once per layer and micro-batch in the step's
-// activation arena and serve the forward and backward exchanges; steady-state steps allocate
-// nothing here.
+// The plan and its block lists live in the step's activation arena and serve the forward and
+// backward exchanges; steady-state steps allocate nothing here. Without expert parallelism
+// (no communicator, or one rank) the plan is local: every expert is local, the expert-major
+// rows are the slot-order rows, and nothing is exchanged.
 
 #include <cstdint>
 
-#include "layers/moe.h"
+#include "comm/communicator.h"
+#include "framework/arena.h"
 
 namespace routemoe::layers {
 
-// Fills c.ep_size, local_experts, send_rows, recv_rows, recv_split, owner_start, local_offset,
-// owner_rows and the exchange blocks (for rows of `width` elements) from c.expert_offset.
-template <typename T>
-void plan_dispatch(MoeCache<T>& c, comm::Communicator& ep, std::int64_t experts, std::int64_t width,
-                   Arena& arena);
+struct DispatchPlan {
+  int ep_size = 1;                 // P ranks in the ep group (1: local plan)
+  std::int64_t experts = 0;        // E global experts
+  std::int64_t local_experts = 0;  // L = E / P experts owned here
+  std::int64_t slots = 0;          // S rows sent (slot order)
+  std::int64_t owner_rows = 0;     // R rows received for the local experts
+  // [L + 1] first expert-major row of each local expert (local plan: the slot offsets).
+  const std::int64_t* local_offset = nullptr;
+  // Exchange only (ep_size > 1):
+  std::int64_t* recv_split = nullptr;   // [P * L] rows from rank p for local expert l
+  std::int64_t* owner_start = nullptr;  // [P * L] first expert-major row of (p, l)
+  // One block per (peer, local expert) on both sides, in elements of rows of the plan's width.
+  comm::Communicator::Block* slot_blocks = nullptr;   // [P * L] in slot order
+  comm::Communicator::Block* owner_blocks = nullptr;  // [P * L] in expert-major order
+  std::int64_t* block_first = nullptr;                // [P + 1] = p * L
+
+  bool exchanges() const { return ep_size > 1; }
+};
+
+// The plan for slots grouped by global expert (expert_offset [E + 1], host memory) moving rows of
+// `width` elements. Collective over `ep` when it has more than one rank (one all-to-all of the
+// counts); with ep null or of size 1 it returns the local plan without communicating.
+DispatchPlan plan_dispatch(const std::int64_t* expert_offset, std::int64_t experts,
+                           std::int64_t width, comm::Communicator* ep, Arena& arena);
 
 // slot_rows [S, width] (slot order) -> owner_rows [R, width] (expert-major on the owner).
 template <typename T>
-void dispatch_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* slot_rows, T* owner_rows);
+void dispatch_rows(const DispatchPlan& plan, comm::Communicator& ep, const T* slot_rows,
+                   T* owner_rows);
 
 // owner_rows [R, width] (expert-major) -> slot_rows [S, width] back on the sources.
 template <typename T>
-void combine_rows(const MoeCache<T>& c, comm::Communicator& ep, const T* owner_rows, T* slot_rows);
+void combine_rows(const DispatchPlan& plan, comm::Communicator& ep, const T* owner_rows,
+                  T* slot_rows);
 
 }  // namespace routemoe::layers

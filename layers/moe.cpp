@@ -143,16 +143,12 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
 
 namespace {
 
-bool expert_parallel(const comm::Communicator* ep) {
-  return ep != nullptr && ep->size() > 1;
-}
-
 // The local experts over their contiguous row blocks: one GEMM pair per expert.
 template <typename T>
 void experts_forward(const MoeDims& dims, const MoeWeights<T>& w, MoeCache<T>& c) {
   const std::int64_t d = dims.d, F = dims.d_ff;
-  for (std::int64_t e = 0; e < c.local_experts; ++e) {
-    const std::int64_t s0 = c.local_offset[e], rows = c.local_offset[e + 1] - s0;
+  for (std::int64_t e = 0; e < c.plan.local_experts; ++e) {
+    const std::int64_t s0 = c.plan.local_offset[e], rows = c.plan.local_offset[e + 1] - s0;
     if (rows == 0) continue;
     cpu::linear_forward<T>(c.ex_in + s0 * d, w.w1 + e * F * d, w.b1 + e * F, c.h_pre + s0 * F, rows,
                            d, F);
@@ -311,26 +307,21 @@ void moe_forward(const MoeDims& dims, const RouterOptions& opts, const MoeWeight
   // --- Experts: exchange to the owning ranks, one GEMM pair per expert, exchange back ------
   c.x_in = alloc_array<T>(arena, S * d);
   cpu::gather_rows_forward<T>(u, c.slot_token, c.x_in, S, N, d);
-  if (expert_parallel(in.ep)) {
-    RM_CHECK(E % in.ep->size() == 0,
-             fmt::format("{} experts over {} expert-parallel ranks", E, in.ep->size()));
-    plan_dispatch<T>(c, *in.ep, E, d, arena);
-    c.ex_in = alloc_array<T>(arena, c.owner_rows * d);
-    dispatch_rows<T>(c, *in.ep, c.x_in, c.ex_in);
+  c.plan = plan_dispatch(c.expert_offset, E, d, in.ep, arena);
+  if (c.plan.exchanges()) {
+    c.ex_in = alloc_array<T>(arena, c.plan.owner_rows * d);
+    dispatch_rows<T>(c.plan, *in.ep, c.x_in, c.ex_in);
   } else {
-    c.local_experts = E;
-    c.owner_rows = S;
-    c.local_offset = c.expert_offset;
     c.ex_in = c.x_in;
   }
-  const std::int64_t R = c.owner_rows;
+  const std::int64_t R = c.plan.owner_rows;
   c.h_pre = alloc_array<T>(arena, R * F);
   c.h_act = alloc_array<T>(arena, R * F);
   c.ex_out = alloc_array<T>(arena, R * d);
   experts_forward<T>(dims, w, c);
-  if (expert_parallel(in.ep)) {
+  if (c.plan.exchanges()) {
     c.y_out = alloc_array<T>(arena, S * d);
-    combine_rows<T>(c, *in.ep, c.ex_out, c.y_out);
+    combine_rows<T>(c.plan, *in.ep, c.ex_out, c.y_out);
   } else {
     c.y_out = c.ex_out;
   }
@@ -353,17 +344,17 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   cpu::scatter_add_rows_backward<T>(dy, c.slot_token, c.y_out, c.slot_gate, dy_out, dslot_gate, S,
                                     N, d);
   // --- Experts (on the owners) ------------------------------------------------------------
-  const bool ep = expert_parallel(in.ep);
-  const std::int64_t R = c.owner_rows;
+  const bool ep = c.plan.exchanges();
+  const std::int64_t R = c.plan.owner_rows;
   T* dex_out = dy_out;
   if (ep) {
     dex_out = alloc_array<T>(arena, R * d);
-    dispatch_rows<T>(c, *in.ep, dy_out, dex_out);
+    dispatch_rows<T>(c.plan, *in.ep, dy_out, dex_out);
   }
   T* dh = alloc_array<T>(arena, R * F);
   T* dex_in = alloc_array<T>(arena, R * d);
-  for (std::int64_t e = 0; e < c.local_experts; ++e) {
-    const std::int64_t s0 = c.local_offset[e], rows = c.local_offset[e + 1] - s0;
+  for (std::int64_t e = 0; e < c.plan.local_experts; ++e) {
+    const std::int64_t s0 = c.plan.local_offset[e], rows = c.plan.local_offset[e + 1] - s0;
     if (rows == 0) continue;
     cpu::linear_backward<T>(dex_out + s0 * d, c.h_act + s0 * F, w.w2 + e * d * F, dh + s0 * F,
                             g.w2 + e * d * F, g.b2 + e * d, rows, F, d);
@@ -374,7 +365,7 @@ void moe_backward(const MoeDims& dims, const RouterOptions& opts, const MoeWeigh
   T* dx_in = dex_in;
   if (ep) {
     dx_in = alloc_array<T>(arena, S * d);
-    combine_rows<T>(c, *in.ep, dex_in, dx_in);
+    combine_rows<T>(c.plan, *in.ep, dex_in, dx_in);
   }
   zero(du, N * d);
   cpu::gather_rows_backward<T>(dx_in, c.slot_token, du, S, N, d);

@@ -12,6 +12,7 @@
 #include "comm/communicator.h"
 #include "framework/arena.h"
 #include "framework/model_config.h"
+#include "layers/dispatch.h"
 
 namespace routemoe::layers {
 
@@ -94,27 +95,14 @@ struct MoeCache {
   T* slot_gate = nullptr;                 // [S]
   T* x_in = nullptr;                      // [S, d] expert inputs in slot order
   T* y_out = nullptr;                     // [S, d] expert outputs in slot order
-  // Expert side: the rows this rank's experts process, grouped by local expert, then by source
-  // rank, then in slot order (one contiguous block per expert). Without expert parallelism
-  // these alias the slot-order buffers.
-  std::int64_t local_experts = 0;        // E_local
-  std::int64_t owner_rows = 0;           // R rows received for the local experts
-  std::int64_t* local_offset = nullptr;  // [E_local + 1]
-  T* ex_in = nullptr;                    // [R, d]
-  T* h_pre = nullptr;                    // [R, d_ff] before GELU
-  T* h_act = nullptr;                    // [R, d_ff] after GELU
-  T* ex_out = nullptr;                   // [R, d]
-  // Exchange plan (expert parallelism only).
-  int ep_size = 1;
-  std::int64_t* send_rows = nullptr;    // [P] slots sent to each ep rank
-  std::int64_t* recv_rows = nullptr;    // [P] rows received from each ep rank
-  std::int64_t* recv_split = nullptr;   // [P * E_local] rows from rank p for local expert l
-  std::int64_t* owner_start = nullptr;  // [P * E_local] first expert-major row of (p, l)
-  // Exchange blocks (elements of rows of width d), one per (peer, local expert) on both sides,
-  // built once by plan_dispatch and used by all four row exchanges of the step.
-  comm::Communicator::Block* slot_blocks = nullptr;   // [P * E_local] in slot order
-  comm::Communicator::Block* owner_blocks = nullptr;  // [P * E_local] in expert-major order
-  std::int64_t* block_first = nullptr;                // [P + 1] = p * E_local
+  // Expert side: the rows this rank's experts process (see layers/dispatch.h), grouped by
+  // local expert, then by source rank, then in slot order. Without expert parallelism these
+  // alias the slot-order buffers.
+  DispatchPlan plan;
+  T* ex_in = nullptr;   // [R, d]
+  T* h_pre = nullptr;   // [R, d_ff] before GELU
+  T* h_act = nullptr;   // [R, d_ff] after GELU
+  T* ex_out = nullptr;  // [R, d]
   // Loss terms of this layer (already multiplied by nothing: raw values).
   double switch_loss = 0.0;  // E * sum_e f_e P_e
   double z_loss = 0.0;       // mean_i lse_i^2

@@ -30,7 +30,6 @@
 #include "framework/rng.h"
 #include "framework/timer.h"
 #include "layers/dispatch.h"
-#include "layers/moe.h"
 
 namespace routemoe::cli {
 
@@ -125,24 +124,14 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
   }
   std::vector<float> y_out(x_in.size());
   std::vector<std::int64_t> expert_offset = routing.expert_offset;
-  std::vector<std::int32_t> slot_token = routing.slot_token;
-  std::vector<std::int32_t> slot_pos = routing.slot_pos;
-
-  layers::MoeCache<float> c;
-  c.slots = S;
-  c.expert_offset = expert_offset.data();
-  c.slot_token = slot_token.data();
-  c.slot_pos = slot_pos.data();
-  c.x_in = x_in.data();
-  c.y_out = y_out.data();
-
+  layers::DispatchPlan c;
   Arena arena("bench-alltoall", Device::CPU);
   float* ex_in = nullptr;
   // One pass of the real code path; ex_in stays valid until the next arena reset.
   auto ours = [&](double* plan_s, double* dispatch_s, double* combine_s) {
     Timer t;
     arena.reset();
-    layers::plan_dispatch<float>(c, ep, E, d, arena);
+    c = layers::plan_dispatch(expert_offset.data(), E, d, &ep, arena);
     const double t_plan = t.seconds();
     ex_in = alloc_array<float>(arena, c.owner_rows * d);
     layers::dispatch_rows<float>(c, ep, x_in.data(), ex_in);
@@ -178,10 +167,15 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
   int so = 0, ro = 0;
   for (int p = 0; p < P; ++p) {
     const auto i = static_cast<std::size_t>(p);
-    sc[i] = static_cast<int>(c.send_rows[p] * d);
+    std::int64_t send = 0, recv = 0;
+    for (std::int64_t b = c.block_first[p]; b < c.block_first[p + 1]; ++b) {
+      send += c.slot_blocks[b].count;
+      recv += c.owner_blocks[b].count;
+    }
+    sc[i] = static_cast<int>(send);
     sd[i] = so;
     so += sc[i];
-    rc[i] = static_cast<int>(c.recv_rows[p] * d);
+    rc[i] = static_cast<int>(recv);
     rd[i] = ro;
     ro += rc[i];
   }
