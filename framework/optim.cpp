@@ -5,7 +5,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "framework/cpu/kernels.h"
+#include "framework/ops.h"
 #include "framework/error.h"
 #include "framework/params.h"
 
@@ -37,7 +37,7 @@ double lr_at(const OptimConfig& cfg, std::int64_t step, std::int64_t total_steps
 
 double local_grad_sq_norm(const ParamStore& params) {
   const Tensor g = params.grads_flat();  // padding is zero and adds nothing
-  return cpu::sum_squares<float>(g.data<float>(), g.numel());
+  return ops::sum_squares<float>(params.exec(), g.data<float>(), g.numel());
 }
 
 double clip_grads(ParamStore& params, double clip, double norm) {
@@ -45,7 +45,7 @@ double clip_grads(ParamStore& params, double clip, double norm) {
   const double factor = std::min(1.0, clip / (norm + 1e-6));
   if (factor < 1.0) {
     Tensor g = params.grads_flat();
-    cpu::scale<float>(g.data<float>(), static_cast<float>(factor), g.numel());
+    ops::scale<float>(params.exec(), g.data<float>(), static_cast<float>(factor), g.numel());
   }
   return factor;
 }
@@ -53,15 +53,15 @@ double clip_grads(ParamStore& params, double clip, double norm) {
 AdamW::AdamW(ParamStore& params, const OptimConfig& cfg)
     : params_(params),
       cfg_(cfg),
-      m_(Tensor::zeros(params.values_flat().shape())),
-      v_(Tensor::zeros(params.values_flat().shape())) {
+      m_(Tensor::zeros(params.values_flat().shape(), DType::F32, params.exec().device)),
+      v_(Tensor::zeros(params.values_flat().shape(), DType::F32, params.exec().device)) {
   cfg_.validate();
 }
 
 void AdamW::step(double lr) {
   ++t_;
   for (Param& p : params_.params()) {
-    cpu::AdamWHyper h;
+    ops::AdamWHyper h;
     h.lr = lr;
     h.beta1 = cfg_.beta1;
     h.beta2 = cfg_.beta2;
@@ -69,7 +69,7 @@ void AdamW::step(double lr) {
     h.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
     h.step = t_;
     const auto off = static_cast<std::int64_t>(p.offset);
-    cpu::adamw_update<float>(p.value.data<float>(), p.grad.data<float>(), m_.data<float>() + off,
+    ops::adamw_update<float>(params_.exec(), p.value.data<float>(), p.grad.data<float>(), m_.data<float>() + off,
                              v_.data<float>() + off, p.value.numel(), h);
   }
 }

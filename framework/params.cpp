@@ -17,7 +17,7 @@ std::size_t align_elems(std::size_t n) {
 }
 }  // namespace
 
-std::size_t ParamStore::declare(std::string name, Shape global_shape, InitSpec init, bool decay,
+Param& ParamStore::declare(std::string name, Shape global_shape, InitSpec init, bool decay,
                                 bool expert, std::int64_t expert_begin, std::int64_t expert_count) {
   RM_CHECK(!allocated_, fmt::format("parameter {} declared after allocation", name));
   RM_CHECK(find(name) == nullptr, fmt::format("parameter {} declared twice", name));
@@ -39,11 +39,13 @@ std::size_t ParamStore::declare(std::string name, Shape global_shape, InitSpec i
   p.init = init;
   p.stream = params_.size();
   params_.push_back(std::move(p));
-  return params_.size() - 1;
+  return params_.back();
 }
 
-void ParamStore::allocate() {
+void ParamStore::allocate(const Exec& exec) {
   RM_CHECK(!allocated_, "ParamStore::allocate called twice");
+  RM_CHECK(exec.device == Device::CPU, "parameters on a CUDA device are not supported yet");
+  exec_ = exec;
   std::size_t total = 0;
   for (Param& p : params_) {
     p.offset = total;

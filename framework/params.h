@@ -7,10 +7,12 @@
 // group holds experts [expert_begin, expert_begin + local experts) of the global tensor.
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "framework/exec.h"
 #include "framework/tensor.h"
 
 namespace routemoe {
@@ -42,18 +44,22 @@ class ParamStore {
   ParamStore(const ParamStore&) = delete;
   ParamStore& operator=(const ParamStore&) = delete;
 
-  // Declares a parameter; returns its index. Expert params pass the local expert range.
-  std::size_t declare(std::string name, Shape global_shape, InitSpec init, bool decay,
+  // Declares a parameter; the reference stays valid for the store's lifetime (its tensors are
+  // set by allocate()). Expert params pass the local expert range.
+  Param& declare(std::string name, Shape global_shape, InitSpec init, bool decay,
                       bool expert = false, std::int64_t expert_begin = 0,
                       std::int64_t expert_count = -1);
-  // Allocates the value and gradient buffers (CPU) and sets every Param's tensors.
-  void allocate();
+  // Allocates the value and gradient buffers where `exec` runs and sets every Param's tensors.
+  // Parameters live in host memory in this version (initialisation, checkpoints and the
+  // collectives read them there): a CUDA Exec is refused.
+  void allocate(const Exec& exec = Exec::cpu());
   // Fills every parameter from the Philox streams under `seed` (docs/model.md).
   void initialize(std::uint64_t seed);
   void zero_grads();
 
-  std::vector<Param>& params() { return params_; }
-  const std::vector<Param>& params() const { return params_; }
+  // In declaration order.
+  std::deque<Param>& params() { return params_; }
+  const std::deque<Param>& params() const { return params_; }
   Param& at(const std::string& name);
   const Param& at(const std::string& name) const;
   const Param* find(const std::string& name) const;
@@ -62,11 +68,14 @@ class ParamStore {
   Tensor values_flat() const { return values_; }
   Tensor grads_flat() const { return grads_; }
   std::int64_t numel() const;  // parameters held here, without padding
+  // Where the buffers live and the optimiser's work runs.
+  const Exec& exec() const { return exec_; }
 
  private:
-  std::vector<Param> params_;
+  std::deque<Param> params_;  // a deque: declaring never moves earlier parameters
   Tensor values_;
   Tensor grads_;
+  Exec exec_;
   bool allocated_ = false;
 };
 

@@ -1,11 +1,13 @@
 #pragma once
 // Causal multi-head self-attention with a fused QKV projection, able to hand its
 // head-averaged attention probabilities to the MoE layer (attention router) and to take their
-// gradient back. Templated on the element type (float runs, double checks gradients).
+// gradient back. Templated on the element type (float runs, double checks gradients); all work
+// goes through the device seam (framework/ops.h).
 
 #include <cstdint>
 
 #include "framework/arena.h"
+#include "framework/exec.h"
 
 namespace routemoe::layers {
 
@@ -43,13 +45,13 @@ struct AttentionCache {
 // out[N, d] = proj(merge_heads(softmax(q k^T / sqrt(dh) + causal mask) v)), from h[N, d].
 // avg_probs [B, T, T] (optional, may be null) = mean over heads of the probabilities.
 template <typename T>
-void attention_forward(const AttentionDims& dims, const AttentionWeights<T>& w, const T* h, T* out,
-                       T* avg_probs, AttentionCache<T>& cache, Arena& arena);
+void attention_forward(const Exec& ex, const AttentionDims& dims, const AttentionWeights<T>& w,
+                       const T* h, T* out, T* avg_probs, AttentionCache<T>& cache, Arena& arena);
 
 // dh[N, d] overwritten; parameter gradients +=. d_avg_probs [B, T, T] (optional) is the
 // gradient arriving at the head-averaged probabilities.
 template <typename T>
-void attention_backward(const AttentionDims& dims, const AttentionWeights<T>& w,
+void attention_backward(const Exec& ex, const AttentionDims& dims, const AttentionWeights<T>& w,
                         const AttentionGrads<T>& g, const T* h, const AttentionCache<T>& cache,
                         const T* dout, const T* d_avg_probs, T* dh, Arena& arena);
 

@@ -2,106 +2,194 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "comm/communicator.h"
-#include "framework/cpu/kernels.h"
 #include "framework/error.h"
+#include "framework/ops.h"
+#include "layers/attention.h"
+#include "layers/moe.h"
 
 namespace routemoe {
 
 using layers::AttentionCache;
 using layers::AttentionDims;
-using layers::AttentionGrads;
-using layers::AttentionWeights;
-using layers::MoeCache;
-using layers::MoeDims;
-using layers::MoeGrads;
-using layers::MoeWeights;
-using layers::RouterOptions;
+using layers::MoeLayer;
 
 namespace {
+
+float* value(const Param* p) {
+  return p->value.data<float>();
+}
+float* grad(const Param* p) {
+  return p->grad.data<float>();
+}
+
+struct LayerNormParams {
+  Param* w = nullptr;
+  Param* b = nullptr;
+};
+
+// Saved activations of one LayerNorm: output and per-row statistics.
+struct LayerNormOut {
+  float* y = nullptr;
+  float* mean = nullptr;
+  float* rstd = nullptr;
+};
+
+}  // namespace
+
+struct Model::Embeddings {
+  Param* wte = nullptr;  // [V, d], tied to the LM head
+  Param* wpe = nullptr;  // [seq_len, d]
+  LayerNormParams ln_f;
+};
+
+struct Model::Block {
+  std::int64_t index = 0;
+  LayerNormParams ln1, ln2;
+  Param *qkv_w = nullptr, *qkv_b = nullptr, *proj_w = nullptr, *proj_b = nullptr;
+  // Dense FFN blocks.
+  Param *fc_w = nullptr, *fc_b = nullptr, *fcp_w = nullptr, *fcp_b = nullptr;
+  // MoE blocks.
+  std::unique_ptr<MoeLayer<float>> moe;
+  std::vector<Param*> router;  // in Router::params order
+  Param *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;
+  // Saved activations of the current micro-batch (arena memory).
+  float* x_in = nullptr;  // [N, d] residual stream entering the block
+  LayerNormOut ln1_out;
+  AttentionCache<float> attn;
+  float* avg_probs = nullptr;               // [B, T, T] (attention router)
+  float* x_mid = nullptr;                   // [N, d] after the attention residual
+  LayerNormOut ln2_out;                     // u
+  const std::int32_t* prev_top1 = nullptr;  // the previous MoE layer's first choices (ac)
+  float* fc_pre = nullptr;                  // dense [N, d_ff]
+  float* fc_act = nullptr;
+
+  layers::AttentionWeights<float> attn_weights() const {
+    return {value(qkv_w), value(qkv_b), value(proj_w), value(proj_b)};
+  }
+  layers::AttentionGrads<float> attn_grads() const {
+    return {grad(qkv_w), grad(qkv_b), grad(proj_w), grad(proj_b)};
+  }
+  layers::MoeWeights<float> moe_weights() const {
+    layers::MoeWeights<float> w{{}, value(w1), value(b1), value(w2), value(b2)};
+    for (const Param* p : router) w.router.push_back(value(p));
+    return w;
+  }
+  layers::MoeGrads<float> moe_grads() const {
+    layers::MoeGrads<float> g{{}, grad(w1), grad(b1), grad(w2), grad(b2)};
+    for (const Param* p : router) g.router.push_back(grad(p));
+    return g;
+  }
+  layers::RouterInputs<float> router_inputs() const {
+    return {ln2_out.y, avg_probs, prev_top1, nullptr};
+  }
+};
+
+// One forward (and backward) pass over a micro-batch.
+struct Model::Pass {
+  std::int64_t batch = 0, seq = 0, tokens = 0;
+  bool backward = false;
+  bool dropless = false;
+  double grad_scale = 1.0;
+  std::int32_t* inputs = nullptr;     // [N] on the device
+  std::int32_t* targets = nullptr;    // [N]
+  std::int32_t* positions = nullptr;  // [N]
+  std::vector<std::int32_t> host_targets;
+  float* x = nullptr;  // [N, d] residual stream at the current point
+  const std::int32_t* prev_top1 = nullptr;
+  LayerNormOut lnf;
+  float* logits = nullptr;   // [N, V]
+  float* lse = nullptr;      // [N]
+  std::int64_t counted = 0;  // non-ignored targets
+  float* dx = nullptr;       // [N, d] gradient of the residual stream
+  float* du = nullptr;       // [N, d] gradient of a branch input
+  float* dln = nullptr;      // [N, d] LayerNorm input gradient
+  std::vector<RoutingView> routing;
+  std::vector<MoeLayerStats> moe;
+};
+
+namespace {
+
 bool is_no_decay(const std::string& name) {
   return name.ends_with("bias") || name.find("ln1.") != std::string::npos ||
          name.find("ln2.") != std::string::npos || name.starts_with("ln_f.");
 }
+
+LayerNormOut layernorm_forward(const Exec& ex, Arena& a, const LayerNormParams& ln, const float* x,
+                               std::int64_t n, std::int64_t d, float eps) {
+  LayerNormOut o{ops::alloc<float>(ex, a, n * d), ops::alloc<float>(ex, a, n),
+                 ops::alloc<float>(ex, a, n)};
+  ops::layernorm_forward<float>(ex, x, value(ln.w), value(ln.b), o.y, o.mean, o.rstd, n, d, eps);
+  return o;
+}
+
+// dx += LayerNorm backward of dy (scratch: dln [n, d]).
+void layernorm_backward_add(const Exec& ex, const LayerNormParams& ln, const LayerNormOut& o,
+                            const float* x, const float* dy, float* dln, float* dx, std::int64_t n,
+                            std::int64_t d) {
+  ops::layernorm_backward<float>(ex, dy, x, value(ln.w), o.mean, o.rstd, dln, grad(ln.w),
+                                 grad(ln.b), n, d);
+  ops::add<float>(ex, dx, dln, dx, n * d);
+}
+
 }  // namespace
 
-struct Model::Block {
-  std::int64_t index = 0;
-  std::int64_t moe_index = -1;  // -1: dense block
-  RouterKind router = RouterKind::TopK;
-  // Parameter indices into ParamStore.
-  std::size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
-  std::size_t fc_w = 0, fc_b = 0, fcp_w = 0, fcp_b = 0;                         // dense
-  std::size_t gate = SIZE_MAX, emb = SIZE_MAX, w1 = 0, b1 = 0, w2 = 0, b2 = 0;  // moe
-  // Saved activations of the current step (arena memory).
-  float* x_in = nullptr;  // [N, d] residual stream entering the block
-  float* ln1 = nullptr;   // [N, d]
-  float* ln1_mean = nullptr;
-  float* ln1_rstd = nullptr;
-  AttentionCache<float> attn;
-  float* avg_probs = nullptr;  // [B, T, T] (attention router)
-  float* x_mid = nullptr;      // [N, d] after the attention residual
-  float* ln2 = nullptr;        // [N, d] = u
-  float* ln2_mean = nullptr;
-  float* ln2_rstd = nullptr;
-  MoeCache<float> moe;
-  float* fc_pre = nullptr;  // dense [N, d_ff]
-  float* fc_act = nullptr;
-};
+// ----------------------------------------------------------------------------------------------
+// Parameters
 
-Model::Model(const ModelConfig& config, comm::Communicator* ep)
-    : config_(config), ep_(ep), activations_("activations", Device::CPU) {
+Model::Model(const ModelConfig& config, comm::Communicator* ep, Exec exec)
+    : config_(config),
+      ep_(ep),
+      exec_(exec),
+      embed_(std::make_unique<Embeddings>()),
+      activations_("activations", exec.device) {
   config_.validate();
   const int ep_size = ep != nullptr ? ep->size() : 1;
-  const int ep_rank = ep != nullptr ? ep->rank() : 0;
   RM_CHECK_KIND(Config, config_.n_experts % ep_size == 0,
                 fmt::format("model.n_experts {} is not divisible by the expert-parallel size {}",
                             config_.n_experts, ep_size));
   const std::int64_t local_experts = config_.n_experts / ep_size;
-  const std::int64_t first_expert = ep_rank * local_experts;
+  const std::int64_t first_expert = (ep != nullptr ? ep->rank() : 0) * local_experts;
   const ModelConfig& c = config_;
-  const std::int64_t d = c.d_model, V = c.vocab_size, F = c.d_ff, E = c.n_experts;
+  const std::int64_t d = c.d_model, F = c.d_ff, E = c.n_experts;
   const float proj_std =
       static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layers)));
   const InitSpec normal02{InitKind::Normal, 0.02f}, ones{InitKind::Ones, 0},
       zeros{InitKind::Zeros, 0};
   const InitSpec proj{InitKind::Normal, proj_std};
-  auto declare = [&](const std::string& name, Shape shape, InitSpec init, bool expert = false) {
-    return expert ? params_.declare(name, std::move(shape), init, !is_no_decay(name), true,
-                                    first_expert, local_experts)
-                  : params_.declare(name, std::move(shape), init, !is_no_decay(name));
+  auto declare = [&](const std::string& name, Shape shape, InitSpec init) {
+    return &params_.declare(name, std::move(shape), init, !is_no_decay(name));
   };
-  declare("wte", {V, d}, normal02);
-  declare("wpe", {c.seq_len, d}, InitSpec{InitKind::Normal, 0.01f});
+  auto declare_expert = [&](const std::string& name, Shape shape, InitSpec init, bool decay) {
+    return &params_.declare(name, std::move(shape), init, decay, true, first_expert, local_experts);
+  };
+  embed_->wte = declare("wte", {c.vocab_size, d}, normal02);
+  embed_->wpe = declare("wpe", {c.seq_len, d}, InitSpec{InitKind::Normal, 0.01f});
   std::int64_t moe_index = 0;
   for (std::int64_t l = 0; l < c.n_layers; ++l) {
     auto b = std::make_unique<Block>();
     b->index = l;
     const std::string p = fmt::format("blocks.{}.", l);
-    b->ln1_w = declare(p + "ln1.weight", {d}, ones);
-    b->ln1_b = declare(p + "ln1.bias", {d}, zeros);
+    b->ln1 = {declare(p + "ln1.weight", {d}, ones), declare(p + "ln1.bias", {d}, zeros)};
     b->qkv_w = declare(p + "attn.qkv.weight", {3 * d, d}, normal02);
     b->qkv_b = declare(p + "attn.qkv.bias", {3 * d}, zeros);
     b->proj_w = declare(p + "attn.proj.weight", {d, d}, proj);
     b->proj_b = declare(p + "attn.proj.bias", {d}, zeros);
-    b->ln2_w = declare(p + "ln2.weight", {d}, ones);
-    b->ln2_b = declare(p + "ln2.bias", {d}, zeros);
+    b->ln2 = {declare(p + "ln2.weight", {d}, ones), declare(p + "ln2.bias", {d}, zeros)};
     if (c.is_moe_block(l)) {
-      b->moe_index = moe_index;
-      b->router = c.effective_router(moe_index);
-      if (b->router == RouterKind::AC) {
-        b->emb = declare(p + "moe.expert_emb", {E, d}, InitSpec{InitKind::Orthogonal, 0.32f});
-      } else {
-        b->gate = declare(p + "moe.gate.weight", {E, d}, normal02);
+      layers::RouterOptions ro{c.effective_router(moe_index++), c.similarity_tau,
+                               c.similarity_causal};
+      b->moe = std::make_unique<MoeLayer<float>>(ro, ep);
+      for (const layers::ParamSpec& s : b->moe->router().params(d, E)) {
+        b->router.push_back(&params_.declare(p + "moe." + s.name, s.shape, s.init, s.decay));
       }
-      b->w1 = declare(p + "moe.experts.fc.weight", {E, F, d}, normal02, true);
-      b->b1 = declare(p + "moe.experts.fc.bias", {E, F}, zeros, true);
-      b->w2 = declare(p + "moe.experts.proj.weight", {E, d, F}, proj, true);
-      b->b2 = declare(p + "moe.experts.proj.bias", {E, d}, zeros, true);
-      ++moe_index;
+      const auto ex = MoeLayer<float>::expert_params(d, F, E, normal02, proj);
+      b->w1 = declare_expert(p + "moe." + ex[0].name, ex[0].shape, ex[0].init, ex[0].decay);
+      b->b1 = declare_expert(p + "moe." + ex[1].name, ex[1].shape, ex[1].init, ex[1].decay);
+      b->w2 = declare_expert(p + "moe." + ex[2].name, ex[2].shape, ex[2].init, ex[2].decay);
+      b->b2 = declare_expert(p + "moe." + ex[3].name, ex[3].shape, ex[3].init, ex[3].decay);
     } else {
       b->fc_w = declare(p + "mlp.fc.weight", {F, d}, normal02);
       b->fc_b = declare(p + "mlp.fc.bias", {F}, zeros);
@@ -110,13 +198,15 @@ Model::Model(const ModelConfig& config, comm::Communicator* ep)
     }
     blocks_.push_back(std::move(b));
   }
-  declare("ln_f.weight", {d}, ones);
-  declare("ln_f.bias", {d}, zeros);
-  params_.allocate();
+  embed_->ln_f = {declare("ln_f.weight", {d}, ones), declare("ln_f.bias", {d}, zeros)};
+  params_.allocate(exec_);
   params_.initialize(c.seed);
 }
 
 Model::~Model() = default;
+
+// ----------------------------------------------------------------------------------------------
+// Entry points
 
 StepStats Model::forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                                   std::int64_t batch, std::int64_t seq, double grad_scale) {
@@ -142,179 +232,212 @@ std::vector<ArenaStats> Model::memory_report() const {
   return {p, g, activations_.stats()};
 }
 
+double Model::step_flops(std::int64_t batch, std::int64_t seq) const {
+  const ModelConfig& c = config_;
+  const double B = static_cast<double>(batch), T = static_cast<double>(seq), N = B * T;
+  const double d = static_cast<double>(c.d_model), F = static_cast<double>(c.d_ff);
+  const double k = static_cast<double>(c.top_k);
+  double fwd = 2.0 * N * d * static_cast<double>(c.vocab_size);  // tied LM head
+  for (const auto& b : blocks_) {
+    fwd += 2.0 * N * d * 3.0 * d + 2.0 * 2.0 * B * T * T * d + 2.0 * N * d * d;  // attention
+    if (b->moe == nullptr) {
+      fwd += 2.0 * 2.0 * N * d * F;
+      continue;
+    }
+    fwd += 2.0 * 2.0 * (N * k) * d * F;  // experts
+    fwd += b->moe->router().flops({batch, seq, c.d_model, c.n_experts});
+  }
+  return 3.0 * fwd;  // backward = 2 x forward (gradients of both operands of every product)
+}
+
 StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
                      std::int64_t seq, bool backward, double grad_scale, float* logits_out,
                      bool dropless) {
-  const ModelConfig& c = config_;
-  RM_CHECK_KIND(Shape, batch >= 1 && seq >= 1 && seq <= c.seq_len,
-                fmt::format("batch {} x seq {} (seq_len {})", batch, seq, c.seq_len));
+  RM_CHECK_KIND(Shape, batch >= 1 && seq >= 1 && seq <= config_.seq_len,
+                fmt::format("batch {} x seq {} (seq_len {})", batch, seq, config_.seq_len));
   activations_.reset();
-  Arena& A = activations_;
-  const std::int64_t N = batch * seq, d = c.d_model, V = c.vocab_size, F = c.d_ff;
-  const float eps = static_cast<float>(c.ln_eps);
-  auto P = [&](std::size_t i) -> float* { return params_.params()[i].value.data<float>(); };
-  auto G = [&](std::size_t i) -> float* { return params_.params()[i].grad.data<float>(); };
-  const std::size_t wte = 0, wpe = 1;
-  const std::size_t lnf_w = params_.params().size() - 2, lnf_b = lnf_w + 1;
+  Pass pass;
+  pass.batch = batch;
+  pass.seq = seq;
+  pass.tokens = batch * seq;
+  pass.backward = backward;
+  pass.dropless = dropless;
+  pass.grad_scale = grad_scale;
+  pass.host_targets.assign(targets, targets + pass.tokens);
+  pass.inputs = ops::alloc<std::int32_t>(exec_, activations_, pass.tokens);
+  pass.targets = ops::alloc<std::int32_t>(exec_, activations_, pass.tokens);
+  ops::to_device<std::int32_t>(exec_, inputs, pass.inputs, pass.tokens);
+  ops::to_device<std::int32_t>(exec_, targets, pass.targets, pass.tokens);
 
-  // --- Embeddings ------------------------------------------------------------------------------
-  std::vector<std::int32_t> pos(static_cast<std::size_t>(N));
-  for (std::int64_t i = 0; i < N; ++i)
-    pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % seq);
-  float* x = alloc_array<float>(A, N * d);
-  float* tmp = alloc_array<float>(A, N * d);
-  cpu::embedding_forward<float>(inputs, P(wte), x, N, V, d);
-  cpu::embedding_forward<float>(pos.data(), P(wpe), tmp, N, c.seq_len, d);
-  cpu::add<float>(x, tmp, x, N * d);
-
-  // --- Blocks ----------------------------------------------------------------------------------
   StepStats stats;
-  routing_.clear();
-  const AttentionDims adims{batch, seq, d, c.n_heads};
-  const MoeDims mdims{batch, seq, d, F, c.n_experts, c.top_k, dropless ? 0.0 : c.capacity_factor};
-  const std::int32_t* prev_top1 = nullptr;
-  for (auto& bp : blocks_) {
-    Block& b = *bp;
-    b.x_in = x;
-    b.ln1 = alloc_array<float>(A, N * d);
-    b.ln1_mean = alloc_array<float>(A, N);
-    b.ln1_rstd = alloc_array<float>(A, N);
-    cpu::layernorm_forward<float>(x, P(b.ln1_w), P(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd, N, d,
-                                  eps);
-    const bool want_avg = b.moe_index >= 0 && b.router == RouterKind::Attention;
-    b.avg_probs = want_avg ? alloc_array<float>(A, batch * seq * seq) : nullptr;
-    float* attn_out = alloc_array<float>(A, N * d);
-    layers::attention_forward<float>(adims, {P(b.qkv_w), P(b.qkv_b), P(b.proj_w), P(b.proj_b)},
-                                     b.ln1, attn_out, b.avg_probs, b.attn, A);
-    b.x_mid = alloc_array<float>(A, N * d);
-    cpu::add<float>(x, attn_out, b.x_mid, N * d);
-    b.ln2 = alloc_array<float>(A, N * d);
-    b.ln2_mean = alloc_array<float>(A, N);
-    b.ln2_rstd = alloc_array<float>(A, N);
-    cpu::layernorm_forward<float>(b.x_mid, P(b.ln2_w), P(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd, N,
-                                  d, eps);
-    float* branch = alloc_array<float>(A, N * d);
-    if (b.moe_index >= 0) {
-      const RouterOptions opts{b.router, c.similarity_tau, c.similarity_causal, c.aux_loss_coef,
-                               c.z_loss_coef};
-      MoeWeights<float> w;
-      if (b.gate != SIZE_MAX) w.gate = P(b.gate);
-      if (b.emb != SIZE_MAX) w.expert_emb = P(b.emb);
-      w.w1 = P(b.w1);
-      w.b1 = P(b.b1);
-      w.w2 = P(b.w2);
-      w.b2 = P(b.b2);
-      layers::moe_forward<float>(mdims, opts, w, {b.ln2, b.avg_probs, prev_top1, nullptr, ep_},
-                                 branch, b.moe, A);
-      prev_top1 = b.moe.top1;
-      MoeLayerStats ms;
-      ms.layer = b.index;
-      ms.router = b.router;
-      ms.load.assign(static_cast<std::size_t>(c.n_experts), 0);
-      for (std::int64_t i = 0; i < N; ++i) ++ms.load[static_cast<std::size_t>(b.moe.top1[i])];
-      ms.switch_loss = b.moe.switch_loss;
-      ms.z_loss = b.moe.z_loss;
-      ms.dropped = b.moe.dropped;
-      stats.aux_loss += c.aux_loss_coef * ms.switch_loss + c.z_loss_coef * ms.z_loss;
-      stats.moe.push_back(std::move(ms));
-      routing_.push_back({N, c.top_k, c.n_experts, b.moe.choice, b.moe.gates,
-                          b.router == RouterKind::AC ? b.moe.probs : b.moe.select, b.moe.scale});
-    } else {
-      b.fc_pre = alloc_array<float>(A, N * F);
-      b.fc_act = alloc_array<float>(A, N * F);
-      cpu::linear_forward<float>(b.ln2, P(b.fc_w), P(b.fc_b), b.fc_pre, N, d, F);
-      cpu::gelu_forward<float>(b.fc_pre, b.fc_act, N * F);
-      cpu::linear_forward<float>(b.fc_act, P(b.fcp_w), P(b.fcp_b), branch, N, F, d);
-    }
-    float* x_out = alloc_array<float>(A, N * d);
-    cpu::add<float>(b.x_mid, branch, x_out, N * d);
-    x = x_out;
+  embed_forward(pass);
+  for (auto& b : blocks_) block_forward(*b, pass);
+  head_forward(pass, stats);
+  if (logits_out != nullptr) {
+    ops::to_host<float>(exec_, pass.logits, logits_out, pass.tokens * config_.vocab_size);
   }
-
-  // --- Head and loss -------------------------------------------------------------------------
-  float* lnf = alloc_array<float>(A, N * d);
-  float* lnf_mean = alloc_array<float>(A, N);
-  float* lnf_rstd = alloc_array<float>(A, N);
-  cpu::layernorm_forward<float>(x, P(lnf_w), P(lnf_b), lnf, lnf_mean, lnf_rstd, N, d, eps);
-  float* logits = alloc_array<float>(A, N * V);
-  cpu::linear_forward<float>(lnf, P(wte), nullptr, logits, N, d, V);
-  if (logits_out != nullptr) std::copy(logits, logits + N * V, logits_out);
-  float* losses = alloc_array<float>(A, N);
-  float* lse = alloc_array<float>(A, N);
-  cpu::cross_entropy_forward<float>(logits, targets, losses, lse, N, V);
-  double ce = 0;
-  std::int64_t count = 0;
-  for (std::int64_t i = 0; i < N; ++i) {
-    if (targets[i] < 0) continue;
-    ce += losses[i];
-    ++count;
+  for (const MoeLayerStats& m : pass.moe) {
+    stats.aux_loss += config_.aux_loss_coef * m.switch_loss + config_.z_loss_coef * m.z_loss;
   }
-  stats.tokens = count;
-  stats.ce_loss = count > 0 ? ce / static_cast<double>(count) : 0.0;
   stats.loss = stats.ce_loss + stats.aux_loss;
+  stats.moe = std::move(pass.moe);
+  routing_ = std::move(pass.routing);
   if (!backward) return stats;
 
-  // --- Backward --------------------------------------------------------------------------------
-  const float gs = static_cast<float>(grad_scale);
-  float* dloss = alloc_array<float>(A, N);
-  for (std::int64_t i = 0; i < N; ++i)
-    dloss[i] = targets[i] >= 0 && count > 0 ? gs / static_cast<float>(count) : 0.0f;
-  float* dlogits = alloc_array<float>(A, N * V);
-  cpu::cross_entropy_backward<float>(logits, targets, lse, dloss, dlogits, N, V);
-  float* dlnf = alloc_array<float>(A, N * d);
-  cpu::linear_backward<float>(dlogits, lnf, P(wte), dlnf, G(wte), nullptr, N, d, V);
-  float* dx = alloc_array<float>(A, N * d);
-  cpu::layernorm_backward<float>(dlnf, x, P(lnf_w), lnf_mean, lnf_rstd, dx, G(lnf_w), G(lnf_b), N,
-                                 d);
-  float* du = alloc_array<float>(A, N * d);
-  float* dln = alloc_array<float>(A, N * d);
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
-    Block& b = **it;
-    // Branch (MoE or dense FFN): dx flows into the branch output unchanged.
-    float* d_avg = nullptr;
-    if (b.moe_index >= 0) {
-      const RouterOptions opts{b.router, c.similarity_tau, c.similarity_causal,
-                               c.aux_loss_coef * grad_scale, c.z_loss_coef * grad_scale};
-      MoeWeights<float> w;
-      MoeGrads<float> g;
-      if (b.gate != SIZE_MAX) {
-        w.gate = P(b.gate);
-        g.gate = G(b.gate);
-      }
-      if (b.emb != SIZE_MAX) {
-        w.expert_emb = P(b.emb);
-        g.expert_emb = G(b.emb);
-      }
-      w.w1 = P(b.w1);
-      w.b1 = P(b.b1);
-      w.w2 = P(b.w2);
-      w.b2 = P(b.b2);
-      g.w1 = G(b.w1);
-      g.b1 = G(b.b1);
-      g.w2 = G(b.w2);
-      g.b2 = G(b.b2);
-      if (b.avg_probs != nullptr) d_avg = alloc_zeroed<float>(A, batch * seq * seq);
-      layers::moe_backward<float>(mdims, opts, w, g, {b.ln2, b.avg_probs, nullptr, nullptr, ep_},
-                                  b.moe, dx, du, d_avg, A);
-    } else {
-      float* dact = alloc_array<float>(A, N * F);
-      cpu::linear_backward<float>(dx, b.fc_act, P(b.fcp_w), dact, G(b.fcp_w), G(b.fcp_b), N, F, d);
-      cpu::gelu_backward<float>(b.fc_pre, dact, dact, N * F);
-      cpu::linear_backward<float>(dact, b.ln2, P(b.fc_w), du, G(b.fc_w), G(b.fc_b), N, d, F);
-    }
-    cpu::layernorm_backward<float>(du, b.x_mid, P(b.ln2_w), b.ln2_mean, b.ln2_rstd, dln, G(b.ln2_w),
-                                   G(b.ln2_b), N, d);
-    cpu::add<float>(dx, dln, dx, N * d);  // dx is now d(x_mid)
-    layers::attention_backward<float>(adims, {P(b.qkv_w), P(b.qkv_b), P(b.proj_w), P(b.proj_b)},
-                                      {G(b.qkv_w), G(b.qkv_b), G(b.proj_w), G(b.proj_b)}, b.ln1,
-                                      b.attn, dx, d_avg, du, A);
-    cpu::layernorm_backward<float>(du, b.x_in, P(b.ln1_w), b.ln1_mean, b.ln1_rstd, dln, G(b.ln1_w),
-                                   G(b.ln1_b), N, d);
-    cpu::add<float>(dx, dln, dx, N * d);  // d(x_in)
-  }
-  cpu::embedding_backward<float>(inputs, dx, G(wte), N, V, d);
-  cpu::embedding_backward<float>(pos.data(), dx, G(wpe), N, c.seq_len, d);
+  head_backward(pass);
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) block_backward(**it, pass);
+  embed_backward(pass);
   return stats;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Forward
+
+// x = wte[ids] + wpe[pos].
+void Model::embed_forward(Pass& p) {
+  const Exec& ex = exec_;
+  const std::int64_t N = p.tokens, d = config_.d_model;
+  std::vector<std::int32_t> pos(static_cast<std::size_t>(N));
+  for (std::int64_t i = 0; i < N; ++i)
+    pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % p.seq);
+  p.positions = ops::alloc<std::int32_t>(ex, activations_, N);
+  ops::to_device<std::int32_t>(ex, pos.data(), p.positions, N);
+  p.x = ops::alloc<float>(ex, activations_, N * d);
+  float* tmp = ops::alloc<float>(ex, activations_, N * d);
+  ops::gather_rows_forward<float>(ex, value(embed_->wte), p.inputs, p.x, N, config_.vocab_size, d);
+  ops::gather_rows_forward<float>(ex, value(embed_->wpe), p.positions, tmp, N, config_.seq_len, d);
+  ops::add<float>(ex, p.x, tmp, p.x, N * d);
+}
+
+// x += Attn(LN1(x)); x += FFN_or_MoE(LN2(x)).
+void Model::block_forward(Block& b, Pass& p) {
+  const Exec& ex = exec_;
+  Arena& A = activations_;
+  const ModelConfig& c = config_;
+  const std::int64_t N = p.tokens, d = c.d_model, F = c.d_ff;
+  const float eps = static_cast<float>(c.ln_eps);
+  b.x_in = p.x;
+  b.ln1_out = layernorm_forward(ex, A, b.ln1, p.x, N, d, eps);
+  const bool want_avg = b.moe != nullptr && b.moe->router().needs_attention();
+  b.avg_probs = want_avg ? ops::alloc<float>(ex, A, p.batch * p.seq * p.seq) : nullptr;
+  float* attn_out = ops::alloc<float>(ex, A, N * d);
+  layers::attention_forward<float>(ex, AttentionDims{p.batch, p.seq, d, c.n_heads},
+                                   b.attn_weights(), b.ln1_out.y, attn_out, b.avg_probs, b.attn, A);
+  b.x_mid = ops::alloc<float>(ex, A, N * d);
+  ops::add<float>(ex, p.x, attn_out, b.x_mid, N * d);
+  b.ln2_out = layernorm_forward(ex, A, b.ln2, b.x_mid, N, d, eps);
+  float* branch = ops::alloc<float>(ex, A, N * d);
+  if (b.moe != nullptr) {
+    b.prev_top1 = p.prev_top1;
+    const layers::MoeDims dims{
+        p.batch, p.seq, d, F, c.n_experts, c.top_k, p.dropless ? 0.0 : c.capacity_factor};
+    b.moe->forward(ex, dims, b.moe_weights(), b.router_inputs(), branch, A);
+    const auto& sel = b.moe->selection();
+    p.prev_top1 = sel.top1;
+    MoeLayerStats ms{b.index,
+                     b.moe->router().kind(),
+                     std::vector<std::int64_t>(c.n_experts, 0),
+                     b.moe->aux().switch_loss,
+                     b.moe->aux().z_loss,
+                     b.moe->slots().dropped};
+    std::vector<std::int32_t> top1(static_cast<std::size_t>(N));
+    ops::to_host<std::int32_t>(ex, sel.top1, top1.data(), N);
+    for (std::int32_t e : top1) ++ms.load[static_cast<std::size_t>(e)];
+    p.moe.push_back(std::move(ms));
+    p.routing.push_back({N, c.top_k, c.n_experts, sel.choice, sel.gates, b.moe->route().probs,
+                         b.moe->router().feature_weights()});
+  } else {
+    b.fc_pre = ops::alloc<float>(ex, A, N * F);
+    b.fc_act = ops::alloc<float>(ex, A, N * F);
+    ops::linear_forward<float>(ex, b.ln2_out.y, value(b.fc_w), value(b.fc_b), b.fc_pre, N, d, F);
+    ops::gelu_forward<float>(ex, b.fc_pre, b.fc_act, N * F);
+    ops::linear_forward<float>(ex, b.fc_act, value(b.fcp_w), value(b.fcp_b), branch, N, F, d);
+  }
+  p.x = ops::alloc<float>(ex, A, N * d);
+  ops::add<float>(ex, b.x_mid, branch, p.x, N * d);
+}
+
+// LN_f, logits against the tied wte, cross-entropy (targets of -1 are ignored).
+void Model::head_forward(Pass& p, StepStats& stats) {
+  const Exec& ex = exec_;
+  const std::int64_t N = p.tokens, d = config_.d_model, V = config_.vocab_size;
+  p.lnf = layernorm_forward(ex, activations_, embed_->ln_f, p.x, N, d,
+                            static_cast<float>(config_.ln_eps));
+  p.logits = ops::alloc<float>(ex, activations_, N * V);
+  ops::linear_forward<float>(ex, p.lnf.y, value(embed_->wte), nullptr, p.logits, N, d, V);
+  float* losses = ops::alloc<float>(ex, activations_, N);
+  p.lse = ops::alloc<float>(ex, activations_, N);
+  ops::cross_entropy_forward<float>(ex, p.logits, p.targets, losses, p.lse, N, V);
+  std::vector<float> host(static_cast<std::size_t>(N));
+  ops::to_host<float>(ex, losses, host.data(), N);
+  double ce = 0;
+  for (std::int64_t i = 0; i < N; ++i) {
+    if (p.host_targets[static_cast<std::size_t>(i)] < 0) continue;
+    ce += host[static_cast<std::size_t>(i)];
+    ++p.counted;
+  }
+  stats.tokens = p.counted;
+  stats.ce_loss = p.counted > 0 ? ce / static_cast<double>(p.counted) : 0.0;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Backward
+
+void Model::head_backward(Pass& p) {
+  const Exec& ex = exec_;
+  Arena& A = activations_;
+  const std::int64_t N = p.tokens, d = config_.d_model, V = config_.vocab_size;
+  const float gs = static_cast<float>(p.grad_scale);
+  std::vector<float> host(static_cast<std::size_t>(N));
+  for (std::int64_t i = 0; i < N; ++i) {
+    const bool counted = p.host_targets[static_cast<std::size_t>(i)] >= 0 && p.counted > 0;
+    host[static_cast<std::size_t>(i)] = counted ? gs / static_cast<float>(p.counted) : 0.0f;
+  }
+  float* dloss = ops::alloc<float>(ex, A, N);
+  ops::to_device<float>(ex, host.data(), dloss, N);
+  float* dlogits = ops::alloc<float>(ex, A, N * V);
+  ops::cross_entropy_backward<float>(ex, p.logits, p.targets, p.lse, dloss, dlogits, N, V);
+  float* dlnf = ops::alloc<float>(ex, A, N * d);
+  ops::linear_backward<float>(ex, dlogits, p.lnf.y, value(embed_->wte), dlnf, grad(embed_->wte),
+                              nullptr, N, d, V);
+  p.dx = ops::zeros<float>(ex, A, N * d);
+  p.du = ops::alloc<float>(ex, A, N * d);
+  p.dln = ops::alloc<float>(ex, A, N * d);
+  layernorm_backward_add(ex, embed_->ln_f, p.lnf, p.x, dlnf, p.dln, p.dx, N, d);
+}
+
+// dx (gradient of the block output) -> gradient of the block input, in place.
+void Model::block_backward(Block& b, Pass& p) {
+  const Exec& ex = exec_;
+  Arena& A = activations_;
+  const ModelConfig& c = config_;
+  const std::int64_t N = p.tokens, d = c.d_model, F = c.d_ff;
+  float* d_avg =
+      b.avg_probs != nullptr ? ops::zeros<float>(ex, A, p.batch * p.seq * p.seq) : nullptr;
+  if (b.moe != nullptr) {  // the branch gets dx unchanged
+    const layers::MoeLossCoefs coef{c.aux_loss_coef * p.grad_scale, c.z_loss_coef * p.grad_scale};
+    b.moe->backward(ex, b.moe_weights(), b.moe_grads(), b.router_inputs(), coef, p.dx, p.du, d_avg,
+                    A);
+  } else {
+    float* dact = ops::alloc<float>(ex, A, N * F);
+    ops::linear_backward<float>(ex, p.dx, b.fc_act, value(b.fcp_w), dact, grad(b.fcp_w),
+                                grad(b.fcp_b), N, F, d);
+    ops::gelu_backward<float>(ex, b.fc_pre, dact, dact, N * F);
+    ops::linear_backward<float>(ex, dact, b.ln2_out.y, value(b.fc_w), p.du, grad(b.fc_w),
+                                grad(b.fc_b), N, d, F);
+  }
+  layernorm_backward_add(ex, b.ln2, b.ln2_out, b.x_mid, p.du, p.dln, p.dx, N, d);  // d(x_mid)
+  layers::attention_backward<float>(ex, AttentionDims{p.batch, p.seq, d, c.n_heads},
+                                    b.attn_weights(), b.attn_grads(), b.ln1_out.y, b.attn, p.dx,
+                                    d_avg, p.du, A);
+  layernorm_backward_add(ex, b.ln1, b.ln1_out, b.x_in, p.du, p.dln, p.dx, N, d);  // d(x_in)
+}
+
+void Model::embed_backward(Pass& p) {
+  const Exec& ex = exec_;
+  const std::int64_t N = p.tokens, d = config_.d_model;
+  ops::gather_rows_backward<float>(ex, p.dx, p.inputs, grad(embed_->wte), N, config_.vocab_size, d);
+  ops::gather_rows_backward<float>(ex, p.dx, p.positions, grad(embed_->wpe), N, config_.seq_len, d);
 }
 
 }  // namespace routemoe

@@ -1,16 +1,16 @@
 #pragma once
-// The GPT-style MoE decoder of docs/model.md on one process (fp32, CPU): parameters, forward,
-// backward, losses, and the routing decisions of the last forward pass.
+// The GPT-style MoE decoder of docs/model.md: parameters, forward, backward, losses, and the
+// routing decisions of the last forward pass. Runs in fp32 through the device seam
+// (framework/ops.h) on the Exec it is given.
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "framework/arena.h"
+#include "framework/exec.h"
 #include "framework/model_config.h"
 #include "framework/params.h"
-#include "layers/attention.h"
-#include "layers/moe.h"
 
 namespace routemoe {
 
@@ -51,12 +51,14 @@ class Model {
  public:
   // `ep`: the expert-parallel group (null: all experts on this process). The model holds
   // experts [rank*E/P, (rank+1)*E/P) of every MoE layer; forward/backward are collective over ep.
-  explicit Model(const ModelConfig& config, comm::Communicator* ep = nullptr);
+  explicit Model(const ModelConfig& config, comm::Communicator* ep = nullptr,
+                 Exec exec = Exec::cpu());
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
   ~Model();
 
   const ModelConfig& config() const { return config_; }
+  const Exec& exec() const { return exec_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
 
@@ -73,16 +75,29 @@ class Model {
   // Routing of each MoE layer in the last forward (in MoE-layer order).
   std::vector<RoutingView> last_routing() const;
   std::vector<ArenaStats> memory_report() const;
+  // GEMM floating-point operations of one training step (forward + backward = 3 x forward) on
+  // `batch` sequences of `seq` tokens; elementwise work is not counted.
+  double step_flops(std::int64_t batch, std::int64_t seq) const;
 
  private:
   struct Block;
+  struct Embeddings;
+  struct Pass;
+  void embed_forward(Pass& pass);
+  void block_forward(Block& b, Pass& pass);
+  void head_forward(Pass& pass, StepStats& stats);
+  void head_backward(Pass& pass);
+  void block_backward(Block& b, Pass& pass);
+  void embed_backward(Pass& pass);
   StepStats run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
                 std::int64_t seq, bool backward, double grad_scale, float* logits_out,
                 bool dropless);
 
   ModelConfig config_;
   comm::Communicator* ep_ = nullptr;
+  Exec exec_;
   ParamStore params_;
+  std::unique_ptr<Embeddings> embed_;
   std::vector<std::unique_ptr<Block>> blocks_;
   Arena activations_;
   std::vector<RoutingView> routing_;

@@ -11,7 +11,7 @@
 
 #include "comm/mpi_runtime.h"
 #include "framework/arena.h"
-#include "framework/cpu/kernels.h"
+#include "framework/ops.h"
 #include "framework/data.h"
 #include "framework/error.h"
 #include "framework/optim.h"
@@ -89,10 +89,10 @@ double reduce_gradients(ParamStore& params, comm::ProcessGroups& groups) {
     if (p.expert) {
       if (groups.edp->size() > 1)
         groups.edp->all_reduce(g, n, comm::DataType::F32, comm::ReduceOp::Sum);
-      sq[1] += cpu::sum_squares<float>(g, n);
+      sq[1] += ops::sum_squares<float>(params.exec(), g, n);
     } else {
       if (dp) groups.world->all_reduce(g, n, comm::DataType::F32, comm::ReduceOp::Sum);
-      sq[0] += cpu::sum_squares<float>(g, n);
+      sq[0] += ops::sum_squares<float>(params.exec(), g, n);
     }
   }
   // Dense parameters are identical on every rank after the all-reduce: count them once. Each
@@ -128,7 +128,7 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
       Config, tc.batch_size % (static_cast<std::int64_t>(W) * tc.grad_accum) == 0,
       fmt::format("train.batch_size {} must be divisible by ranks ({}) x train.grad_accum ({})",
                   tc.batch_size, W, tc.grad_accum));
-  cpu::set_num_threads(tc.threads > 0 ? tc.threads : default_threads(comm::ranks_on_node()));
+  ops::set_num_threads(tc.threads > 0 ? tc.threads : default_threads(comm::ranks_on_node()));
 
   // Run directory (rank 0): never reuse one that holds an earlier run, unless resuming it.
   const fs::path out(tc.out_dir);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "framework/arena.h"
+#include "framework/cpu/moe_kernels.h"
 #include "layers/attention.h"
 #include "layers/moe.h"
 
@@ -61,7 +62,9 @@ class MoeGradient : public ::testing::TestWithParam<MoeCase> {};
 TEST_P(MoeGradient, MatchesFiniteDifferences) {
   const MoeCase tc = GetParam();
   MoeDims dims{2, 5, 6, 7, 4, tc.top_k, tc.capacity};
-  RouterOptions opts{tc.kind, 0.7, tc.causal, 0.3, 0.2};
+  const RouterOptions opts{tc.kind, 0.7, tc.causal};
+  const MoeLossCoefs coef{0.3, 0.2};
+  const Exec ex = Exec::cpu();
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, F = dims.d_ff, B = dims.batch,
                      T = dims.seq;
   std::mt19937 rng(1234);
@@ -83,13 +86,13 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
     prev[i] = static_cast<std::int32_t>((i * 7 + 3) % (E - 1));  // expert E-1 empty
   // AC feature weights held fixed, as in the backward (M carries no gradient).
   Vec scale(N * d);
-  ac_feature_weights<double>(dims, u.data(), prev.data(), scale.data());
-
   Arena arena("test", Device::CPU);
+  ac_feature_weights<double>(ex, dims.router(), u.data(), prev.data(), scale.data(), arena);
+
+  MoeLayer<double> layer(opts, nullptr);
   auto weights = [&] {
     MoeWeights<double> w;
-    w.gate = gate.data();
-    w.expert_emb = emb.data();
+    w.router = {tc.kind == RouterKind::AC ? emb.data() : gate.data()};
     w.w1 = w1.data();
     w.b1 = b1.data();
     w.w2 = w2.data();
@@ -97,29 +100,30 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
     return w;
   };
   const double* ac = tc.kind == RouterKind::AC ? scale.data() : nullptr;
-  auto inputs = [&] { return MoeInputs<double>{u.data(), avg.data(), prev.data(), ac, nullptr}; };
+  auto inputs = [&] { return RouterInputs<double>{u.data(), avg.data(), prev.data(), ac}; };
   auto objective = [&] {
     arena.reset();
-    MoeCache<double> cache;
     Vec y(N * d);
-    moe_forward<double>(dims, opts, weights(), inputs(), y.data(), cache, arena);
-    double L = opts.aux_coef * cache.switch_loss + opts.z_coef * cache.z_loss;
+    layer.forward(ex, dims, weights(), inputs(), y.data(), arena);
+    double L = coef.aux * layer.aux().switch_loss + coef.z * layer.aux().z_loss;
     for (std::int64_t i = 0; i < N * d; ++i) L += r[i] * y[i];
     return L;
   };
   // Analytic gradients.
   arena.reset();
-  MoeCache<double> cache;
   Vec y(N * d);
-  moe_forward<double>(dims, opts, weights(), inputs(), y.data(), cache, arena);
+  layer.forward(ex, dims, weights(), inputs(), y.data(), arena);
   if (tc.capacity > 0) {
-    EXPECT_GT(cache.dropped, 0) << "the capacity case must drop slots";
+    EXPECT_GT(layer.slots().dropped, 0) << "the capacity case must drop slots";
   }
   Vec du(N * d), dgate(E * d, 0.0), demb(E * d, 0.0), dw1(E * F * d, 0.0), db1(E * F, 0.0),
       dw2(E * d * F, 0.0), db2(E * d, 0.0), davg(B * T * T, 0.0);
-  MoeGrads<double> g{dgate.data(), demb.data(), dw1.data(), db1.data(), dw2.data(), db2.data()};
-  moe_backward<double>(dims, opts, weights(), g, inputs(), cache, r.data(), du.data(), davg.data(),
-                       arena);
+  MoeGrads<double> g{{tc.kind == RouterKind::AC ? demb.data() : dgate.data()},
+                     dw1.data(),
+                     db1.data(),
+                     dw2.data(),
+                     db2.data()};
+  layer.backward(ex, weights(), g, inputs(), coef, r.data(), du.data(), davg.data(), arena);
 
   expect_grad("u", u, du, objective);
   expect_grad("w1", w1, dw1, objective);
@@ -163,7 +167,8 @@ TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) 
     arena.reset();
     AttentionCache<double> cache;
     Vec out(N * d), avg(B * T * T);
-    attention_forward<double>(dims, w(), h.data(), out.data(), avg.data(), cache, arena);
+    attention_forward<double>(Exec::cpu(), dims, w(), h.data(), out.data(), avg.data(), cache,
+                              arena);
     double L = 0;
     for (std::int64_t i = 0; i < N * d; ++i) L += r[i] * out[i];
     for (std::int64_t i = 0; i < B * T * T; ++i) L += ra[i] * avg[i];
@@ -172,7 +177,7 @@ TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) 
   arena.reset();
   AttentionCache<double> cache;
   Vec out(N * d), avg(B * T * T);
-  attention_forward<double>(dims, w(), h.data(), out.data(), avg.data(), cache, arena);
+  attention_forward<double>(Exec::cpu(), dims, w(), h.data(), out.data(), avg.data(), cache, arena);
   // Causality: averaged probabilities vanish above the diagonal, rows sum to one.
   for (std::int64_t row = 0; row < B * T; ++row) {
     double s = 0;
@@ -185,7 +190,7 @@ TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) 
     EXPECT_NEAR(s, 1.0, 1e-12);
   }
   Vec dh(N * d), dqkv_w(3 * d * d, 0.0), dqkv_b(3 * d, 0.0), dproj_w(d * d, 0.0), dproj_b(d, 0.0);
-  attention_backward<double>(dims, w(),
+  attention_backward<double>(Exec::cpu(), dims, w(),
                              {dqkv_w.data(), dqkv_b.data(), dproj_w.data(), dproj_b.data()},
                              h.data(), cache, r.data(), ra.data(), dh.data(), arena);
   expect_grad("h", h, dh, objective);
@@ -213,16 +218,16 @@ Routed route(const MoeDims& dims, RouterKind kind, const std::vector<float>& u,
   for (std::int64_t e = 0; e < E; ++e)
     b2[e * d] = static_cast<float>(e + 1);  // expert e adds e+1 to feature 0
   Arena arena("test", Device::CPU);
-  MoeCache<float> c;
+  MoeLayer<float> layer(RouterOptions{kind, 1.0, true}, nullptr);
   Routed out;
   out.y.resize(N * d);
-  MoeWeights<float> w{gate.data(), nullptr, w1.data(), b1.data(), w2.data(), b2.data()};
-  moe_forward<float>(dims, RouterOptions{kind, 1.0, true, 0.01, 0.0}, w, MoeInputs<float>{u.data()},
-                     out.y.data(), c, arena);
-  out.choice.assign(c.choice, c.choice + N * K);
-  out.gates.assign(c.gates, c.gates + N * K);
-  out.kept.assign(c.kept, c.kept + N * K);
-  out.offsets.assign(c.expert_offset, c.expert_offset + E + 1);
+  MoeWeights<float> w{{gate.data()}, w1.data(), b1.data(), w2.data(), b2.data()};
+  layer.forward(Exec::cpu(), dims, w, RouterInputs<float>{u.data()}, out.y.data(), arena);
+  const Selection<float>& sel = layer.selection();
+  out.choice.assign(sel.choice, sel.choice + N * K);
+  out.gates.assign(sel.gates, sel.gates + N * K);
+  out.kept.assign(layer.slots().kept, layer.slots().kept + N * K);
+  out.offsets.assign(layer.slots().expert_offset, layer.slots().expert_offset + E + 1);
   return out;
 }
 
@@ -237,7 +242,7 @@ TEST(Routing, TiesGoToTheLowerExpertIndex) {
   }
   std::vector<float> x = {3, 1, 3, 2, 3};
   std::vector<std::int32_t> idx(3);
-  topk_rows<float>(x.data(), idx.data(), 1, 5, 3);
+  cpu::topk_rows<float>(x.data(), idx.data(), 1, 5, 3);
   EXPECT_EQ(idx, (std::vector<std::int32_t>{0, 2, 4}));
 }
 

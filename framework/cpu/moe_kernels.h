@@ -1,0 +1,132 @@
+#pragma once
+// CPU kernels of the MoE layer and its routers: routing scores, top-k and gates, auxiliary-loss
+// statistics, capacity and the slot plan, AC feature weights, grouped expert GEMMs, and the small
+// attention helpers (causal mask, head average). The conventions of framework/cpu/kernels.h hold
+// here too (row-major; float and double; zero sizes are no-ops; "+=" accumulates; index
+// arguments are range-checked and throw Error(Data); results do not depend on the thread count;
+// sums of float data are accumulated in double). docs/model.md gives the equations.
+
+#include <cstdint>
+
+namespace routemoe::cpu {
+
+// ----------------------------------------------------------------------------------------------
+// Attention helpers.
+// Causal mask of square score matrices: x viewed as [rows, t] where row r is query i = r % t;
+// x[r, j] = -inf for j > i.
+template <typename T>
+void mask_future(T* x, std::int64_t rows, std::int64_t t);
+// Head average: avg[b, m] = (1/heads) * sum_h p[b, h, m] for p[batch, heads, m] (overwritten).
+template <typename T>
+void head_mean(const T* p, T* avg, std::int64_t batch, std::int64_t heads, std::int64_t m);
+// Backward of head_mean: dp[b, h, m] += (1/heads) * davg[b, m].
+template <typename T>
+void head_mean_backward(const T* davg, T* dp, std::int64_t batch, std::int64_t heads,
+                        std::int64_t m);
+
+// ----------------------------------------------------------------------------------------------
+// Elementwise product y[n] = a[n] * b[n] (y may alias a or b).
+template <typename T>
+void mul(const T* a, const T* b, T* y, std::int64_t n);
+// Row-wise log-sum-exp: out[i] = log sum_j exp(x[i, j]) of x[n, e] (max-subtracted, double).
+template <typename T>
+void row_logsumexp(const T* x, T* out, std::int64_t n, std::int64_t e);
+// Gradient through p = softmax(z) and lse = logsumexp(z), row-wise over [n, e]:
+// dz = p * (dp - sum_j dp_j p_j) + dlse_i * p (overwritten; dz may alias dp).
+template <typename T>
+void softmax_lse_backward(const T* p, const T* dp, const T* dlse, T* dz, std::int64_t n,
+                          std::int64_t e);
+// Unit rows: unit[r, :] = x[r, :] / norm[r], norm[r] = |x[r, :]| (double accumulation) of
+// x[rows, cols]. A zero row throws Error(Data).
+template <typename T>
+void row_normalize(const T* x, T* unit, T* norm, std::int64_t rows, std::int64_t cols);
+// dx[r, :] += (dunit[r, :] - unit[r, :] * <unit[r, :], dunit[r, :]>) / norm[r].
+template <typename T>
+void row_normalize_backward(const T* unit, const T* norm, const T* dunit, T* dx, std::int64_t rows,
+                            std::int64_t cols);
+// x[n, e] = alpha * v[e] for every row (alpha * v computed in double, then rounded).
+template <typename T>
+void broadcast_row(const T* v, double alpha, T* x, std::int64_t n, std::int64_t e);
+
+// ----------------------------------------------------------------------------------------------
+// Top-k and gates.
+// idx[n, k] = the k largest entries of each row of x[n, e], best first; ties go to the lower
+// index and a NaN never wins over a number. Requires 1 <= k <= e.
+template <typename T>
+void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, std::int64_t k);
+
+// How the gate weights of the k chosen experts derive from the selection scores s[n, e]:
+//   Renormalize:     g_j = s[c_j] / sum_m s[c_m]            (softmax routers: s are probabilities)
+//   SoftmaxOfChosen: g_j = exp(s[c_j]) / sum_m exp(s[c_m])  (ac: s are scores)
+enum class GateRule { Renormalize, SoftmaxOfChosen };
+
+// gates[n, k] from s[n, e] at choice[n, k]; top1[n] = choice[i, 0].
+template <typename T>
+void topk_gates_forward(const T* s, const std::int32_t* choice, T* gates, std::int32_t* top1,
+                        std::int64_t n, std::int64_t e, std::int64_t k, GateRule rule);
+// ds[n, e] = gradient of the gates with respect to s (overwritten; zero off the chosen experts).
+template <typename T>
+void topk_gates_backward(const T* s, const std::int32_t* choice, const T* gates, const T* dgates,
+                         T* ds, std::int64_t n, std::int64_t e, std::int64_t k, GateRule rule);
+
+// ----------------------------------------------------------------------------------------------
+// Auxiliary-loss statistics.
+// frac[e] = (tokens i with top1[i] == e) / n  (overwritten; all zero when n == 0).
+template <typename T>
+void top1_fraction(const std::int32_t* top1, T* frac, std::int64_t n, std::int64_t e);
+// Switch loss E * sum_e frac[e] * P_e with P_e = mean_i probs[i, e] of probs[n, e] (0 when n == 0).
+template <typename T>
+double switch_loss(const T* frac, const T* probs, std::int64_t n, std::int64_t e);
+// mean_i x[i]^2 over n (0 when n == 0): the router z-loss of the log-sum-exps.
+template <typename T>
+double mean_square(const T* x, std::int64_t n);
+
+// ----------------------------------------------------------------------------------------------
+// Capacity and the slot plan. A slot is (token i, choice j); slot position i * k + j.
+// kept[n, k] = 1 when the slot fits its expert's capacity `cap` (cap < 0: unlimited). Slots are
+// admitted k-major: all first choices in token order, then all second choices, ...
+// counts[e] = kept slots of expert e (overwritten). Returns the number of dropped slots.
+std::int64_t capacity_keep(const std::int32_t* choice, std::uint8_t* kept, std::int64_t* counts,
+                           std::int64_t n, std::int64_t e, std::int64_t k, std::int64_t cap);
+// offset[e + 1] = exclusive prefix sum of counts[e] (offset[0] = 0).
+void expert_offsets(const std::int64_t* counts, std::int64_t* offset, std::int64_t e);
+// Kept slots grouped by expert (offset from expert_offsets), tokens in order within an expert:
+// slot_token[S], slot_pos[S] = i * k + j, slot_gate[S] = gates[i, j].
+template <typename T>
+void slot_plan(const std::int32_t* choice, const std::uint8_t* kept, const T* gates,
+               const std::int64_t* offset, std::int32_t* slot_token, std::int32_t* slot_pos,
+               T* slot_gate, std::int64_t n, std::int64_t e, std::int64_t k);
+
+// ----------------------------------------------------------------------------------------------
+// Adaptive Clustering router (docs/model.md, "ac"). With c = assign[n] the previous MoE layer's
+// top-1 expert of each token, in three passes (the sums may be added over ranks in between):
+// sum[e, d] += u[i, :] and count[e] += 1 over tokens with c_i = e.
+template <typename T>
+void ac_expert_sums(const T* u, const std::int32_t* assign, double* sum, double* count,
+                    std::int64_t n, std::int64_t d, std::int64_t e);
+// absdev[e, f] += |u[i, f] - sum[e, f] / count[e]| over tokens with c_i = e.
+template <typename T>
+void ac_expert_absdev(const T* u, const std::int32_t* assign, const double* sum,
+                      const double* count, double* absdev, std::int64_t n, std::int64_t d,
+                      std::int64_t e);
+// w[e, d] (overwritten): for experts with count > 0, 1 / (absdev / count + eps), every entry
+// clipped to at most clip_factor x the mean of all entries, then each feature column divided by
+// its mean over those experts. Rows of experts without tokens are 0 (they are never used).
+template <typename T>
+void ac_expert_weights(const double* absdev, const double* count, T* w, std::int64_t d,
+                       std::int64_t e, double eps, double clip_factor);
+
+// ----------------------------------------------------------------------------------------------
+// Grouped linear layer (the expert FFN GEMMs over all local experts): for g < groups, rows
+// [offset[g], offset[g + 1]) of x[R, in] give rows of y[R, out] = x @ w[g]^T + b[g], with
+// w[groups, out, in] and b[groups, out]. Groups run one after another.
+template <typename T>
+void grouped_linear_forward(const T* x, const T* w, const T* b, T* y, const std::int64_t* offset,
+                            std::int64_t groups, std::int64_t in, std::int64_t out);
+// dx[R, in] overwritten; dw[groups, out, in] += ; db[groups, out] += .
+template <typename T>
+void grouped_linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db,
+                             const std::int64_t* offset, std::int64_t groups, std::int64_t in,
+                             std::int64_t out);
+
+}  // namespace routemoe::cpu

@@ -1,0 +1,115 @@
+// The Adaptive Clustering router (docs/model.md, "ac"): features are scaled per expert by the
+// inverse dispersion of the tokens the previous MoE layer sent to that expert, M_i = w_{c_i};
+// scores s = (u ⊙ M) ê^T against unit expert embeddings ê; top-k on s, gates = softmax over the
+// chosen scores, routing probabilities softmax(s). M carries no gradient.
+
+#include "framework/error.h"
+#include "layers/routers/router.h"
+
+namespace routemoe::layers {
+
+namespace {
+
+template <typename T>
+class AcRouter final : public Router<T> {
+ public:
+  RouterKind kind() const override { return RouterKind::AC; }
+  std::vector<ParamSpec> params(std::int64_t d, std::int64_t experts) const override {
+    return {{"expert_emb", {experts, d}, InitSpec{InitKind::Orthogonal, kAcEmbeddingGain}, true}};
+  }
+  bool needs_previous_assignment() const override { return true; }
+  cpu::GateRule gate_rule() const override { return cpu::GateRule::SoftmaxOfChosen; }
+
+  RouteOutput<T> forward(const Exec& ex, const RouterDims& dims, std::span<const T* const> w,
+                         const RouterInputs<T>& in, Arena& arena) override {
+    const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
+    RM_CHECK(in.prev_top1 != nullptr || in.ac_scale != nullptr,
+             "ac router needs the previous layer's assignment");
+    T* m = ops::alloc<T>(ex, arena, N * d);
+    if (in.ac_scale != nullptr) {
+      ops::copy<T>(ex, in.ac_scale, m, N * d);
+    } else {
+      ac_feature_weights<T>(ex, dims, in.u, in.prev_top1, m, arena);
+    }
+    T* scaled = ops::alloc<T>(ex, arena, N * d);
+    ops::mul<T>(ex, in.u, m, scaled, N * d);
+    T* unit = ops::alloc<T>(ex, arena, E * d);
+    T* norm = ops::alloc<T>(ex, arena, E);
+    ops::row_normalize<T>(ex, w[0], unit, norm, E, d);
+    T* s = ops::alloc<T>(ex, arena, N * E);
+    T* lse = ops::alloc<T>(ex, arena, N);
+    T* probs = ops::alloc<T>(ex, arena, N * E);
+    ops::linear_forward<T>(ex, scaled, unit, nullptr, s, N, d, E);  // s = (u ⊙ M) ê^T
+    ops::row_logsumexp<T>(ex, s, lse, N, E);
+    ops::softmax_forward<T>(ex, s, probs, N, E);
+    scale_ = m;
+    scaled_ = scaled;
+    unit_ = unit;
+    norm_ = norm;
+    probs_ = probs;
+    return {s, probs, lse};
+  }
+
+  void backward(const Exec& ex, const RouterDims& dims, std::span<const T* const> /*w*/,
+                std::span<T* const> g, const RouterInputs<T>& /*in*/, const RouteGrads<T>& d, T* du,
+                T* /*d_attn_avg*/, Arena& arena) override {
+    const std::int64_t N = dims.tokens(), D = dims.d, E = dims.experts;
+    // s -> (select, probs = softmax(s), lse(s)).
+    T* ds = ops::alloc<T>(ex, arena, N * E);
+    ops::softmax_lse_backward<T>(ex, probs_, d.dprobs, d.dlse, ds, N, E);
+    ops::add<T>(ex, d.dselect, ds, ds, N * E);
+    // s = (u ⊙ M) ê^T: du += (ds ê) ⊙ M; dê = ds^T (u ⊙ M), then through ê = e / |e|.
+    T* dscaled = ops::alloc<T>(ex, arena, N * D);
+    ops::gemm<T>(ex, false, false, N, D, E, T(1), ds, E, unit_, D, T(0), dscaled, D);
+    ops::mul<T>(ex, dscaled, scale_, dscaled, N * D);
+    ops::add<T>(ex, du, dscaled, du, N * D);
+    T* dunit = ops::alloc<T>(ex, arena, E * D);
+    ops::gemm<T>(ex, true, false, E, D, N, T(1), ds, E, scaled_, D, T(0), dunit, D);
+    ops::row_normalize_backward<T>(ex, unit_, norm_, dunit, g[0], E, D);
+  }
+
+  // The score GEMM; the statistics and scaling are elementwise (not counted, as elsewhere).
+  double flops(const RouterDims& dims) const override {
+    return 2.0 * static_cast<double>(dims.tokens()) * static_cast<double>(dims.d) *
+           static_cast<double>(dims.experts);
+  }
+
+  const T* feature_weights() const override { return scale_; }
+
+ private:
+  const T* scale_ = nullptr;   // [N, d] M
+  const T* scaled_ = nullptr;  // [N, d] u ⊙ M
+  const T* unit_ = nullptr;    // [E, d] ê
+  const T* norm_ = nullptr;    // [E] |e|
+  const T* probs_ = nullptr;   // [N, E] softmax(s)
+};
+
+}  // namespace
+
+template <typename T>
+void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
+                        const std::int32_t* prev, T* m, Arena& arena) {
+  const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
+  double* sum = ops::zeros<double>(ex, arena, E * d);
+  double* count = ops::zeros<double>(ex, arena, E);
+  double* absdev = ops::zeros<double>(ex, arena, E * d);
+  T* w = ops::alloc<T>(ex, arena, E * d);
+  ops::ac_expert_sums<T>(ex, u, prev, sum, count, N, d, E);
+  ops::ac_expert_absdev<T>(ex, u, prev, sum, count, absdev, N, d, E);
+  ops::ac_expert_weights<T>(ex, absdev, count, w, d, E, kAcEpsilon, kAcClipFactor);
+  ops::gather_rows_forward<T>(ex, w, prev, m, N, E, d);
+}
+
+template <typename T>
+std::unique_ptr<Router<T>> make_ac_router(const RouterOptions& /*options*/) {
+  return std::make_unique<AcRouter<T>>();
+}
+
+template void ac_feature_weights<float>(const Exec&, const RouterDims&, const float*,
+                                        const std::int32_t*, float*, Arena&);
+template void ac_feature_weights<double>(const Exec&, const RouterDims&, const double*,
+                                         const std::int32_t*, double*, Arena&);
+template std::unique_ptr<Router<float>> make_ac_router<float>(const RouterOptions&);
+template std::unique_ptr<Router<double>> make_ac_router<double>(const RouterOptions&);
+
+}  // namespace routemoe::layers
