@@ -7,10 +7,10 @@
 //       within |a-b| <= atol + rtol*|b|; also step, epoch, data seed and steps_taken; with
 //       --routing the /routing record too (experts exactly, gates/probs/ac_scale as above).
 //   ckpt_harness compare-metrics A.jsonl B.jsonl --from S --to E [--rtol Y]
-//       the training lines of steps [S, E) agree: loss, ce_loss, aux_loss, lr, grad_norm and
-//       expert_load as printed (default), or the numbers within rtol (expert_load exactly
-//       either way unless --loads-free). When a step appears twice (a run resumed after a crash
-//       repeats the steps after its checkpoint), the last line counts.
+//       the training lines of steps [S, E) agree: loss, ce_loss, aux_loss, lr and grad_norm
+//       as printed (default) or within rtol, and expert_load exactly either way (integer
+//       counts). A field absent from a line is a mismatch. When a step appears twice (a run
+//       resumed after a crash repeats the steps after its checkpoint), the last line counts.
 //   ckpt_harness load FILE --config RUN/config.toml
 //       builds the model of the config, loads FILE as `routemoe train --resume` does and
 //       prints "digest <hex>" of everything loaded (parameters, moments, step, epoch, seed,
@@ -186,6 +186,43 @@ std::map<long, std::string> train_lines(const std::string& path) {
 
 int cmd_compare_metrics(const std::string& pa, const std::string& pb, long from, long to,
                         double rtol) {
+  // expert_load as integer counts, one list per MoE layer: "[[27, 12], [3, 36]]" -> {{27, 12},
+  // {3, 36}}. False for anything else (also an absent field), so that a malformed or missing load
+  // is a mismatch, never a vacuous pass.
+  using Loads = std::vector<std::vector<long long>>;
+  const auto parse_loads = [](const std::string& text, Loads& out) {
+    out.clear();
+    std::size_t i = 0;
+    const auto skip = [&] {
+      while (i < text.size() && text[i] == ' ') ++i;
+    };
+    const auto eat = [&](char c) {
+      skip();
+      if (i >= text.size() || text[i] != c) return false;
+      ++i;
+      return true;
+    };
+    if (!eat('[')) return false;
+    if (eat(']')) return (skip(), i == text.size());
+    do {
+      if (!eat('[')) return false;
+      out.emplace_back();
+      if (eat(']')) continue;
+      do {
+        skip();
+        std::size_t j = i;
+        while (j < text.size() && text[j] >= '0' && text[j] <= '9') ++j;
+        if (j == i || j - i > 18) return false;  // a non-negative count of at most 18 digits
+        out.back().push_back(std::stoll(text.substr(i, j - i)));
+        i = j;
+      } while (eat(','));
+      if (!eat(']')) return false;
+    } while (eat(','));
+    if (!eat(']')) return false;
+    skip();
+    return i == text.size();
+  };
+
   const std::map<long, std::string> a = train_lines(pa), b = train_lines(pb);
   int bad = 0;
   double worst = 0;
@@ -195,27 +232,56 @@ int cmd_compare_metrics(const std::string& pa, const std::string& pb, long from,
       ++bad;
       continue;
     }
-    for (const char* key : {"loss", "ce_loss", "aux_loss", "lr", "grad_norm", "expert_load"}) {
+    for (const char* key : {"loss", "ce_loss", "aux_loss", "lr", "grad_norm"}) {
       const std::string va = field(a.at(s), key), vb = field(b.at(s), key);
-      bool ok = va == vb;
-      if (rtol > 0 && std::strcmp(key, "expert_load") != 0) {
+      bool ok = !va.empty() && va == vb;
+      if (rtol > 0 && !va.empty() && !vb.empty()) {
         const double x = std::stod(va), y = std::stod(vb);
         const double rel = std::abs(x - y) / std::max(1e-12, std::abs(y));
         if (std::strcmp(key, "loss") == 0) worst = std::max(worst, rel);
         // grad_norm of a step on different layouts and aux_loss near 0 need an absolute floor.
         ok = rel <= rtol || std::abs(x - y) <= 2e-6;
-      } else if (rtol > 0) {
-        ok = true;  // expert loads may move by a token when the routing logits tie to rounding
       }
       if (!ok) {
-        std::printf("  step %ld %s: %s vs %s\n", s, key, va.c_str(), vb.c_str());
+        std::printf("  step %ld %s: %s vs %s\n", s, key, va.empty() ? "(absent)" : va.c_str(),
+                    vb.empty() ? "(absent)" : vb.c_str());
         ++bad;
       }
     }
+    // expert_load: exactly, also with --rtol. The counts are integers (first choices per expert,
+    // summed over ranks); the layouts that --rtol compares route identical micro-batches with
+    // logits equal to rounding, and their loads agree exactly (tests/ckpt/test_checkpoint.sh,
+    // reshard), so any difference is a routing difference.
+    const std::string ta = field(a.at(s), "expert_load"), tb = field(b.at(s), "expert_load");
+    Loads la, lb;
+    const bool pa_ok = parse_loads(ta, la), pb_ok = parse_loads(tb, lb);
+    std::string why;
+    if (!pa_ok || !pb_ok) {
+      why = "not a list of integer lists";
+    } else if (la.size() != lb.size()) {
+      why = fmt::format("{} vs {} MoE layers", la.size(), lb.size());
+    } else {
+      for (std::size_t m = 0; m < la.size() && why.empty(); ++m) {
+        if (la[m].size() != lb[m].size()) {
+          why = fmt::format("layer {}: {} vs {} experts", m, la[m].size(), lb[m].size());
+          continue;
+        }
+        for (std::size_t e = 0; e < la[m].size() && why.empty(); ++e) {
+          if (la[m][e] != lb[m][e])
+            why = fmt::format("layer {} expert {}: {} vs {} tokens", m, e, la[m][e], lb[m][e]);
+        }
+      }
+    }
+    if (!why.empty()) {
+      std::printf("  step %ld expert_load (%s): %s vs %s\n", s, why.c_str(),
+                  ta.empty() ? "(absent)" : ta.c_str(), tb.empty() ? "(absent)" : tb.c_str());
+      ++bad;
+    }
   }
-  std::printf("compare-metrics steps [%ld, %ld): %s, max loss rel diff %.3g: %s\n", from, to,
-              rtol > 0 ? fmt::format("rtol {}", rtol).c_str() : "exact text", worst,
-              bad == 0 ? "OK" : "MISMATCH");
+  std::printf(
+      "compare-metrics steps [%ld, %ld): %s, expert_load exact, max loss rel diff %.3g: %s\n", from,
+      to, rtol > 0 ? fmt::format("rtol {}", rtol).c_str() : "exact text", worst,
+      bad == 0 ? "OK" : "MISMATCH");
   return bad == 0 ? 0 : 1;
 }
 

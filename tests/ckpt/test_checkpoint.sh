@@ -40,7 +40,9 @@
 # division by sqrt(v) (measured there: <= 3e-6 after 10 steps); the bounds are loss 2e-5
 # relative and parameters 2e-5 absolute + 2e-4 relative, far below what a wrongly loaded slice
 # does: the "control" line of the case resumes a checkpoint with two experts of one layer
-# swapped, and its losses move by ~3e-4 relative (15x the bound).
+# swapped, and its losses move by ~3e-4 relative (15x the bound). expert_load is compared
+# exactly on every layout (the loads of steps 4..7 are identical on 1, 2 and 4 ranks); a second
+# control moves one token of one step between two experts and must fail, with and without rtol.
 #
 # Every wait is a poll with a deadline; nothing relies on a fixed sleep.
 set -euo pipefail
@@ -117,6 +119,20 @@ expect_refusal() {
   echo "ok $label: $msg"
 }
 
+# move_token <in.jsonl> <out.jsonl> <step>: a copy of a metrics file in which one token of MoE
+# layer 0 at <step> moved from expert 0 to expert 1 (or back when expert 0 has none).
+move_token() {
+  awk -v step="$3" '
+    index($0, "{\"step\": " step ",") == 1 && match($0, /"expert_load": \[\[[0-9]+, [0-9]+/) {
+      head = substr($0, 1, RSTART - 1)
+      tail = substr($0, RSTART + RLENGTH)
+      split(substr($0, RSTART + 17, RLENGTH - 17), n, ", ")
+      if (n[1] > 0) { n[1]--; n[2]++ } else { n[1]++; n[2]-- }
+      $0 = head "\"expert_load\": [[" n[1] ", " n[2] tail
+    }
+    { print }' "$1" >"$2"
+}
+
 # resume_case <np> <section.key=value...>
 resume_case() {
   local np=$1
@@ -178,6 +194,22 @@ case $case_name in
       fail "control: a checkpoint with two experts swapped passed the tolerance"
     fi
     echo "control (experts 0 and 3 of one layer swapped): $(tail -n 1 "$out/control.txt")"
+    # Control: expert_load is compared exactly, with and without --rtol. One token of step 5
+    # moved between two experts of MoE layer 0 (the total unchanged) must fail both ways.
+    move_token "$out/np4_ep4/metrics.jsonl" "$out/moved_rtol.jsonl" 5
+    move_token "$out/R2/metrics.jsonl" "$out/moved_exact.jsonl" 5
+    ! cmp -s "$out/R2/metrics.jsonl" "$out/moved_exact.jsonl" || fail "move_token changed nothing"
+    for mode in rtol exact; do
+      flags=()
+      [[ $mode == rtol ]] && flags=(--rtol 2e-5)
+      if "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/moved_$mode.jsonl" --from 4 --to 8 \
+        "${flags[@]}" >"$out/moved_$mode.txt"; then
+        fail "control: a changed expert_load passed compare-metrics ($mode)"
+      fi
+      grep -q "step 5 expert_load (layer 0 expert" "$out/moved_$mode.txt" ||
+        fail "control ($mode): compare-metrics failed without naming the changed load: $(cat "$out/moved_$mode.txt")"
+      echo "control (one token of step 5 moved, $mode): $(head -n 1 "$out/moved_$mode.txt")"
+    done
     echo "ok ($case_name): 2-rank checkpoint continued on 1 rank, 4 ranks ep 4 and 4 ranks ep 2 x dp 2"
     ;;
 

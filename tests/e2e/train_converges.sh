@@ -5,6 +5,15 @@
 # Newton's Opticks. A model that learned nothing beyond byte frequencies would sit at the
 # unigram entropy (3.16 nats/byte); the bound asks for at least 0.5 nats/byte below it, which
 # needs real context modelling (measured: 0.62-0.67 below for the four routers).
+#
+# The routing must not collapse either: a model that ignores the gate and sends every token to
+# experts 0 and 1 still learns the text through those two experts and would pass the loss bound.
+# In the last training line of metrics.jsonl (`expert_load`: tokens whose first choice is each
+# expert, per MoE layer), every expert of every layer must get at least 2.5% of its layer's
+# tokens, a tenth of the uniform share of 25%. Measured at step 150 (smallest share over the
+# 3 layers x 4 experts; 1024 tokens per layer): topk 17.0%, similarity 15.4%, attention 5.6%
+# (57 tokens; the attention router is the least balanced, its largest share is 66.7%), ac 19.0%.
+# The collapsed model gives 0% to experts 2 and 3.
 set -euo pipefail
 bin=$1 data=$2 run=$3 router=$4
 rm -rf "$run"
@@ -21,4 +30,26 @@ awk -v v="$val" -v u="$uni" 'BEGIN {
   printf "val loss %.4f, unigram entropy %.4f, bound %.4f\n", v, u, u - 0.5
   exit !(v < u - 0.5) }' || { echo "FAIL: validation loss not below the bound"; exit 1; }
 [[ -s $run/metrics.jsonl && -s $run/config.toml ]] || { echo "FAIL: run directory incomplete"; exit 1; }
+# "expert_load": [[a, b, c, d], [..], [..]] of the last training line -> one layer per line.
+loads=$({ grep '"expert_load"' "$run/metrics.jsonl" || true; } | tail -n 1 |
+  sed -E -e 's/.*"expert_load": \[(.*)\]\}$/\1/' -e 's/\], \[/\n/g' -e 's/[][ ]//g')
+[[ -n $loads ]] || { echo "FAIL: no expert_load in $run/metrics.jsonl"; exit 1; }
+awk -F, -v layers=3 -v experts=4 -v floor=0.025 '
+  NF != experts { printf "FAIL: layer %d has %d expert loads, expected %d\n", NR - 1, NF, experts; bad = 1; next }
+  {
+    sum = 0
+    for (e = 1; e <= NF; ++e) sum += $e
+    if (sum <= 0) { printf "FAIL: layer %d routed no tokens\n", NR - 1; bad = 1; next }
+    line = sprintf("expert load, MoE layer %d:", NR - 1)
+    for (e = 1; e <= NF; ++e) {
+      line = line sprintf(" %5.1f%%", 100 * $e / sum)
+      if ($e / sum < floor) { low = low sprintf(" layer %d expert %d (%d of %d);", NR - 1, e - 1, $e, sum) }
+    }
+    print line
+  }
+  END {
+    if (NR != layers) { printf "FAIL: %d MoE layers in expert_load, expected %d\n", NR, layers; exit 1 }
+    if (low != "") { printf "FAIL: expert load collapsed, below %.1f%% of a layer:%s\n", 100 * floor, low; exit 1 }
+    exit bad
+  }' <<<"$loads" || { echo "FAIL: expert loads of the last step"; exit 1; }
 echo "PASS"

@@ -9,7 +9,10 @@
 //
 // main(): `--expect-ranks N` makes the binary fail ("expected N ranks, got M") when the world has
 // another size; only rank 0 prints GoogleTest's report (other ranks print their failures), and
-// the failure flag is all-reduced so that a failure on any rank fails every rank.
+// the failure flag is all-reduced so that a failure on any rank fails every rank. The exit code
+// is 1 if any test failed on any rank, else 77 (ctest SKIP_RETURN_CODE) if any test was skipped
+// on any rank (the NCCL cases with fewer GPUs than ranks), else 0: ctest never reports a run
+// with skipped tests as passed, and a failure is never hidden behind a skip.
 //
 // Collectives must stay matched across ranks, so the tests use EXPECT (never ASSERT) between
 // collectives, and do their checks after the exchanges.
@@ -793,20 +796,31 @@ int main(int argc, char** argv) {
     listeners.Append(new comm::RankFailurePrinter(rank));
   }
   int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  int skipped = ::testing::UnitTest::GetInstance()->skipped_test_count();
 
-  // Any rank's failure fails every rank (and mpiexec).
-  int any_failed = failed;
-  if (MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+  // Any rank's failure fails every rank (and mpiexec); a skip on any rank makes every rank
+  // report skipped.
+  int any_failed = failed, max_skipped = skipped;
+  if (MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS ||
+      MPI_Allreduce(&skipped, &max_skipped, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
     any_failed = 1;
   if (rank == 0 && any_failed && !failed)
     std::fprintf(stderr, "test_comm: tests failed on another rank (see [rank N] lines)\n");
-  if (rank == 0)
-    std::printf("test_comm: %d rank(s), %s\n", size, any_failed ? "FAILED" : "all passed");
+  if (rank == 0) {
+    if (any_failed) {
+      std::printf("test_comm: %d rank(s), FAILED\n", size);
+    } else if (max_skipped > 0) {
+      std::printf("test_comm: %d rank(s), %d test(s) skipped; reporting skipped (77)\n", size,
+                  max_skipped);
+    } else {
+      std::printf("test_comm: %d rank(s), all passed\n", size);
+    }
+  }
   try {
     comm::finalize_mpi();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "test_comm: %s\n", e.what());
     return 1;
   }
-  return any_failed ? 1 : 0;
+  return any_failed ? 1 : max_skipped > 0 ? 77 : 0;
 }

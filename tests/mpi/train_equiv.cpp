@@ -1,13 +1,22 @@
 // Multi-rank training equivalence: the same global batches trained for a few steps on 1, 2 and
 // 4 ranks (any ep_size) must give the same loss trajectory and the same final parameters.
 //
-//   train_equiv --expect-ranks N --data DIR --router R --ep E --out FILE.h5 [--reference REF.h5]
+//   train_equiv --expect-ranks N --data DIR --router R --ep E --out FILE.h5
+//               [--reference REF.h5] [--repeat]
 //
 // Every run uses micro-batches of the same 2 sequences (grad_accum = 4 / ranks), so each
 // router sees exactly the same token groups whatever the rank count: the AC statistics and
 // the load-balancing loss are per micro-batch, as in the papers. The run writes its losses and
 // full parameters (expert shards gathered) to --out; with --reference it compares against a
 // file written by the 1-rank run.
+//
+// --repeat (the 1-rank entries, which write that reference): the same training runs a second
+// time in the same process, from a fresh model, and must give BIT-IDENTICAL step losses, final
+// parameters and expert loads. Training is deterministic by design (Philox streams keyed by
+// seed and step, fixed reduction orders), so any difference is a bug: uninitialised memory,
+// state leaking from one run into the next (arenas, data loader, caches), a race. --out is
+// written only when the repeat matched, so the multi-rank entries never compare against a
+// trajectory that does not reproduce.
 //
 // Tolerance (fp32): the rank count changes only the order of floating-point sums (gradient
 // all-reduces, expert rows arriving from several sources); the forward of a step is computed
@@ -25,6 +34,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -39,10 +49,12 @@ using namespace routemoe;
 
 namespace {
 
+// Every parameter by name, in the order of the parameter store.
+using Params = std::vector<std::pair<std::string, std::vector<float>>>;
+
 // Full (all experts) copy of every parameter, gathered over the ep group.
-std::vector<std::pair<std::string, std::vector<float>>> gather_params(Model& model,
-                                                                      comm::ProcessGroups& g) {
-  std::vector<std::pair<std::string, std::vector<float>>> out;
+Params gather_params(Model& model, comm::ProcessGroups& g) {
+  Params out;
   for (const Param& p : model.params().params()) {
     const std::int64_t n = p.value.numel();
     std::vector<float> full(static_cast<std::size_t>(n * (p.expert ? g.ep->size() : 1)));
@@ -56,9 +68,38 @@ std::vector<std::pair<std::string, std::vector<float>>> gather_params(Model& mod
   return out;
 }
 
+// Where two runs in one process differ bit for bit ("" when they do not).
+std::string first_difference(const TrainSummary& a, const Params& pa, const TrainSummary& b,
+                             const Params& pb) {
+  const auto same = [](const void* x, const void* y, std::size_t bytes) {
+    return std::memcmp(x, y, bytes) == 0;
+  };
+  if (a.losses.size() != b.losses.size())
+    return fmt::format("{} vs {} steps", a.losses.size(), b.losses.size());
+  for (std::size_t i = 0; i < a.losses.size(); ++i) {
+    if (!same(&a.losses[i], &b.losses[i], sizeof(double)))
+      return fmt::format("step {} loss {:.17g} vs {:.17g}", i, a.losses[i], b.losses[i]);
+  }
+  if (a.expert_load != b.expert_load) return "expert loads of the last step";
+  if (pa.size() != pb.size()) return fmt::format("{} vs {} parameters", pa.size(), pb.size());
+  for (std::size_t p = 0; p < pa.size(); ++p) {
+    const std::vector<float>& x = pa[p].second;
+    const std::vector<float>& y = pb[p].second;
+    if (pa[p].first != pb[p].first || x.size() != y.size())
+      return fmt::format("parameter {}: {} [{}] vs {} [{}]", p, pa[p].first, x.size(), pb[p].first,
+                         y.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (!same(&x[i], &y[i], sizeof(float)))
+        return fmt::format("{}[{}]: {:.9g} vs {:.9g}", pa[p].first, i, x[i], y[i]);
+    }
+  }
+  return "";
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"multi-rank training equivalence"};
   int expect = 1, ep = 1, steps = 10;
+  bool repeat = false;
   std::string data, router = "topk", out, reference;
   app.add_option("--expect-ranks", expect)->required();
   app.add_option("--data", data)->required();
@@ -67,6 +108,7 @@ int run(int argc, char** argv) {
   app.add_option("--steps", steps);
   app.add_option("--out", out)->required();
   app.add_option("--reference", reference);
+  app.add_flag("--repeat", repeat, "train twice in this process; the runs must be bit-identical");
   app.parse(argc, argv);
 
   comm::init_mpi(&argc, &argv);
@@ -98,16 +140,42 @@ int run(int argc, char** argv) {
   cfg.train.log_every = steps;
   cfg.train.threads = 1;
   cfg.train.progress = false;
-  cfg.train.out_dir = out + ".run";
   cfg.data.path = data;
   cfg.parallel.ep_size = ep;
-  if (groups.world->rank() == 0) std::filesystem::remove_all(cfg.train.out_dir);
-  groups.world->barrier();
 
-  std::vector<std::pair<std::string, std::vector<float>>> params;
-  const TrainSummary s =
-      run_training(cfg, groups, [&](Model& m) { params = gather_params(m, groups); });
+  // One training run in the run directory `dir` (removed first): its summary and the full
+  // parameters after it.
+  const auto train = [&](const std::string& dir, Params& params) {
+    cfg.train.out_dir = dir;
+    if (groups.world->rank() == 0) std::filesystem::remove_all(dir);
+    groups.world->barrier();
+    return run_training(cfg, groups, [&](Model& m) { params = gather_params(m, groups); });
+  };
+  if (groups.world->rank() == 0) std::filesystem::remove(out);  // never leave a stale result
+  Params params;
+  const TrainSummary s = train(out + ".run", params);
+  std::string repeat_diff;
+  if (repeat) {
+    Params params2;
+    const TrainSummary s2 = train(out + ".run2", params2);
+    repeat_diff = first_difference(s, params, s2, params2);
+  }
   if (groups.world->rank() != 0) return 0;
+  if (repeat) {
+    if (!repeat_diff.empty()) {
+      std::printf(
+          "train_equiv: %d rank(s), router %s: a second run in the same process differs: %s: "
+          "NOT REPRODUCIBLE (no output written)\n",
+          W, router.c_str(), repeat_diff.c_str());
+      return 1;
+    }
+    std::size_t values = 0;
+    for (const auto& p : params) values += p.second.size();
+    std::printf(
+        "train_equiv: %d rank(s), router %s: second run in the same process bit-identical (%zu "
+        "step losses, %zu parameter values, expert loads)\n",
+        W, router.c_str(), s.losses.size(), values);
+  }
 
   h5::File f = h5::File::create(out);
   std::vector<float> losses(s.losses.begin(), s.losses.end());

@@ -3,7 +3,7 @@
 // trajectory. check_parity.py recomputes all of it with the independent PyTorch model.
 //
 //   dump_model --out DUMP.h5 --router topk [--routers topk,ac] [--moe-every 1] [--capacity 0]
-//              [--steps 10] [--seed 7]
+//              [--tau 1] [--causal true] [--steps 10] [--seed 7]
 
 #include <fmt/format.h>
 
@@ -93,6 +93,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", mc.top_k, "experts per token");
   app.add_option("--capacity", mc.capacity_factor, "capacity factor (<= 0: dropless)");
   app.add_option("--causal", mc.similarity_causal, "similarity graph causal");
+  app.add_option("--tau", mc.similarity_tau, "similarity temperature tau (> 0)");
   app.add_option("--steps", steps, "AdamW steps in the trajectory");
   app.add_option("--batch", batch, "sequences per batch");
   app.add_option("--seed", seed, "initialisation and data seed");
