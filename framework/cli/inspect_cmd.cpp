@@ -32,6 +32,7 @@
 #include "framework/h5.h"
 #include "framework/json.h"
 #include "framework/optim.h"
+#include "framework/runfile.h"
 #include "framework/train/checkpoint.h"
 #include "layers/model.h"
 
@@ -100,12 +101,6 @@ TensorInfo tensor_info(const h5::File& f, const std::string& name) {
   return t;
 }
 
-std::string shape_text(const Shape& s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += fmt::format("{}{}", i ? ", " : "", s[i]);
-  return out + "]";
-}
-
 // The stored configuration (TOML) as a RunConfig, parsed like `routemoe train --config`.
 RunConfig parse_stored_config(const std::string& path, const std::string& toml) {
   std::string tmpl = (fs::temp_directory_path() / "routemoe-inspect-XXXXXX.toml").string();
@@ -150,85 +145,75 @@ struct LayerSummary {
   Shape ac_shape;
 };
 
-LayerSummary layer_summary(const h5::File& f, const std::string& g, std::int64_t n_experts) {
+// Summary of one layer of a routing record read by runfile::read_routing (which checked the
+// shapes and that every expert id is below n_experts).
+LayerSummary layer_summary(const runfile::RoutingRecord& rec, std::size_t m,
+                           std::int64_t n_experts) {
+  const runfile::LayerRouting& R = rec.layers[m];
   LayerSummary L;
-  if (f.has_attr(g, "router")) L.router = f.attr_string(g, "router");
-  Shape es, gs, ps;
-  const std::vector<std::int32_t> experts = f.read_i32(g + "/experts", &es);
-  RM_CHECK_KIND(
-      Data, es.size() == 2,
-      fmt::format("{}: {}/experts has shape {}, expected [P, k]", f.path(), g, shape_text(es)));
-  L.P = es[0];
-  L.k = es[1];
-  const std::vector<float> gates = f.read_f32(g + "/gates", &gs);
-  const std::vector<float> probs = f.read_f32(g + "/probs", &ps);
-  RM_CHECK_KIND(Data, gs == es && ps == es,
-                fmt::format("{}: {}: gates {} / probs {} do not match experts {}", f.path(), g,
-                            shape_text(gs), shape_text(ps), shape_text(es)));
+  L.router = R.router;
+  L.P = rec.tokens;
+  L.k = rec.top_k;
   L.first_load.assign(static_cast<std::size_t>(n_experts), 0);
-  for (std::int64_t i = 0; i < L.P; ++i) {
-    const std::int32_t e = experts[static_cast<std::size_t>(i * L.k)];
-    RM_CHECK_KIND(Data, e >= 0 && e < n_experts,
-                  fmt::format("{}: {}/experts holds expert {} (the model has {})", f.path(), g, e,
-                              n_experts));
-    ++L.first_load[static_cast<std::size_t>(e)];
-  }
+  for (std::int64_t i = 0; i < L.P; ++i) ++L.first_load[R.experts[i * L.k]];
   double gsum = 0, psum = 0;
-  for (float v : gates) gsum += v;
-  for (float v : probs) psum += v;
-  const double n = std::max<double>(1, static_cast<double>(gates.size()));
+  for (float v : R.gates) gsum += v;
+  for (float v : R.probs) psum += v;
+  const double n = std::max<double>(1, static_cast<double>(R.gates.size()));
   L.gate_mean = gsum / n;
   L.prob_mean = psum / n;
-  if (f.exists(g + "/ac_scale")) {
-    L.ac_scale = true;
-    L.ac_shape = f.shape_of(g + "/ac_scale");
-    (void)f.read_f32(g + "/ac_scale");  // verifies its checksum
-  }
+  L.ac_scale = !R.ac_scale.empty();
+  if (L.ac_scale) L.ac_shape = {rec.tokens, rec.d_model};
   return L;
 }
 
-std::string one_line(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return s;
+std::vector<LayerSummary> record_summary(const runfile::RoutingRecord& rec,
+                                         std::int64_t n_experts) {
+  std::vector<LayerSummary> out;
+  for (std::size_t m = 0; m < rec.layers.size(); ++m)
+    out.push_back(layer_summary(rec, m, n_experts));
+  return out;
 }
 
 int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
   const std::string& path = f.path();
-  const std::string config = f.attr_string("/", "config");
+  const runfile::CheckpointInfo info = runfile::read_checkpoint_info(f);
+  const std::string& config = info.config;
   const RunConfig cfg = parse_stored_config(path, config);
   // Load it as a resume would: every tensor's presence, shape, checksum and finiteness.
   Model model(cfg.model);
   AdamW opt(model.params(), cfg.optim);
   const CheckpointState st = load_checkpoint(path, model, opt);
-  const std::int64_t world_size = f.attr_int("/", "world_size");
-  const std::int64_t ep_size = f.attr_int("/", "ep_size");
+  const std::int64_t world_size = info.world_size;
+  const std::int64_t ep_size = info.ep_size;
   const std::int64_t steps_taken = f.attr_int("/optim", "steps_taken");
 
   std::vector<TensorInfo> params, moments;
-  for (const std::string& n : f.list("params")) params.push_back(tensor_info(f, "params/" + n));
+  const auto& [g_params, g_m, g_v] = runfile::kTensorGroups;
+  for (const std::string& n : f.list(g_params))
+    params.push_back(tensor_info(f, fmt::format("{}/{}", g_params, n)));
   std::int64_t param_numel = 0;
   for (const TensorInfo& t : params) param_numel += t.numel;
-  for (const char* g : {"optim/m", "optim/v"}) {
+  for (const char* g : {g_m, g_v}) {
     for (const std::string& n : f.list(g))
       moments.push_back(tensor_info(f, fmt::format("{}/{}", g, n)));
   }
   // Optimiser state: one m and one v per parameter.
-  const std::size_t n_m = f.list("optim/m").size(), n_v = f.list("optim/v").size();
+  const std::size_t n_m = f.list(g_m).size(), n_v = f.list(g_v).size();
   const bool optim_complete = n_m == params.size() && n_v == params.size();
 
   std::vector<LayerSummary> layers;
   std::int64_t r_step = -1, r_epoch = -1;
   std::string r_reason;
-  const bool has_routing = f.exists("routing");
+  const bool has_routing = f.exists(runfile::kRoutingGroup);
   if (has_routing) {
-    r_step = f.attr_int("routing", "step");
-    r_epoch = f.attr_int("routing", "epoch");
-    r_reason = f.attr_string("routing", "reason");
-    for (std::int64_t m = 0; f.exists(fmt::format("routing/layer{}", m)); ++m) {
-      layers.push_back(layer_summary(f, fmt::format("routing/layer{}", m), cfg.model.n_experts));
-    }
+    runfile::RoutingExpect expect;
+    expect.n_experts = cfg.model.n_experts;
+    const runfile::RoutingRecord rec = runfile::read_routing(f, runfile::kRoutingGroup, expect);
+    r_step = rec.step;
+    r_epoch = rec.epoch;
+    r_reason = rec.reason;
+    layers = record_summary(rec, cfg.model.n_experts);
   }
   const auto file_size = static_cast<double>(fs::file_size(path));
 
@@ -247,7 +232,7 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
         o += fmt::format(
             "{}{{\"name\": {}, \"shape\": {}, \"dtype\": \"{}\", \"numel\": {}, \"min\": {}, "
             "\"max\": {}, \"mean\": {}, \"nonfinite\": {}}}",
-            first ? "" : ", ", json_quote(t.name), shape_text(t.shape), t.dtype, t.numel,
+            first ? "" : ", ", json_quote(t.name), shape_str(t.shape), t.dtype, t.numel,
             jnum(t.min), jnum(t.max), jnum(t.mean), t.nonfinite);
         first = false;
       }
@@ -264,7 +249,7 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
             "\"gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
             m ? ", " : "", m, json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
             jnum(L.gate_mean), jnum(L.prob_mean),
-            L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
+            L.ac_scale ? shape_str(L.ac_shape) : std::string("null"));
       }
       o += "]}";
     } else {
@@ -282,8 +267,8 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
              world_size, ep_size);
   fmt::print("  model: {} parameters, {} layers ({} MoE, routers {}), d {}, {} experts top-{}\n",
              param_numel, cfg.model.n_layers, cfg.model.n_moe_layers(),
-             fmt::join(cfg.model.expanded_routers(), ","), cfg.model.d_model, cfg.model.n_experts,
-             cfg.model.top_k);
+             runfile::join_routers(cfg.model.expanded_routers()), cfg.model.d_model,
+             cfg.model.n_experts, cfg.model.top_k);
   fmt::print("  optimizer: AdamW state {} (m and v for {}/{} tensors), steps_taken {}\n",
              optim_complete ? "present" : "INCOMPLETE", std::min(n_m, n_v), params.size(),
              steps_taken);
@@ -294,7 +279,7 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
              "elements", "min", "max", "mean");
   for (const TensorInfo& t : params) {
     fmt::print("  {:<{}}  {:<16} {:<8} {:>10} {:>12.5g} {:>12.5g} {:>12.5g}{}\n", t.name, w,
-               shape_text(t.shape), t.dtype, t.numel, t.min, t.max, t.mean,
+               shape_str(t.shape), t.dtype, t.numel, t.min, t.max, t.mean,
                t.nonfinite ? fmt::format("  ({} non-finite)", t.nonfinite) : "");
   }
   double m_abs = 0, v_max = 0;
@@ -315,7 +300,7 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
           "  layer{} {:<10} P {} k {}  first-choice load [{}]  mean gate {:.4f}  mean prob "
           "{:.4f}{}\n",
           m, L.router, L.P, L.k, fmt::join(L.first_load, " "), L.gate_mean, L.prob_mean,
-          L.ac_scale ? fmt::format("  ac_scale {}", shape_text(L.ac_shape)) : "");
+          L.ac_scale ? fmt::format("  ac_scale {}", shape_str(L.ac_shape)) : "");
     }
   } else {
     fmt::print("\nrouting record: none\n");
@@ -338,32 +323,25 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
 
 int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
   const std::string& path = f.path();
-  const std::int64_t n_moe = f.attr_int("/", "n_moe_layers");
-  const std::int64_t top_k = f.attr_int("/", "top_k");
-  const std::int64_t n_experts = f.attr_int("/", "n_experts");
-  const std::int64_t seq_len = f.attr_int("/", "seq_len");
-  const std::string routers = f.attr_string("/", "routers");
-  const std::string config = f.attr_string("/", "config");
-  Shape probe_shape;
-  (void)f.read_i32("probe/tokens", &probe_shape);
+  const runfile::TraceInfo info = runfile::read_trace_info(f);
+  (void)f.read_i32(runfile::kProbeTokens);  // verifies its checksum
+  const std::int64_t n_moe = info.n_moe_layers, top_k = info.top_k, n_experts = info.n_experts;
+  const std::string routers = runfile::join_routers(info.routers);
   struct Rec {
-    std::string name;
+    std::string group;
     std::int64_t step, epoch;
     std::string reason;
     std::vector<LayerSummary> layers;
   };
   std::vector<Rec> recs;
-  for (const std::string& n : f.list("records")) {
-    const std::string g = "records/" + n;
-    Rec r{n, f.attr_int(g, "step"), f.attr_int(g, "epoch"), f.attr_string(g, "reason"), {}};
-    for (std::int64_t m = 0; m < n_moe; ++m) {
-      const std::string lg = fmt::format("{}/layer{}", g, m);
-      RM_CHECK_KIND(Data, f.exists(lg),
-                    fmt::format("{}: record {} has no layer{} (the trace has {} MoE layers)", path,
-                                n, m, n_moe));
-      r.layers.push_back(layer_summary(f, lg, n_experts));
-    }
-    recs.push_back(std::move(r));
+  runfile::RoutingExpect expect;
+  expect.layers = n_moe;
+  expect.tokens = info.probe_tokens;
+  expect.top_k = top_k;
+  expect.n_experts = n_experts;
+  for (const std::string& g : runfile::trace_record_groups(f)) {
+    const runfile::RoutingRecord rec = runfile::read_routing(f, g, expect);
+    recs.push_back({g, rec.step, rec.epoch, rec.reason, record_summary(rec, n_experts)});
   }
   if (json) {
     std::string o = "{";
@@ -372,22 +350,22 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
     o += fmt::format(
         "\"n_moe_layers\": {}, \"top_k\": {}, \"n_experts\": {}, \"seq_len\": {}, \"routers\": "
         "{}, ",
-        n_moe, top_k, n_experts, seq_len, json_quote(routers));
-    o += fmt::format("\"probe_tokens\": {}, \"config\": {}, \"records\": [",
-                     shape_numel(probe_shape), json_quote(config));
+        n_moe, top_k, n_experts, info.seq_len, json_quote(routers));
+    o += fmt::format("\"probe_tokens\": {}, \"config\": {}, \"records\": [", info.probe_tokens,
+                     json_quote(info.config));
     for (std::size_t i = 0; i < recs.size(); ++i) {
       const Rec& r = recs[i];
       o += fmt::format(
           "{}{{\"index\": {}, \"group\": {}, \"step\": {}, \"epoch\": {}, \"reason\": {}, "
           "\"layers\": [",
-          i ? ", " : "", i, json_quote("records/" + r.name), r.step, r.epoch, json_quote(r.reason));
+          i ? ", " : "", i, json_quote(r.group), r.step, r.epoch, json_quote(r.reason));
       for (std::size_t m = 0; m < r.layers.size(); ++m) {
         const LayerSummary& L = r.layers[m];
         o += fmt::format(
             "{}{{\"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], \"ac_scale\": "
             "{}}}",
             m ? ", " : "", json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
-            L.ac_scale ? shape_text(L.ac_shape) : std::string("null"));
+            L.ac_scale ? shape_str(L.ac_shape) : std::string("null"));
       }
       o += "]}";
     }
@@ -397,7 +375,7 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
   }
   fmt::print("{}: routemoe trace, format version {}\n", path, version);
   fmt::print("  {} MoE layers (routers {}), {} experts top-{}, seq_len {}, {} probe tokens\n",
-             n_moe, routers, n_experts, top_k, seq_len, shape_numel(probe_shape));
+             n_moe, routers, n_experts, top_k, info.seq_len, info.probe_tokens);
   fmt::print("  {} routing records\n\n", recs.size());
   fmt::print("  {:>5} {:>8} {:>6}  {:<10}  first-choice load per layer\n", "index", "step", "epoch",
              "reason");
@@ -412,26 +390,6 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
   return 0;
 }
 
-herr_t innermost(unsigned n, const H5E_error2_t* e, void* out) {
-  // Walked upwards: frame 0 is where HDF5 detected the problem (e.g. "truncated file: eof = ...").
-  if (n == 0 && e != nullptr && e->desc != nullptr) *static_cast<std::string*>(out) = e->desc;
-  return 0;
-}
-
-// Opens `path` read-only; a file HDF5 cannot open is refused with HDF5's own reason.
-h5::File open_explained(const std::string& path) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const hid_t probe = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (probe < 0) {
-    std::string why;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost, &why);
-    RM_FAIL(Data, fmt::format("{}: not a readable HDF5 file{}", path,
-                              why.empty() ? "" : " (" + why + ")"));
-  }
-  H5Fclose(probe);
-  return h5::File::open_read(path);
-}
-
 int inspect(const std::string& path, bool json) {
   std::error_code ec;
   RM_CHECK_KIND(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
@@ -439,20 +397,13 @@ int inspect(const std::string& path, bool json) {
                 fmt::format("{}: is a directory, expected a checkpoint or trace file", path));
   RM_CHECK_KIND(Io, fs::is_regular_file(path, ec), fmt::format("{}: not a regular file", path));
   RM_CHECK_KIND(Data, fs::file_size(path, ec) > 0, fmt::format("{}: empty file (0 bytes)", path));
-  const h5::File f = open_explained(path);
-  RM_CHECK_KIND(
-      Data, f.has_attr("/", "format"),
-      fmt::format("{}: not a routemoe checkpoint or trace (no 'format' attribute)", path));
-  const std::string format = f.attr_string("/", "format");
-  RM_CHECK_KIND(
-      Data, format == "routemoe-checkpoint" || format == "routemoe-trace",
-      fmt::format("{}: not a routemoe checkpoint or trace (format is '{}')", path, format));
-  const std::int64_t version = f.attr_int("/", "format_version");
-  RM_CHECK_KIND(Data, version >= 1 && version <= kCheckpointFormatVersion,
-                fmt::format("{}: {} format version {} is not supported (this build reads 1..{})",
-                            path, format, version, kCheckpointFormatVersion));
-  return format == "routemoe-trace" ? inspect_trace(f, json, version)
-                                    : inspect_checkpoint(f, json, version);
+  // A file HDF5 cannot open is refused with HDF5's own reason ("not a readable HDF5 file
+  // (truncated file: eof = ...)").
+  const h5::File f = h5::File::open_read(path);
+  const runfile::Header header =
+      runfile::check_header(f, path, {runfile::Kind::Checkpoint, runfile::Kind::Trace});
+  return header.kind == runfile::Kind::Trace ? inspect_trace(f, json, header.version)
+                                             : inspect_checkpoint(f, json, header.version);
 }
 
 }  // namespace
@@ -471,15 +422,11 @@ Runner register_inspect(CLI::App& app) {
   cmd->add_flag("--json", st->json, "print the facts as one JSON document instead of the text");
   return [st]() {
     try {
-      return inspect(st->path, st->json);
-    } catch (const std::exception& e) {
-      // One line naming the file: the detail of a routemoe::Error (without source location),
-      // prefixed with the path when the detail does not name it already.
-      const auto* err = dynamic_cast<const Error*>(&e);
-      std::string what = err != nullptr && !err->detail().empty() ? err->detail() : e.what();
-      if (what.find(st->path) == std::string::npos) what = fmt::format("{}: {}", st->path, what);
+      return runfile::reading(st->path, [&]() { return inspect(st->path, st->json); });
+    } catch (const Error& e) {
+      // One line naming the file (runfile::reading made sure of both).
       std::fflush(stdout);
-      std::fprintf(stderr, "routemoe inspect: %s\n", one_line(what).c_str());
+      std::fprintf(stderr, "routemoe inspect: %s\n", e.detail().c_str());
       return 1;
     }
   };

@@ -14,43 +14,14 @@
 #include "framework/error.h"
 #include "framework/h5.h"
 #include "framework/json.h"
+#include "framework/runfile.h"
+#include "framework/tensor.h"
 
 namespace routemoe::trace {
 
 namespace fs = std::filesystem;
 
-// TRACE_REQUIRE(kind, cond, detail): Error(kind) with just `detail` (which names the file), so
-// that the one-line message reads well on the command line.
-#define TRACE_REQUIRE(kind, cond, detail) \
-  do {                                    \
-    if (!(cond)) RM_FAIL(kind, (detail)); \
-  } while (0)
-
 namespace {
-
-constexpr const char* kTraceFormat = "routemoe-trace";
-constexpr const char* kCheckpointFormat = "routemoe-checkpoint";
-
-std::string shape_text(const std::vector<std::int64_t>& s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += fmt::format("{}{}", i ? ", " : "", s[i]);
-  return out + "]";
-}
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == ',') {
-      out.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
-  }
-  if (!cur.empty() || !out.empty()) out.push_back(cur);
-  return out;
-}
 
 // Parses a non-negative decimal number that makes up all of `s`; -1 otherwise.
 std::int64_t parse_index(const std::string& s) {
@@ -63,74 +34,18 @@ std::int64_t parse_index(const std::string& s) {
   return v;
 }
 
-// Opens `path` and checks the common header: an HDF5 file with a `format` attribute of a
-// routemoe trace or checkpoint and a format_version this reader knows. Returns the format.
-std::string check_header(const h5::File& f) {
-  const std::string& path = f.path();
-  TRACE_REQUIRE(
-      Data, f.has_attr("/", "format"),
-      fmt::format("{}: not a routemoe trace or checkpoint (no 'format' attribute)", path));
-  const std::string format = f.attr_string("/", "format");
-  TRACE_REQUIRE(
-      Data, format == kTraceFormat || format == kCheckpointFormat,
-      fmt::format("{}: not a routemoe trace or checkpoint (format is '{}')", path, format));
-  TRACE_REQUIRE(Data, f.has_attr("/", "format_version"),
-                fmt::format("{}: {} without a 'format_version' attribute", path, format));
-  const std::int64_t version = f.attr_int("/", "format_version");
-  TRACE_REQUIRE(Data, version <= kFormatVersion,
-                fmt::format("{}: format_version {} is newer than this routemoe reads ({}); use a "
-                            "newer routemoe",
-                            path, version, kFormatVersion));
-  TRACE_REQUIRE(Data, version >= 1, fmt::format("{}: invalid format_version {}", path, version));
-  return format;
-}
-
+// Opens `path` read-only: an existing file (not a directory) that HDF5 can open.
 h5::File open_checked(const std::string& path) {
   std::error_code ec;
-  TRACE_REQUIRE(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
-  TRACE_REQUIRE(Io, !fs::is_directory(path, ec),
+  RM_CHECK_KIND(Io, fs::exists(path, ec), fmt::format("{}: no such file or directory", path));
+  RM_CHECK_KIND(Io, !fs::is_directory(path, ec),
                 fmt::format("{}: is a directory, expected a trace or checkpoint file", path));
-  // h5::File::open_read says "not a readable HDF5 file" as an HDF5 error; say what was expected.
+  // h5::File::open_read says "not a readable HDF5 file (<HDF5's reason>)"; add what was expected.
   try {
     return h5::File::open_read(path);
-  } catch (const Error&) {
-    RM_FAIL(Data,
-            fmt::format("{}: not an HDF5 file (expected a routemoe trace or checkpoint)", path));
+  } catch (const Error& e) {
+    RM_FAIL(Data, fmt::format("{} (expected a routemoe trace or checkpoint)", e.detail()));
   }
-}
-
-// Reads the record group `group` (layers layer0..layer<n-1>), checking every experts dataset
-// against [n_probe, top_k] (both taken from the first record when still 0).
-Record read_record(const h5::File& f, const std::string& group, std::int64_t n_layers,
-                   std::int64_t& n_probe, std::int64_t& top_k) {
-  Record rec;
-  rec.origin = fmt::format("{}:{}", f.path(), group);
-  TRACE_REQUIRE(Data, f.exists(group), fmt::format("{}: missing group", rec.origin));
-  rec.step = f.attr_int(group, "step");
-  rec.epoch = f.attr_int(group, "epoch");
-  if (f.has_attr(group, "reason")) rec.reason = f.attr_string(group, "reason");
-  for (std::int64_t m = 0; m < n_layers; ++m) {
-    const std::string layer = fmt::format("{}/layer{}", group, m);
-    const std::string name = layer + "/experts";
-    TRACE_REQUIRE(Data, f.exists(name),
-                  fmt::format("{}: missing dataset layer{}/experts (the "
-                              "file has {} MoE layers)",
-                              rec.origin, m, n_layers));
-    LayerRouting lr;
-    std::vector<std::int64_t> shape;
-    lr.experts = f.read_i32(name, &shape);
-    if (n_probe == 0 && top_k == 0 && shape.size() == 2) {
-      n_probe = shape[0];
-      top_k = shape[1];
-    }
-    TRACE_REQUIRE(Data, shape.size() == 2 && shape[0] == n_probe && shape[1] == top_k,
-                  fmt::format("{}: layer{}/experts has shape {}, expected [{}, {}] (every record "
-                              "must route the same probe tokens with the same top_k)",
-                              rec.origin, m, shape_text(shape), n_probe, top_k));
-    if (f.has_attr(layer, "router")) lr.router = f.attr_string(layer, "router");
-    rec.layers.push_back(std::move(lr));
-  }
-  return rec;
 }
 
 // n_experts from the [model] section of a run's TOML configuration; 0 when absent.
@@ -218,29 +133,29 @@ double mean_of(const std::vector<double>& v) {
 
 void validate(const Run& run) {
   const std::string who = run.sources.empty() ? run.label : run.sources.front();
-  TRACE_REQUIRE(Data, run.n_moe_layers >= 1,
+  RM_CHECK_KIND(Data, run.n_moe_layers >= 1,
                 fmt::format("{}: no MoE layers (n_moe_layers = {})", who, run.n_moe_layers));
-  TRACE_REQUIRE(Data, run.top_k >= 1,
+  RM_CHECK_KIND(Data, run.top_k >= 1,
                 fmt::format("{}: top_k must be >= 1, got {}", who, run.top_k));
-  TRACE_REQUIRE(
+  RM_CHECK_KIND(
       Data, run.n_experts >= run.top_k,
       fmt::format("{}: n_experts {} is smaller than top_k {}", who, run.n_experts, run.top_k));
-  TRACE_REQUIRE(Data, run.n_probe >= 1, fmt::format("{}: empty probe set", who));
+  RM_CHECK_KIND(Data, run.n_probe >= 1, fmt::format("{}: empty probe set", who));
   const auto want = static_cast<std::size_t>(run.n_probe * run.top_k);
   for (const Record& rec : run.records) {
     const std::string& at = rec.origin.empty() ? who : rec.origin;
-    TRACE_REQUIRE(Data, static_cast<std::int64_t>(rec.layers.size()) == run.n_moe_layers,
+    RM_CHECK_KIND(Data, static_cast<std::int64_t>(rec.layers.size()) == run.n_moe_layers,
                   fmt::format("{}: record has {} MoE layers, expected {}", at, rec.layers.size(),
                               run.n_moe_layers));
     for (std::size_t m = 0; m < rec.layers.size(); ++m) {
       const auto& ex = rec.layers[m].experts;
-      TRACE_REQUIRE(Data, ex.size() == want,
+      RM_CHECK_KIND(Data, ex.size() == want,
                     fmt::format("{}: layer{} has {} expert ids, expected probe size {} x top_k {} "
                                 "(every record must route the same probe tokens with the same "
                                 "top_k)",
                                 at, m, ex.size(), run.n_probe, run.top_k));
       for (std::size_t i = 0; i < ex.size(); ++i) {
-        TRACE_REQUIRE(Data, ex[i] >= 0 && ex[i] < run.n_experts,
+        RM_CHECK_KIND(Data, ex[i] >= 0 && ex[i] < run.n_experts,
                       fmt::format("{}: layer{} token {} chooses expert {}, outside [0, {})", at, m,
                                   i / static_cast<std::size_t>(run.top_k), ex[i], run.n_experts));
       }
@@ -428,83 +343,74 @@ RunMetrics analyse(const Run& run) {
 // Reading files
 
 Run read_trace(const std::string& path) {
-  h5::File f = open_checked(path);
-  const std::string format = check_header(f);
-  TRACE_REQUIRE(Data, format == kTraceFormat,
-                fmt::format("{}: is a checkpoint, not a trace file", path));
-  Run run;
-  run.sources.push_back(path);
-  run.n_moe_layers = f.attr_int("/", "n_moe_layers");
-  run.top_k = f.attr_int("/", "top_k");
-  run.n_experts = f.attr_int("/", "n_experts");
-  if (f.has_attr("/", "routers")) run.routers = split_commas(f.attr_string("/", "routers"));
-  std::vector<std::int64_t> probe_shape = f.shape_of("/probe/tokens");
-  TRACE_REQUIRE(
-      Data, probe_shape.size() == 1,
-      fmt::format("{}: probe/tokens has shape {}, expected [P]", path, shape_text(probe_shape)));
-  run.n_probe = probe_shape[0];
-  TRACE_REQUIRE(Data, run.n_moe_layers >= 1 && run.top_k >= 1 && run.n_experts >= run.top_k,
-                fmt::format("{}: bad model attributes (n_moe_layers {}, top_k {}, n_experts {})",
-                            path, run.n_moe_layers, run.top_k, run.n_experts));
-  if (f.exists("/records")) {
-    std::vector<std::pair<std::int64_t, std::string>> names;
-    for (const std::string& name : f.list("/records")) {
-      const std::int64_t index = parse_index(name);
-      TRACE_REQUIRE(Data, index >= 0,
-                    fmt::format("{}: unexpected member records/{} (records are named by a "
-                                "6-digit index)",
-                                path, name));
-      names.emplace_back(index, name);
+  return runfile::reading(path, [&]() {
+    const h5::File f = open_checked(path);
+    runfile::check_header(f, path, {runfile::Kind::Trace});
+    const runfile::TraceInfo info = runfile::read_trace_info(f);
+    Run run;
+    run.sources.push_back(path);
+    run.n_moe_layers = info.n_moe_layers;
+    run.top_k = info.top_k;
+    run.n_experts = info.n_experts;
+    run.n_probe = info.probe_tokens;
+    run.routers = info.routers;
+    runfile::RoutingExpect expect;
+    expect.layers = run.n_moe_layers;
+    expect.tokens = run.n_probe;
+    expect.top_k = run.top_k;
+    expect.values = false;  // the metrics need the chosen experts only
+    for (const std::string& group : runfile::trace_record_groups(f)) {
+      run.records.push_back(runfile::read_routing(f, group, expect));
     }
-    std::sort(names.begin(), names.end());
-    for (const auto& [index, name] : names) {
-      std::int64_t p = run.n_probe, k = run.top_k;
-      run.records.push_back(read_record(f, "/records/" + name, run.n_moe_layers, p, k));
+    // The router each layer actually used (ac on the first MoE layer reports topk), when the
+    // records say so; else the `routers` attribute (the configured ones).
+    if (!run.records.empty() &&
+        std::none_of(run.records.back().layers.begin(), run.records.back().layers.end(),
+                     [](const LayerRouting& l) { return l.router.empty(); })) {
+      run.routers.clear();
+      for (const LayerRouting& l : run.records.back().layers) run.routers.push_back(l.router);
     }
-  }
-  // The router each layer actually used (ac on the first MoE layer reports topk), when the
-  // records say so; else the `routers` attribute (the configured ones).
-  if (!run.records.empty() &&
-      std::none_of(run.records.back().layers.begin(), run.records.back().layers.end(),
-                   [](const LayerRouting& l) { return l.router.empty(); })) {
-    run.routers.clear();
-    for (const LayerRouting& l : run.records.back().layers) run.routers.push_back(l.router);
-  }
-  validate(run);
-  return run;
+    validate(run);
+    return run;
+  });
 }
 
 Run read_checkpoints(const std::vector<std::string>& paths) {
   RM_CHECK(!paths.empty(), "no checkpoint files");
   Run run;
   for (const std::string& path : paths) {
-    h5::File f = open_checked(path);
-    const std::string format = check_header(f);
-    TRACE_REQUIRE(Data, format == kCheckpointFormat,
-                  fmt::format("{}: is a trace, not a checkpoint file", path));
-    TRACE_REQUIRE(Data, f.exists("/routing"),
-                  fmt::format("{}: checkpoint without a /routing record", path));
-    std::int64_t n_layers = 0;
-    for (const std::string& name : f.list("/routing")) {
-      if (name.rfind("layer", 0) == 0 && parse_index(name.substr(5)) >= 0) ++n_layers;
-    }
-    if (run.records.empty()) {
-      run.n_moe_layers = n_layers;
-      TRACE_REQUIRE(Data, n_layers >= 1, fmt::format("{}:/routing: no layer<m> groups", path));
-    }
-    TRACE_REQUIRE(Data, n_layers == run.n_moe_layers,
-                  fmt::format("{}:/routing has {} MoE layers, but {} has {}", path, n_layers,
-                              run.sources.front(), run.n_moe_layers));
-    run.records.push_back(read_record(f, "/routing", n_layers, run.n_probe, run.top_k));
-    run.sources.push_back(path);
-    std::int64_t e =
-        f.has_attr("/", "config") ? n_experts_from_config(f.attr_string("/", "config")) : 0;
-    if (e > 0) {
-      TRACE_REQUIRE(Data, run.n_experts == 0 || run.n_experts == e,
-                    fmt::format("{}: n_experts {} differs from {} in {}", path, e, run.n_experts,
-                                run.sources.front()));
-      run.n_experts = e;
-    }
+    runfile::reading(path, [&]() {
+      const h5::File f = open_checked(path);
+      runfile::check_header(f, path, {runfile::Kind::Checkpoint});
+      RM_CHECK_KIND(Data, f.exists(runfile::kRoutingGroup),
+                    fmt::format("{}: checkpoint without a /routing record", path));
+      // The first checkpoint fixes the layer count, P and k; the others must agree.
+      runfile::RoutingExpect expect;
+      expect.tokens = run.n_probe;
+      expect.top_k = run.top_k;
+      expect.values = false;
+      runfile::RoutingRecord rec = runfile::read_routing(f, runfile::kRoutingGroup, expect);
+      const auto n_layers = static_cast<std::int64_t>(rec.layers.size());
+      if (run.records.empty()) {
+        RM_CHECK_KIND(Data, n_layers >= 1, fmt::format("{}:/routing: no layer<m> groups", path));
+        run.n_moe_layers = n_layers;
+        run.n_probe = rec.tokens;
+        run.top_k = rec.top_k;
+      }
+      RM_CHECK_KIND(Data, n_layers == run.n_moe_layers,
+                    fmt::format("{}:/routing has {} MoE layers, but {} has {}", path, n_layers,
+                                run.sources.front(), run.n_moe_layers));
+      run.records.push_back(std::move(rec));
+      run.sources.push_back(path);
+      const std::int64_t e =
+          f.has_attr("/", "config") ? n_experts_from_config(f.attr_string("/", "config")) : 0;
+      if (e > 0) {
+        RM_CHECK_KIND(Data, run.n_experts == 0 || run.n_experts == e,
+                      fmt::format("{}: n_experts {} differs from {} in {}", path, e, run.n_experts,
+                                  run.sources.front()));
+        run.n_experts = e;
+      }
+    });
   }
   if (run.n_experts == 0) {
     // No configuration to read it from: the largest expert id seen bounds it from below.
@@ -549,7 +455,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
   };
   for (const std::string& input : inputs) {
     std::error_code ec;
-    TRACE_REQUIRE(Io, fs::exists(input, ec), fmt::format("{}: no such file or directory", input));
+    RM_CHECK_KIND(Io, fs::exists(input, ec), fmt::format("{}: no such file or directory", input));
     if (fs::is_directory(input, ec)) {
       const fs::path trace = fs::path(input) / "trace.h5";
       if (fs::exists(trace, ec)) {
@@ -566,15 +472,18 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
           }
         }
       }
-      TRACE_REQUIRE(
+      RM_CHECK_KIND(
           Io, !ckpts.empty(),
           fmt::format("{}: run directory without trace.h5 or checkpoints/ckpt_*.h5", input));
       std::sort(ckpts.begin(), ckpts.end());
       for (const std::string& c : ckpts) add_checkpoint(c);
       continue;
     }
-    const std::string format = check_header(open_checked(input));
-    if (format == kTraceFormat) {
+    const runfile::Header header = runfile::reading(input, [&]() {
+      return runfile::check_header(open_checked(input), input,
+                                   {runfile::Kind::Trace, runfile::Kind::Checkpoint});
+    });
+    if (header.kind == runfile::Kind::Trace) {
       const fs::path p(input);
       const std::string label = p.filename() == "trace.h5"
                                     ? run_dir_name(fs::absolute(p).parent_path())
@@ -584,7 +493,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
       add_checkpoint(input);
     }
   }
-  TRACE_REQUIRE(
+  RM_CHECK_KIND(
       Config, labels.empty() || labels.size() == pending.size(),
       fmt::format("--label gives {} label(s) for {} run(s)", labels.size(), pending.size()));
   std::vector<Run> runs;
@@ -616,8 +525,7 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
       sources += (i ? ", " : "") + run.sources[i];
     }
     out += fmt::format("== run {}: {}\n", run.label, sources);
-    std::string routers;
-    for (std::size_t i = 0; i < run.routers.size(); ++i) routers += (i ? "," : "") + run.routers[i];
+    const std::string routers = runfile::join_routers(run.routers);
     out += fmt::format("   {} record(s)", run.records.size());
     if (!run.records.empty()) {
       out +=
@@ -881,10 +789,10 @@ void write_text_file(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TRACE_REQUIRE(Io, out.good(), fmt::format("{}: cannot open for writing", tmp));
+    RM_CHECK_KIND(Io, out.good(), fmt::format("{}: cannot open for writing", tmp));
     out << text;
     out.flush();
-    TRACE_REQUIRE(Io, out.good(), fmt::format("{}: write failed", tmp));
+    RM_CHECK_KIND(Io, out.good(), fmt::format("{}: write failed", tmp));
   }
   std::error_code ec;
   fs::rename(tmp, path, ec);
@@ -898,7 +806,7 @@ std::vector<std::string> write_csv_dir(const std::string& dir,
                                        const std::vector<RunMetrics>& metrics) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  TRACE_REQUIRE(Io, !ec && fs::is_directory(dir),
+  RM_CHECK_KIND(Io, !ec && fs::is_directory(dir),
                 fmt::format("{}: cannot create directory: {}", dir, ec.message()));
   const std::vector<std::pair<std::string, std::string>> files{
       {"flips.csv", flips_csv(metrics)},

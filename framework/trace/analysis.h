@@ -7,31 +7,22 @@
 //   - per layer, at the last record: the expert load histogram (first choices) and its entropy;
 //   - for consecutive MoE layers: top-1 agreement at the last record and averaged over records.
 // The metric functions are pure (in-memory records in, numbers out); reading and writing files
-// is separate. Bad files are Error(Io) / Error(Data) naming the file.
+// is separate. Bad files are Error(Io) / Error(Data) naming the file; the file format (names,
+// versions, header check, routing record) is framework/runfile.h.
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "framework/runfile.h"
+
 namespace routemoe::trace {
 
-// Newest file format_version this reader understands (docs/checkpoint-format.md).
-inline constexpr std::int64_t kFormatVersion = 1;
-
-// One MoE layer of one routing record: the chosen experts of every probe token, best first.
-struct LayerRouting {
-  std::vector<std::int32_t> experts;  // [n_probe * top_k], row-major [P, k]
-  std::string router;                 // the router the layer used ("" when unknown)
-};
-
-// A routing record of the probe set (one /records/<index> group, or a checkpoint's /routing).
-struct Record {
-  std::int64_t step = 0;
-  std::int64_t epoch = 0;
-  std::string reason;                // epoch_end, checkpoint or final
-  std::string origin;                // where it was read from ("file:/records/000003"), for errors
-  std::vector<LayerRouting> layers;  // one per MoE layer
-};
+// One MoE layer of a routing record and the record itself: the one definition of the format
+// (framework/runfile.h). The reader fills experts and router only; the metrics use experts (the
+// chosen experts of every probe token, best first, [P * k]) and the record's step and epoch.
+using runfile::LayerRouting;
+using Record = runfile::RoutingRecord;
 
 // A sequence of routing records of one run.
 struct Run {

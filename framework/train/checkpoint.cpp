@@ -12,27 +12,12 @@
 #include "framework/error.h"
 #include "framework/h5.h"
 #include "framework/optim.h"
+#include "framework/runfile.h"
 #include "layers/model.h"
 
 namespace routemoe {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// Rethrows any error raised while reading `path` as one Error(Data) line naming the file.
-template <typename Fn>
-auto with_file_context(const std::string& path, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const Error& e) {
-    const std::string what = e.detail().empty() ? e.what() : e.detail();
-    if (what.find(path) != std::string::npos) throw;
-    RM_FAIL(Data, fmt::format("{}: cannot load: {}", path, what));
-  }
-}
-
-}  // namespace
 
 RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
                           std::int64_t seq_len, comm::Communicator& world) {
@@ -78,23 +63,6 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   return rec;
 }
 
-void write_routing(h5::File& f, const std::string& group, const RoutingRecord& r) {
-  const std::int64_t P = r.tokens, K = r.top_k;
-  for (std::size_t m = 0; m < r.layers.size(); ++m) {
-    const LayerRouting& L = r.layers[m];
-    const std::string g = fmt::format("{}/layer{}", group, m);
-    f.write_i32(g + "/experts", L.experts.data(), {P, K});
-    f.write_f32(g + "/gates", L.gates.data(), {P, K});
-    f.write_f32(g + "/probs", L.probs.data(), {P, K});
-    if (!L.ac_scale.empty()) f.write_f32(g + "/ac_scale", L.ac_scale.data(), {P, r.d_model});
-    f.set_attr(g, "router", L.router);
-  }
-  if (r.layers.empty()) f.write_scalar(group + "/empty", 0.0);  // make the group exist
-  f.set_attr(group, "step", r.step);
-  f.set_attr(group, "epoch", r.epoch);
-  f.set_attr(group, "reason", r.reason);
-}
-
 void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
                      const CheckpointState& state, const RoutingRecord& record,
                      comm::ProcessGroups& groups, CheckpointWrite mode) {
@@ -111,21 +79,20 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
   world.barrier();
 
   ParamStore& ps = model.params();
-  const std::string routers = fmt::format("{}", fmt::join(model.config().expanded_routers(), ","));
+  runfile::CheckpointInfo info;
+  info.step = state.step;
+  info.epoch = state.epoch;
+  info.data_seed = state.data_seed;
+  info.world_size = world.size();
+  info.ep_size = groups.ep_size;
+  info.routers = model.config().expanded_routers();
+  info.config = cfg.to_toml();
   const float* m_all = opt.m().data<float>();
   const float* v_all = opt.v().data<float>();
   // The routing record (identical on all ranks) and the attributes.
   auto write_meta = [&](h5::File& f) {
-    write_routing(f, "routing", record);
-    f.set_attr("/", "format", std::string("routemoe-checkpoint"));
-    f.set_attr("/", "format_version", kCheckpointFormatVersion);
-    f.set_attr("/", "config", cfg.to_toml());
-    f.set_attr("/", "step", state.step);
-    f.set_attr("/", "epoch", state.epoch);
-    f.set_attr("/", "data_seed", static_cast<std::int64_t>(state.data_seed));
-    f.set_attr("/", "world_size", static_cast<std::int64_t>(world.size()));
-    f.set_attr("/", "ep_size", static_cast<std::int64_t>(groups.ep_size));
-    f.set_attr("/", "routers", routers);
+    runfile::write_routing(f, runfile::kRoutingGroup, record);
+    runfile::write_checkpoint_info(f, info);
     f.set_attr("/optim", "steps_taken", opt.steps_taken());
   };
   if (parallel) {
@@ -137,9 +104,8 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
       const std::int64_t begin = p.expert ? p.expert_begin : 0;
       const bool writes = p.expert ? expert_writer : lead;
       const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-      const char* group[3] = {"params", "optim/m", "optim/v"};
       for (int t = 0; t < 3; ++t) {
-        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
         f.create_f32(name, p.global_shape, chunk);
         f.write_f32_rows(name, begin, writes ? rows : 0, src[t]);
       }
@@ -152,7 +118,6 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
     if (lead) f = std::make_unique<h5::File>(h5::File::create(tmp));
     for (const Param& p : ps.params()) {
       const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-      const char* group[3] = {"params", "optim/m", "optim/v"};
       for (int t = 0; t < 3; ++t) {
         std::vector<float> full;
         const float* data = src[t];
@@ -162,7 +127,7 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
           data = full.data();
         }
         if (!lead) continue;
-        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
         f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
         f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
       }
@@ -184,37 +149,26 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
 CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& opt) {
   RM_CHECK_KIND(Data, fs::exists(path), fmt::format("{}: no such checkpoint file", path));
   RM_CHECK_KIND(Data, fs::is_regular_file(path), fmt::format("{}: not a file", path));
-  return with_file_context(path, [&]() {
+  return runfile::reading(path, [&]() {
     const h5::File f = h5::File::open_read(path);
-    RM_CHECK_KIND(
-        Data, f.has_attr("/", "format") && f.attr_string("/", "format") == "routemoe-checkpoint",
-        fmt::format("{}: not a routemoe checkpoint (no format attribute 'routemoe-checkpoint')",
-                    path));
-    const std::int64_t version = f.attr_int("/", "format_version");
-    RM_CHECK_KIND(
-        Data, version >= 1 && version <= kCheckpointFormatVersion,
-        fmt::format("{}: checkpoint format version {} is not supported (this build reads 1..{})",
-                    path, version, kCheckpointFormatVersion));
+    runfile::check_header(f, path, {runfile::Kind::Checkpoint});
+    const runfile::CheckpointInfo info = runfile::read_checkpoint_info(f);
     // Same tensor shapes are not enough: a gate trained for one router must not silently
     // drive another.
-    const ModelConfig& mc = model.config();
-    const std::string routers = fmt::format("{}", fmt::join(mc.expanded_routers(), ","));
-    const std::string stored = f.attr_string("/", "routers");
-    RM_CHECK_KIND(
-        Data, stored == routers,
-        fmt::format("{}: written for routers {}, this model uses {}", path, stored, routers));
+    const std::vector<std::string> routers = model.config().expanded_routers();
+    RM_CHECK_KIND(Data, info.routers == routers,
+                  fmt::format("{}: written for routers {}, this model uses {}", path,
+                              runfile::join_routers(info.routers), runfile::join_routers(routers)));
     CheckpointState st;
-    st.step = f.attr_int("/", "step");
-    st.epoch = f.attr_int("/", "epoch");
-    st.data_seed = static_cast<std::uint64_t>(f.attr_int("/", "data_seed"));
-    RM_CHECK_KIND(Data, st.step >= 0, fmt::format("{}: negative step {}", path, st.step));
+    st.step = info.step;
+    st.epoch = info.epoch;
+    st.data_seed = info.data_seed;
     float* m_all = opt.m().data<float>();
     float* v_all = opt.v().data<float>();
     for (Param& p : model.params().params()) {
       float* dst[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-      const char* group[3] = {"params", "optim/m", "optim/v"};
       for (int t = 0; t < 3; ++t) {
-        const std::string name = fmt::format("{}/{}", group[t], p.name);
+        const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
         RM_CHECK_KIND(
             Data, f.exists(name),
             fmt::format("{}: missing dataset {} (a checkpoint of a different model or router?)",
@@ -291,8 +245,7 @@ void truncate_run_after(const std::string& metrics_path, const std::string& trac
     fs::copy_file(trace_path, tmp, fs::copy_options::overwrite_existing);
     h5::File f = h5::File::open_rw(tmp);
     bool changed = false;
-    for (const std::string& name : f.list("/records")) {  // chronological: only a tail goes
-      const std::string group = "/records/" + name;
+    for (const std::string& group : runfile::trace_record_groups(f)) {  // only a tail goes
       if (f.attr_int(group, "step") > step) {
         RM_HDF5_CHECK(H5Ldelete(f.id(), group.c_str(), H5P_DEFAULT));
         changed = true;
@@ -313,28 +266,25 @@ void append_trace(const std::string& path, const RunConfig& cfg,
   const std::string tmp = path + ".tmp";
   std::error_code ec;
   fs::remove(tmp, ec);
-  std::int64_t index = 0;
   if (fs::exists(path)) {
     fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
     h5::File f = h5::File::open_rw(tmp);
-    index = static_cast<std::int64_t>(f.list("/records").size());
-    write_routing(f, fmt::format("records/{:06d}", index), record);
+    const auto index = static_cast<std::int64_t>(runfile::trace_record_groups(f).size());
+    runfile::write_routing(f, runfile::trace_record_group(index), record);
     f.close();
   } else {
     h5::File f = h5::File::create(tmp);
     const ModelConfig& mc = cfg.model;
-    f.set_attr("/", "format", std::string("routemoe-trace"));
-    f.set_attr("/", "format_version", kCheckpointFormatVersion);
-    f.set_attr("/", "config", cfg.to_toml());
-    f.set_attr("/", "n_moe_layers", mc.n_moe_layers());
-    f.set_attr("/", "top_k", mc.top_k);
-    f.set_attr("/", "n_experts", mc.n_experts);
-    f.set_attr("/", "seq_len", mc.seq_len);
-    std::string routers;
-    for (const std::string& r : mc.expanded_routers()) routers += (routers.empty() ? "" : ",") + r;
-    f.set_attr("/", "routers", routers);
-    f.write_i32("probe/tokens", probe.data(), {static_cast<std::int64_t>(probe.size())});
-    write_routing(f, "records/000000", record);
+    runfile::TraceInfo info;
+    info.n_moe_layers = mc.n_moe_layers();
+    info.top_k = mc.top_k;
+    info.n_experts = mc.n_experts;
+    info.seq_len = mc.seq_len;
+    info.routers = mc.expanded_routers();
+    info.config = cfg.to_toml();
+    info.probe_tokens = static_cast<std::int64_t>(probe.size());
+    runfile::write_trace_info(f, info, probe.data());
+    runfile::write_routing(f, runfile::trace_record_group(0), record);
     f.close();
   }
   fs::rename(tmp, path, ec);

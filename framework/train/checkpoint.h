@@ -6,7 +6,8 @@
 // record of the probe set at that step. All ranks write it together: with parallel HDF5 every
 // rank writes its own expert slices (dense tensors by rank 0); without it the expert shards are
 // gathered and rank 0 writes. Any rank count and ep_size can load it (each rank reads its
-// slice). Files are written to <name>.tmp, closed and renamed.
+// slice). Files are written to <name>.tmp, closed and renamed. The names, versions, header check
+// and the routing record are those of framework/runfile.h.
 
 #include <cstdint>
 #include <string>
@@ -14,32 +15,16 @@
 
 #include "comm/communicator.h"
 #include "framework/config.h"
+#include "framework/runfile.h"
 
 namespace routemoe {
 
 class Model;
 class AdamW;
 
-inline constexpr std::int64_t kCheckpointFormatVersion = 1;
-
-// Routing of the probe set by every MoE layer (rows of all ranks, probe order).
-struct LayerRouting {
-  std::string router;
-  std::vector<std::int32_t> experts;  // [P, k]
-  std::vector<float> gates;           // [P, k]
-  std::vector<float> probs;           // [P, k] routing probability of each chosen expert
-  std::vector<float> ac_scale;        // [P, d] (ac layers only, else empty)
-};
-
-struct RoutingRecord {
-  std::int64_t step = 0;
-  std::int64_t epoch = 0;
-  std::string reason;       // epoch_end | checkpoint | final
-  std::int64_t tokens = 0;  // P
-  std::int64_t top_k = 0;
-  std::int64_t d_model = 0;
-  std::vector<LayerRouting> layers;
-};
+// The routing record of the probe set (framework/runfile.h, the one definition of the format).
+using runfile::LayerRouting;
+using runfile::RoutingRecord;
 
 struct CheckpointState {
   std::int64_t step = 0;  // optimiser steps completed
@@ -82,11 +67,5 @@ void append_trace(const std::string& path, const RunConfig& cfg,
 // the resumed run does not log those steps twice. Rank 0 only; missing files are fine.
 void truncate_run_after(const std::string& metrics_path, const std::string& trace_path,
                         std::int64_t step);
-
-// Writes a routing record into group `group` of an open file (used by checkpoints and traces).
-namespace h5 {
-class File;
-}
-void write_routing(h5::File& f, const std::string& group, const RoutingRecord& record);
 
 }  // namespace routemoe

@@ -1,6 +1,6 @@
 // Helper of tests/ckpt/test_checkpoint.sh: exact and toleranced comparisons of checkpoints and
 // metrics, a stand-alone loader, file mutations and the corruption fuzzer. Single process, no
-// MPI.
+// MPI (except write-both, which runs under mpiexec).
 //
 //   ckpt_harness compare A.h5 B.h5 [--atol X --rtol Y] [--routing]
 //       every params/* and optim/{m,v}/* dataset of A equals B's: bit for bit (default) or
@@ -25,6 +25,18 @@
 //       fail cleanly (exit 1, exactly one stderr line naming the file) or succeed with exactly
 //       the original's digest / inspect output. A signal, a hang (30 s), another exit code, a
 //       multi-line or anonymous error, or different values is a failure.
+//   ckpt_harness same-content A.h5 B.h5
+//       every object (groups; datasets: type, shape, chunking, filters, raw bytes) and every
+//       attribute of A equals B's, whatever wrote them.
+//   ckpt_harness write-both --config RUN/config.toml --from CKPT --parallel A.h5 --gathered B.h5
+//       under mpiexec (>= 2 ranks, the config's ep_size >= 2): loads CKPT and its routing record
+//       and saves that state twice, with the parallel-HDF5 writer (CheckpointWrite::Auto, every
+//       rank its expert slices) and the gathered writer (CheckpointWrite::Gathered, rank 0
+//       alone). Exit 77 when the build has no parallel HDF5 (both would gather).
+//   ckpt_harness check-analysis TRACE --csv DIR --label RUN
+//       the CSV files `routemoe trace TRACE --csv DIR` wrote for run RUN against the metrics
+//       recomputed here from the trace's raw datasets (flip and set-change rates, load and its
+//       entropy, last-change epochs, cross-layer agreement).
 //   ckpt_harness check-trace TRACE --records N --routers a,b,.. --P P --k K --d D [--ckpt-dir DIR]
 //       the trace has N records, each layer's experts/gates/probs are [P, K] (ac: ac_scale
 //       [P, D]) with the router attributes given; each checkpoint in DIR has a /routing record
@@ -43,15 +55,19 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "comm/communicator.h"
+#include "comm/mpi_runtime.h"
 #include "framework/config.h"
 #include "framework/error.h"
 #include "framework/h5.h"
 #include "framework/optim.h"
+#include "framework/runfile.h"
 #include "framework/train/checkpoint.h"
 #include "layers/model.h"
 
@@ -619,6 +635,358 @@ int cmd_check_trace(const std::string& path, int records, const std::vector<std:
   return bad == 0 ? 0 : 1;
 }
 
+// ---------------------------------------------------------------------------------------------
+// same-content
+
+// Every object of an HDF5 file by path ("." is the root): "group", or a dataset's type, shape,
+// storage layout (chunk shape, filters) and raw bytes; every attribute ("<object>@<name>") as its
+// type and raw bytes. Two files with equal maps hold the same content, whatever wrote them.
+using Content = std::map<std::string, std::string>;
+
+std::string type_text(hid_t type) {
+  return fmt::format("class {} size {} sign {}", static_cast<int>(H5Tget_class(type)),
+                     H5Tget_size(type), static_cast<int>(H5Tget_sign(type)));
+}
+
+herr_t collect_attribute(hid_t obj, const char* name, const H5A_info_t*, void* out) {
+  auto* c = static_cast<std::pair<Content*, std::string>*>(out);
+  h5::Handle attr(RM_HDF5_CHECK(H5Aopen(obj, name, H5P_DEFAULT)));
+  h5::Handle type(RM_HDF5_CHECK(H5Aget_type(attr.id())));
+  h5::Handle space(RM_HDF5_CHECK(H5Aget_space(attr.id())));
+  const auto n = static_cast<std::size_t>(RM_HDF5_CHECK(H5Sget_simple_extent_npoints(space.id())));
+  std::string bytes(n * H5Tget_size(type.id()), '\0');
+  if (!bytes.empty()) RM_HDF5_CHECK(H5Aread(attr.id(), type.id(), bytes.data()));
+  (*c->first)[c->second + "@" + name] = type_text(type.id()) + " value " + bytes;
+  return 0;
+}
+
+herr_t collect_object(hid_t loc, const char* name, const H5O_info_t* info, void* out) {
+  auto* content = static_cast<Content*>(out);
+  h5::Handle obj(RM_HDF5_CHECK(H5Oopen(loc, name, H5P_DEFAULT)));
+  std::pair<Content*, std::string> attrs{content, name};
+  RM_HDF5_CHECK(
+      H5Aiterate2(obj.id(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attribute, &attrs));
+  if (info->type == H5O_TYPE_GROUP) {
+    (*content)[name] = "group";
+    return 0;
+  }
+  if (info->type != H5O_TYPE_DATASET) {
+    (*content)[name] = fmt::format("object of type {}", static_cast<int>(info->type));
+    return 0;
+  }
+  h5::Handle type(RM_HDF5_CHECK(H5Dget_type(obj.id())));
+  h5::Handle space(RM_HDF5_CHECK(H5Dget_space(obj.id())));
+  const int nd = RM_HDF5_CHECK(H5Sget_simple_extent_ndims(space.id()));
+  std::vector<hsize_t> dims(static_cast<std::size_t>(nd));
+  if (nd > 0) RM_HDF5_CHECK(H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr));
+  h5::Handle dcpl(RM_HDF5_CHECK(H5Dget_create_plist(obj.id())));
+  std::string layout = fmt::format("layout {}", static_cast<int>(H5Pget_layout(dcpl.id())));
+  if (H5Pget_layout(dcpl.id()) == H5D_CHUNKED) {
+    std::vector<hsize_t> chunk(static_cast<std::size_t>(nd));
+    RM_HDF5_CHECK(H5Pget_chunk(dcpl.id(), nd, chunk.data()));
+    layout +=
+        fmt::format(" chunk [{}] filters {}", fmt::join(chunk, ", "), H5Pget_nfilters(dcpl.id()));
+  }
+  h5::Handle mem(RM_HDF5_CHECK(H5Tget_native_type(type.id(), H5T_DIR_ASCEND)));
+  const auto n = static_cast<std::size_t>(RM_HDF5_CHECK(H5Sget_simple_extent_npoints(space.id())));
+  std::string bytes(n * H5Tget_size(mem.id()), '\0');
+  if (!bytes.empty()) {
+    RM_HDF5_CHECK(H5Dread(obj.id(), mem.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()));
+  }
+  (*content)[name] = fmt::format("dataset {} shape [{}] {} bytes ", type_text(type.id()),
+                                 fmt::join(dims, ", "), layout) +
+                     bytes;
+  return 0;
+}
+
+Content file_content(const std::string& path) {
+  const h5::File f = h5::File::open_read(path);
+  Content c;
+  RM_HDF5_CHECK(H5Ovisit(f.id(), H5_INDEX_NAME, H5_ITER_INC, collect_object, &c));
+  return c;
+}
+
+int cmd_same_content(const std::string& pa, const std::string& pb) {
+  const Content a = file_content(pa), b = file_content(pb);
+  int bad = 0;
+  auto report = [&](const std::string& msg) {
+    if (bad < 10) std::printf("  %s\n", msg.c_str());
+    ++bad;
+  };
+  std::size_t datasets = 0, attributes = 0;
+  for (const auto& [key, value] : a) {
+    (key.find('@') != std::string::npos ? attributes : datasets) +=
+        value.rfind("dataset", 0) == 0 || key.find('@') != std::string::npos ? 1 : 0;
+    const auto it = b.find(key);
+    if (it == b.end()) {
+      report(fmt::format("{}: only in {}", key, pa));
+    } else if (it->second != value) {
+      // Name the first differing element of a dataset (4-byte elements: float32 / int32).
+      const std::string& w = it->second;
+      std::size_t at = 0;
+      while (at < value.size() && at < w.size() && value[at] == w[at]) ++at;
+      report(
+          fmt::format("{}: differs (sizes {} and {}, first difference at byte {} of the "
+                      "description + data)",
+                      key, value.size(), w.size(), at));
+    }
+  }
+  for (const auto& [key, value] : b) {
+    if (!a.count(key)) report(fmt::format("{}: only in {}", key, pb));
+  }
+  std::printf("same-content %s vs %s: %zu objects (%zu datasets), %zu attributes: %s\n", pa.c_str(),
+              pb.c_str(), a.size() - attributes, datasets, attributes,
+              bad == 0 ? "IDENTICAL" : fmt::format("{} DIFFERENCES", bad).c_str());
+  return bad == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// write-both (under mpiexec)
+
+int cmd_write_both(const std::string& config, const std::string& from, const std::string& par,
+                   const std::string& gat) {
+  comm::init_mpi(nullptr, nullptr);
+  const RunConfig cfg = read_config(config);
+  comm::ProcessGroups groups =
+      comm::ProcessGroups::create(comm::make_mpi_world(), static_cast<int>(cfg.parallel.ep_size));
+  const int W = groups.world->size();
+  const bool lead = groups.world->rank() == 0;
+  if (!ROUTEMOE_HAVE_PARALLEL_HDF5) {
+    if (lead) std::printf("SKIP: this build has no parallel HDF5; both writers would gather\n");
+    groups.release();
+    comm::finalize_mpi();
+    return 77;
+  }
+  RM_CHECK_KIND(Config, W >= 2 && groups.ep_size >= 2,
+                fmt::format("write-both needs >= 2 ranks and ep_size >= 2 (got {} ranks, ep {}): "
+                            "else no expert slice is gathered",
+                            W, groups.ep_size));
+  Model model(cfg.model, groups.ep.get());
+  AdamW opt(model.params(), cfg.optim);
+  const CheckpointState st = load_checkpoint(from, model, opt);
+  const RoutingRecord rec = [&] {
+    const h5::File f = h5::File::open_read(from);
+    return runfile::read_routing(f, runfile::kRoutingGroup);
+  }();
+  save_checkpoint(par, cfg, model, opt, st, rec, groups, CheckpointWrite::Auto);
+  save_checkpoint(gat, cfg, model, opt, st, rec, groups, CheckpointWrite::Gathered);
+  if (lead) {
+    std::printf(
+        "write-both: %d ranks, ep %d: %s (parallel HDF5, each rank its experts) and %s "
+        "(gathered to rank 0) from %s\n",
+        W, groups.ep_size, par.c_str(), gat.c_str(), from.c_str());
+  }
+  groups.release();
+  comm::finalize_mpi();
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-analysis
+
+// The CSV files of `routemoe trace --csv DIR` for the run `label` of one trace, against the
+// metrics recomputed here from the trace's raw datasets (h5::File, not the analysis library or
+// runfile::read_routing), by the definitions of docs/analysis.md.
+//
+// Exactness: a rate that is a ratio of two integer counts is one correctly rounded division on
+// both sides, and the CSV prints the shortest text that reads back as the same double, so those
+// compare exactly (as do counts, steps and epochs). Entropies, agreements (1 - flip rate in the
+// library, same/P here) and means over records are sums in another order: |a - b| <= 1e-12, far
+// above double rounding over <= E or <= records terms (~1e-16 relative) and far below one token
+// in P (>= 1/P).
+int cmd_check_analysis(const std::string& trace_path, const std::string& dir,
+                       const std::string& label) {
+  const h5::File f = h5::File::open_read(trace_path);
+  const std::int64_t L = f.attr_int("/", "n_moe_layers"), K = f.attr_int("/", "top_k"),
+                     E = f.attr_int("/", "n_experts");
+  struct Rec {
+    std::int64_t step, epoch;
+    std::vector<std::vector<std::int32_t>> layers;  // [L][P * K]
+  };
+  std::vector<Rec> recs;
+  std::int64_t P = 0;
+  for (const std::string& name : f.list("records")) {  // 6-digit names sort by index
+    const std::string g = "records/" + name;
+    Rec r{f.attr_int(g, "step"), f.attr_int(g, "epoch"), {}};
+    for (std::int64_t m = 0; m < L; ++m) {
+      Shape s;
+      r.layers.push_back(f.read_i32(fmt::format("{}/layer{}/experts", g, m), &s));
+      P = s.at(0);
+    }
+    recs.push_back(std::move(r));
+  }
+  RM_CHECK_KIND(Data, recs.size() >= 2 && P > 0,
+                fmt::format("{}: check-analysis needs >= 2 records", trace_path));
+  const double dP = static_cast<double>(P);
+  auto top1 = [&](const Rec& r, std::int64_t m, std::int64_t i) {
+    return r.layers[static_cast<std::size_t>(m)][static_cast<std::size_t>(i * K)];
+  };
+
+  int bad = 0, checked = 0;
+  auto fail = [&](const std::string& msg) {
+    if (bad < 20) std::printf("  %s\n", msg.c_str());
+    ++bad;
+  };
+  // rows of a CSV (header checked, split on ',').
+  auto rows_of = [&](const std::string& name, const std::string& header) {
+    std::ifstream in((fs::path(dir) / name).string());
+    RM_CHECK_KIND(Io, in.good(), fmt::format("cannot read {}/{}", dir, name));
+    std::string line;
+    std::getline(in, line);
+    if (line != header) fail(fmt::format("{}: header '{}', expected '{}'", name, line, header));
+    std::vector<std::vector<std::string>> rows;
+    while (std::getline(in, line)) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      std::string cell;
+      while (std::getline(ss, cell, ',')) cells.push_back(cell);
+      rows.push_back(cells);
+    }
+    return rows;
+  };
+  // Compares one CSV row with the expected cells: integers and exact doubles as text values,
+  // toleranced doubles within 1e-12.
+  struct Cell {
+    double value;
+    bool exact;
+  };
+  auto compare_row = [&](const std::string& name, std::size_t index,
+                         const std::vector<std::string>& got, const std::vector<Cell>& want) {
+    ++checked;
+    if (got.size() != want.size() + 1 || got[0] != label) {
+      fail(fmt::format("{} row {}: {} cells / run '{}', expected {} cells / run '{}'", name, index,
+                       got.size(), got.empty() ? "" : got[0], want.size() + 1, label));
+      return;
+    }
+    for (std::size_t c = 0; c < want.size(); ++c) {
+      const double v = std::stod(got[c + 1]);
+      const bool ok = want[c].exact ? v == want[c].value : std::abs(v - want[c].value) <= 1e-12;
+      if (!ok) {
+        fail(fmt::format("{} row {} column {}: {} in the CSV, recomputed {:.17g}", name, index,
+                         c + 1, got[c + 1], want[c].value));
+      }
+    }
+  };
+  auto exact = [](double v) { return Cell{v, true}; };
+  auto approx = [](double v) { return Cell{v, false}; };
+  auto count_rows = [&](const std::string& name, std::size_t got, std::size_t want) {
+    if (got != want) fail(fmt::format("{}: {} rows, expected {}", name, got, want));
+  };
+
+  // flips.csv: one row per pair of consecutive records and layer.
+  {
+    const auto rows =
+        rows_of("flips.csv",
+                "run,layer,from_step,to_step,from_epoch,to_epoch,top1_flip_rate,topk_change_rate");
+    count_rows("flips.csv", rows.size(), (recs.size() - 1) * static_cast<std::size_t>(L));
+    std::size_t row = 0;
+    for (std::size_t r = 1; r < recs.size(); ++r) {
+      for (std::int64_t m = 0; m < L && row < rows.size(); ++m, ++row) {
+        std::int64_t flips = 0, changed = 0;
+        for (std::int64_t i = 0; i < P; ++i) {
+          flips += top1(recs[r - 1], m, i) != top1(recs[r], m, i) ? 1 : 0;
+          std::multiset<std::int32_t> a, b;
+          for (std::int64_t j = 0; j < K; ++j) {
+            a.insert(recs[r - 1]
+                         .layers[static_cast<std::size_t>(m)][static_cast<std::size_t>(i * K + j)]);
+            b.insert(
+                recs[r].layers[static_cast<std::size_t>(m)][static_cast<std::size_t>(i * K + j)]);
+          }
+          changed += a != b ? 1 : 0;
+        }
+        compare_row(
+            "flips.csv", row, rows[row],
+            {exact(static_cast<double>(m)), exact(static_cast<double>(recs[r - 1].step)),
+             exact(static_cast<double>(recs[r].step)),
+             exact(static_cast<double>(recs[r - 1].epoch)),
+             exact(static_cast<double>(recs[r].epoch)), exact(static_cast<double>(flips) / dP),
+             exact(static_cast<double>(changed) / dP)});
+      }
+    }
+  }
+  // load.csv: first-choice load of every layer and expert at the last record.
+  {
+    const auto rows =
+        rows_of("load.csv", "run,layer,step,epoch,expert,tokens,share,entropy_nats,entropy_norm");
+    count_rows("load.csv", rows.size(), static_cast<std::size_t>(L * E));
+    const Rec& last = recs.back();
+    std::size_t row = 0;
+    for (std::int64_t m = 0; m < L; ++m) {
+      std::vector<std::int64_t> counts(static_cast<std::size_t>(E), 0);
+      for (std::int64_t i = 0; i < P; ++i) ++counts.at(static_cast<std::size_t>(top1(last, m, i)));
+      double h = 0;
+      for (std::int64_t c : counts) {
+        if (c > 0) h -= static_cast<double>(c) / dP * std::log(static_cast<double>(c) / dP);
+      }
+      const double norm = E > 1 ? h / std::log(static_cast<double>(E)) : 1.0;
+      for (std::int64_t e = 0; e < E && row < rows.size(); ++e, ++row) {
+        const auto c = static_cast<double>(counts[static_cast<std::size_t>(e)]);
+        compare_row("load.csv", row, rows[row],
+                    {exact(static_cast<double>(m)), exact(static_cast<double>(last.step)),
+                     exact(static_cast<double>(last.epoch)), exact(static_cast<double>(e)),
+                     exact(c), exact(c / dP), approx(h), approx(norm)});
+      }
+    }
+  }
+  // last_change.csv: per layer, the epoch of each token's last top-1 change (0: never), binned
+  // over epoch 0 and the epochs of the records after the first.
+  {
+    const auto rows =
+        rows_of("last_change.csv", "run,layer,epoch,tokens,share,never_changed_tokens");
+    std::set<std::int64_t> epochs{0};
+    for (std::size_t r = 1; r < recs.size(); ++r) epochs.insert(recs[r].epoch);
+    count_rows("last_change.csv", rows.size(), static_cast<std::size_t>(L) * epochs.size());
+    std::size_t row = 0;
+    for (std::int64_t m = 0; m < L; ++m) {
+      std::map<std::int64_t, std::int64_t> bins;
+      std::int64_t never = 0;
+      for (std::int64_t i = 0; i < P; ++i) {
+        std::int64_t last_epoch = -1;
+        for (std::size_t r = 1; r < recs.size(); ++r) {
+          if (top1(recs[r], m, i) != top1(recs[r - 1], m, i)) last_epoch = recs[r].epoch;
+        }
+        if (last_epoch < 0) ++never;
+        ++bins[std::max<std::int64_t>(last_epoch, 0)];
+      }
+      for (std::int64_t e : epochs) {
+        if (row >= rows.size()) break;
+        const auto tokens = static_cast<double>(bins[e]);
+        compare_row("last_change.csv", row, rows[row],
+                    {exact(static_cast<double>(m)), exact(static_cast<double>(e)), exact(tokens),
+                     exact(tokens / dP), exact(e == 0 ? static_cast<double>(never) : 0.0)});
+        ++row;
+      }
+    }
+  }
+  // agreement.csv: share of tokens with the same top-1 expert index in layers m and m + 1.
+  {
+    const auto rows =
+        rows_of("agreement.csv", "run,layer_a,layer_b,last_step,agreement_last,agreement_mean");
+    count_rows("agreement.csv", rows.size(),
+               static_cast<std::size_t>(std::max<std::int64_t>(L - 1, 0)));
+    for (std::int64_t m = 0; m + 1 < L && static_cast<std::size_t>(m) < rows.size(); ++m) {
+      double sum = 0, last = 0;
+      for (const Rec& r : recs) {
+        std::int64_t same = 0;
+        for (std::int64_t i = 0; i < P; ++i) same += top1(r, m, i) == top1(r, m + 1, i) ? 1 : 0;
+        last = static_cast<double>(same) / dP;
+        sum += last;
+      }
+      compare_row("agreement.csv", static_cast<std::size_t>(m), rows[static_cast<std::size_t>(m)],
+                  {exact(static_cast<double>(m)), exact(static_cast<double>(m + 1)),
+                   exact(static_cast<double>(recs.back().step)), approx(last),
+                   approx(sum / static_cast<double>(recs.size()))});
+    }
+  }
+  std::printf(
+      "check-analysis %s: %zu records, %ld MoE layers, P %ld k %ld E %ld; %d CSV rows "
+      "recomputed from the trace: %s\n",
+      trace_path.c_str(), recs.size(), static_cast<long>(L), static_cast<long>(P),
+      static_cast<long>(K), static_cast<long>(E), checked,
+      bad == 0 ? "OK" : fmt::format("{} MISMATCHES", bad).c_str());
+  return bad == 0 ? 0 : 1;
+}
+
 std::string one_line(const std::exception& e) {
   const auto* err = dynamic_cast<const Error*>(&e);
   std::string s = err != nullptr && !err->detail().empty() ? err->detail() : e.what();
@@ -680,6 +1048,19 @@ int main(int argc, char** argv) {
   trace->add_option("--k", K)->required();
   trace->add_option("--d", D)->required();
   trace->add_option("--ckpt-dir", ckpt_dir);
+  CLI::App* same = app.add_subcommand("same-content");
+  same->add_option("a", a)->required();
+  same->add_option("b", b)->required();
+  std::string from_ckpt, label;
+  CLI::App* both = app.add_subcommand("write-both");
+  both->add_option("--config", config)->required();
+  both->add_option("--from", from_ckpt)->required();
+  both->add_option("--parallel", a)->required();
+  both->add_option("--gathered", b)->required();
+  CLI::App* analysis = app.add_subcommand("check-analysis");
+  analysis->add_option("trace", a)->required();
+  analysis->add_option("--csv", b)->required();
+  analysis->add_option("--label", label)->required();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -692,9 +1073,13 @@ int main(int argc, char** argv) {
                       truncations, seed);
     }
     if (trace->parsed()) return cmd_check_trace(a, records, routers, P, K, D, ckpt_dir);
+    if (same->parsed()) return cmd_same_content(a, b);
+    if (both->parsed()) return cmd_write_both(config, from_ckpt, a, b);
+    if (analysis->parsed()) return cmd_check_analysis(a, b, label);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "ckpt_harness: %s\n", one_line(e).c_str());
+    if (comm::mpi_active()) comm::abort_world(1);  // write-both: no rank waits forever
     return 1;
   }
   return 1;

@@ -29,7 +29,14 @@
 #   trace              2 ranks, routers topk, similarity, attention, ac over 4 MoE layers: trace.h5
 #                      has one record per expected step, each [P, k] (ac: ac_scale [P, d]), equal
 #                      to the checkpoints' /routing records.
-#   trace_analysis     `routemoe trace` on that real trace: exit 0, CSV and JSON written.
+#   trace_analysis     `routemoe trace` on that real trace: every CSV number equals the metric
+#                      recomputed by ckpt_harness check-analysis from the trace's raw datasets (a
+#                      control with one rate off by 1/P must fail), the JSON holds the same
+#                      numbers, and the run directory gives the same table as its trace.h5.
+#   gathered_writer    2 ranks (ep 2): one trained state written by the parallel-HDF5 writer and by
+#                      the gathered writer (rank 0 alone, the fallback without parallel HDF5):
+#                      identical datasets and attributes (ckpt_harness same-content; a control
+#                      with two experts swapped must fail). Skipped (77) without parallel HDF5.
 #   doc_snippet        the h5py example of docs/checkpoint-format.md runs on that checkpoint and trace.
 #
 # Resharding tolerance: every run uses micro-batches of ONE sequence (global batch 4,
@@ -396,13 +403,85 @@ case $case_name in
     "$bin" trace --help >/dev/null || fail "routemoe trace --help failed"
     "$bin" trace "$T/trace.h5" --csv "$out/csv" --json "$out/metrics.json" >"$out/table.txt" ||
       fail "routemoe trace exited non-zero"
-    compgen -G "$out/csv/*.csv" >/dev/null || fail "no CSV written"
+    for f in flips load last_change agreement; do
+      [[ -s $out/csv/$f.csv ]] || fail "no $f.csv written"
+    done
     [[ -s $out/metrics.json ]] || fail "no JSON written"
-    /usr/bin/python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$out/metrics.json" ||
-      fail "the JSON does not parse"
-    "$bin" trace "$T" >/dev/null || fail "routemoe trace on the run directory failed"
+    # The numbers: every CSV row against the metrics recomputed by the harness from the trace's
+    # raw datasets (its own code, not the analysis library).
+    label=$(basename "$T")
+    "$harness" check-analysis "$T/trace.h5" --csv "$out/csv" --label "$label" ||
+      fail "the CSV numbers differ from the ones recomputed from the trace"
+    # Control: one flip rate changed by one token in 256 must be caught.
+    cp -r "$out/csv" "$out/csv_control"
+    awk -F, -v OFS=, 'NR == 2 { $7 = $7 + 1 / 256 } { print }' "$out/csv/flips.csv" >"$out/csv_control/flips.csv"
+    if "$harness" check-analysis "$T/trace.h5" --csv "$out/csv_control" --label "$label" >"$out/control.txt"; then
+      fail "control: a flip rate off by one token passed check-analysis"
+    fi
+    echo "control (a flip rate off by 1/256): $(tail -n 1 "$out/control.txt")"
+    # The JSON carries the same numbers as the CSV files (and the run's facts).
+    /usr/bin/python3 - "$out/metrics.json" "$out/csv" "$label" <<'PY' || fail "the JSON disagrees with the CSV files"
+import csv, json, sys
+doc = json.load(open(sys.argv[1]))
+assert doc["format"] == "routemoe-trace-analysis", doc["format"]
+(run,) = doc["runs"]
+assert run["label"] == sys.argv[3] and run["n_moe_layers"] == 4 and run["top_k"] == 2, run["label"]
+assert run["routers"] == ["topk", "similarity", "attention", "ac"], run["routers"]
+rows = lambda name: list(csv.DictReader(open(f"{sys.argv[2]}/{name}.csv")))
+flips = rows("flips")
+assert len(flips) == len(run["flips"]) > 0
+for c, j in zip(flips, run["flips"]):
+    assert (int(c["layer"]), int(c["from_step"]), int(c["to_step"])) == (j["layer"], j["from_step"], j["to_step"]), (c, j)
+    assert float(c["top1_flip_rate"]) == j["top1_flip_rate"] and float(c["topk_change_rate"]) == j["topk_change_rate"], (c, j)
+load = rows("load")
+assert len(load) == sum(len(l["counts"]) for l in run["load"])
+for c in load:
+    l = run["load"][int(c["layer"])]
+    assert int(c["tokens"]) == l["counts"][int(c["expert"])] and float(c["entropy_nats"]) == l["entropy"], (c, l)
+    assert sum(l["counts"]) == run["n_probe"], l
+agreement = rows("agreement")
+assert len(agreement) == len(run["agreement"]) == 3
+for c, j in zip(agreement, run["agreement"]):
+    assert float(c["agreement_last"]) == j["last"] and float(c["agreement_mean"]) == j["mean"], (c, j)
+bins = rows("last_change")
+assert len(bins) == sum(len(l["bins"]) for l in run["last_change"])
+for c in bins:
+    (b,) = [b for b in run["last_change"][int(c["layer"])]["bins"] if b["epoch"] == int(c["epoch"])]
+    assert int(c["tokens"]) == b["tokens"], (c, b)
+print(f"json: {len(flips)} flips, {len(load)} load, {len(bins)} last-change, {len(agreement)} agreement rows agree with the CSV files")
+PY
+    # The run directory reads as the same run (the table names the same file and run).
+    "$bin" trace "$T" >"$out/table_dir.txt" || fail "routemoe trace on the run directory failed"
+    diff "$out/table.txt" "$out/table_dir.txt" || fail "the run directory's table differs from its trace.h5's"
     cat "$out/table.txt"
-    echo "ok ($case_name): routemoe trace on a real trace wrote $(ls "$out/csv" | wc -l) CSV files and JSON"
+    echo "ok ($case_name): routemoe trace on a real trace: every CSV number recomputed from the trace, JSON equal to the CSV"
+    ;;
+
+  gathered_writer)
+    # The gathered writer (builds without parallel HDF5) against the parallel one on 2 ranks with
+    # ep 2: the same state written both ways must give the same file content, so every expert
+    # slice the gather collects lands in the right rows.
+    cfg train.steps=2 checkpoint.every=2 parallel.ep_size=2 train.grad_accum=2
+    train 2 "$out/W.log" "${CFG[@]}" --train.out_dir="$out/W"
+    from=$(ckpt "$out/W" 2)
+    rc=0
+    timeout -k 10 120 "$mpirun" -np 2 --oversubscribe "$harness" write-both --config "$out/W/config.toml" \
+      --from "$from" --parallel "$out/parallel.h5" --gathered "$out/gathered.h5" >"$out/both.log" 2>&1 || rc=$?
+    cat "$out/both.log"
+    [[ $rc -ne 77 ]] || { echo "SKIP: no parallel HDF5 in this build"; exit 77; }
+    [[ $rc -eq 0 ]] || fail "write-both exited $rc"
+    "$harness" same-content "$out/parallel.h5" "$out/gathered.h5" ||
+      fail "the gathered writer's file differs from the parallel writer's"
+    # Both equal the trainer's own checkpoint of that state (the load/save round trip is exact).
+    "$harness" same-content "$from" "$out/gathered.h5" || fail "the gathered file differs from $from"
+    # Control: the same file with two expert slices swapped (what a wrong gather offset writes)
+    # must not pass.
+    "$harness" mutate "$out/gathered.h5" "$out/swapped.h5" --swap-experts blocks.1.moe.experts.fc.weight
+    if "$harness" same-content "$out/parallel.h5" "$out/swapped.h5" >"$out/control.txt"; then
+      fail "control: a file with two experts swapped passed same-content"
+    fi
+    echo "control (experts 0 and 3 of one tensor swapped): $(tail -n 1 "$out/control.txt")"
+    echo "ok ($case_name): gathered and parallel HDF5 writers give identical checkpoints on 2 ranks, ep 2"
     ;;
 
   doc_snippet)

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <set>
 #include <string>
 
@@ -42,6 +43,26 @@ TEST(Error, Hdf5FailureCarriesHdf5Message) {
     EXPECT_NE(std::string(e.what()).find("H5Fopen"), std::string::npos) << e.what();
     EXPECT_FALSE(e.detail().empty());
   }
+}
+
+TEST(Error, Hdf5ErrorMessageIsTheInnermostFrame) {
+  // The one walker of HDF5's error stack (detail::hdf5_error_message, used by h5::File and
+  // `routemoe inspect`) reports where HDF5 detected the problem, not the outer "unable to open
+  // file" frames.
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const std::string path = ::testing::TempDir() + "routemoe_test_runtime_not_hdf5.h5";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("this is not HDF5\n", f);
+    std::fclose(f);
+  }
+  EXPECT_LT(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), 0);
+  EXPECT_EQ(detail::hdf5_error_message(), "file signature not found");
+  std::remove(path.c_str());
+  // An empty stack (a call that succeeded) has no innermost frame.
+  H5Eclear2(H5E_DEFAULT);
+  EXPECT_EQ(detail::hdf5_error_message(), "HDF5 call failed");
 }
 
 TEST(Tensor, ShapeReshapeSlice) {

@@ -241,7 +241,12 @@ trace::Run fixture_run() {
     rec.step = kSteps[r];
     rec.epoch = kEpochs[r];
     rec.reason = kReasons[r];
-    for (const auto& ex : kExperts[r]) rec.layers.push_back({ex, "topk"});
+    for (const auto& ex : kExperts[r]) {
+      LayerRouting layer;
+      layer.router = "topk";
+      layer.experts = ex;
+      rec.layers.push_back(layer);
+    }
     run.records.push_back(rec);
   }
   return run;
@@ -494,11 +499,13 @@ TEST(TraceFile, ErrorsNameTheFile) {
 
   // A trace given where a checkpoint is expected, and the other way round.
   write_trace(dir.file("t.h5"));
-  EXPECT_NE(error_of([&] { read_checkpoints({dir.file("t.h5")}); }).find("not a checkpoint"),
+  EXPECT_NE(error_of([&] {
+              read_checkpoints({dir.file("t.h5")});
+            }).find("not a routemoe checkpoint (it is a routemoe trace)"),
             std::string::npos);
   EXPECT_NE(error_of([&] {
               read_trace(dir.file("run/checkpoints/ckpt_00000000.h5"));
-            }).find("not a trace"),
+            }).find("not a routemoe trace (it is a routemoe checkpoint)"),
             std::string::npos);
 }
 

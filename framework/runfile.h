@@ -1,0 +1,182 @@
+#pragma once
+// The run-file format in one place (docs/checkpoint-format.md): the two kinds of HDF5 file a run
+// writes (checkpoints and the routing trace), their format names and versions, the header check
+// every reader does, the routing record of the probe set with its writer and reader, the root
+// attributes of each kind, the per-layer router list, and the helper that turns any failure while
+// reading a file into one Error(Data) line naming that file.
+//
+// Users: framework/train/checkpoint.cpp (writes and loads), framework/trace/analysis.cpp (reads
+// for `routemoe trace`), framework/cli/inspect_cmd.cpp (`routemoe inspect`) and the tests. This
+// module knows files, not models: it depends on h5.h and error.h only (no layers/, no train/).
+
+#include <cstdint>
+#include <exception>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace routemoe::h5 {
+class File;
+}
+
+namespace routemoe::runfile {
+
+// ---- kinds, names, versions ----
+
+enum class Kind { Checkpoint, Trace };
+
+// Value of the root attribute `format`.
+inline constexpr std::string_view kCheckpointFormat = "routemoe-checkpoint";
+inline constexpr std::string_view kTraceFormat = "routemoe-trace";
+// Value of the root attribute `format_version` this build writes, and the newest it reads.
+inline constexpr std::int64_t kCheckpointVersion = 1;
+inline constexpr std::int64_t kTraceVersion = 1;
+
+// "routemoe-checkpoint" | "routemoe-trace".
+std::string_view format_name(Kind kind);
+// kCheckpointVersion | kTraceVersion.
+std::int64_t format_version(Kind kind);
+// "checkpoint" | "trace" (for messages).
+std::string_view kind_noun(Kind kind);
+
+// Group names inside the files.
+inline constexpr const char* kRoutingGroup = "routing";  // a checkpoint's routing record
+inline constexpr const char* kRecordsGroup = "records";  // a trace's records/<index:06d>
+inline constexpr const char* kProbeTokens = "probe/tokens";
+// A checkpoint's tensors: params/<name>, optim/m/<name>, optim/v/<name> (in this order).
+inline constexpr const char* kTensorGroups[3] = {"params", "optim/m", "optim/v"};
+
+// ---- header ----
+
+struct Header {
+  Kind kind = Kind::Checkpoint;
+  std::int64_t version = 0;
+};
+
+// Writes the root attributes `format` and `format_version` (the current version) of `kind`.
+void write_header(h5::File& f, Kind kind);
+
+// Checks the root attributes of the open file `f` (shown as `path`) against the kinds the caller
+// accepts (in the order they are named in messages) and returns what the file is. Refuses with
+// one Error(Data) line naming `path`:
+//   "<path>: not a routemoe checkpoint or trace (no 'format' attribute)"
+//   "<path>: not a routemoe checkpoint or trace (format is 'foo')"
+//   "<path>: not a routemoe checkpoint (it is a routemoe trace)"
+//   "<path>: routemoe-checkpoint without a 'format_version' attribute"
+//   "<path>: routemoe-checkpoint format_version 2 is not supported: it is newer than this build
+//    reads (1); use a newer routemoe"
+//   "<path>: routemoe-checkpoint has an invalid format_version 0 (versions start at 1)"
+Header check_header(const h5::File& f, const std::string& path, std::initializer_list<Kind> accept);
+
+// ---- per-layer router list ----
+
+// The `routers` root attribute: router names joined by "," ("topk,ac").
+std::string join_routers(const std::vector<std::string>& routers);
+// Its inverse; blanks around names are dropped, "" is the empty list.
+std::vector<std::string> split_routers(const std::string& text);
+
+// ---- routing record ----
+
+// One MoE layer of a routing record (rows of all ranks, probe order).
+struct LayerRouting {
+  std::string router;                 // the router the layer used ("" when the file has none)
+  std::vector<std::int32_t> experts;  // [P, k] chosen experts, best first
+  std::vector<float> gates;           // [P, k] gate weights of the chosen experts
+  std::vector<float> probs;           // [P, k] routing probability of each chosen expert
+  std::vector<float> ac_scale;        // [P, d] (ac layers only, else empty)
+};
+
+// The routing record of the probe set: a checkpoint's /routing, or one trace /records/<index>.
+struct RoutingRecord {
+  std::int64_t step = 0;     // optimiser steps completed
+  std::int64_t epoch = 0;    // epoch of the last step taken
+  std::string reason;        // checkpoint | epoch_end | final | interval ("" when absent)
+  std::int64_t tokens = 0;   // P
+  std::int64_t top_k = 0;    // k
+  std::int64_t d_model = 0;  // d: row width of ac_scale (read: 0 when no layer has ac_scale)
+  std::vector<LayerRouting> layers;  // one per MoE layer
+  std::string origin;  // where it was read from ("<file>:<group>"), for messages; "" in memory
+};
+
+// Writes `record` into group `group` of `f` (created with its parents). Collective in a parallel
+// file (every rank passes the same record).
+void write_routing(h5::File& f, const std::string& group, const RoutingRecord& record);
+
+// What read_routing expects; 0 / -1 mean "whatever the file says".
+struct RoutingExpect {
+  std::int64_t layers = -1;    // MoE layers; -1: layer0, layer1, ... as long as they exist
+  std::int64_t tokens = 0;     // P (0: taken from layer0)
+  std::int64_t top_k = 0;      // k (0: taken from layer0)
+  std::int64_t n_experts = 0;  // > 0: every expert id must lie in [0, n_experts)
+  bool values = true;          // also read gates, probs and ac_scale (else experts and router)
+};
+
+// Reads the routing record in group `group`. Every layer's experts must be [P, k] (the same for
+// all layers), gates and probs the shape of experts, ac_scale [P, d]. Refuses with Error(Data)
+// naming "<file>:<group>" and what is wrong.
+RoutingRecord read_routing(const h5::File& f, const std::string& group,
+                           const RoutingExpect& expect = {});
+
+// ---- root attributes of each kind ----
+
+// A trace file's root (everything but the records).
+struct TraceInfo {
+  std::int64_t n_moe_layers = 0;
+  std::int64_t top_k = 0;
+  std::int64_t n_experts = 0;
+  std::int64_t seq_len = 0;
+  std::vector<std::string> routers;  // configured router per MoE layer
+  std::string config;                // resolved configuration (TOML)
+  std::int64_t probe_tokens = 0;     // P (read: the length of probe/tokens)
+};
+
+// Creates a trace's root: header, model facts, router list, configuration and the probe tokens
+// (`info.probe_tokens` of them).
+void write_trace_info(h5::File& f, const TraceInfo& info, const std::int32_t* probe);
+// Reads the root attributes and the probe length of a trace whose header was checked; refuses
+// inconsistent model facts (n_moe_layers < 1, top_k < 1, n_experts < top_k, probe not [P]).
+TraceInfo read_trace_info(const h5::File& f);
+
+// Group of trace record `index`: "records/000042".
+std::string trace_record_group(std::int64_t index);
+// The record groups of a trace ("records/000000", ...) in the order they were taken; refuses a
+// member of /records that is not a decimal index. Empty when the trace has no /records.
+std::vector<std::string> trace_record_groups(const h5::File& f);
+
+// A checkpoint's root attributes (the tensors, /optim and /routing are written by their owners).
+struct CheckpointInfo {
+  std::int64_t step = 0;  // optimiser steps completed
+  std::int64_t epoch = 0;
+  std::uint64_t data_seed = 0;
+  std::int64_t world_size = 1;  // layout of the run that wrote it (informative)
+  std::int64_t ep_size = 1;
+  std::vector<std::string> routers;  // configured router per MoE layer
+  std::string config;                // resolved configuration (TOML)
+};
+
+// Writes the header and the attributes of `info` on the root. Collective in a parallel file.
+void write_checkpoint_info(h5::File& f, const CheckpointInfo& info);
+// Reads them from a checkpoint whose header was checked; refuses a negative step.
+CheckpointInfo read_checkpoint_info(const h5::File& f);
+
+// ---- errors while reading a file ----
+
+// Rethrows the exception being handled (call it inside a catch block) as one Error(Data) line
+// naming `path`: "<path>: <cause>", where the cause is the detail of a user-facing routemoe error
+// (Config, Data, Io, HDF5; prefixed with the path unless it names it already) or the full
+// message of anything else (internal errors keep their source location). Line breaks become
+// spaces.
+[[noreturn]] void rethrow_for_file(const std::string& path, std::exception_ptr error);
+
+// Runs `read` and rethrows whatever it raises through rethrow_for_file(path).
+template <typename Fn>
+auto reading(const std::string& path, Fn&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (...) {
+    rethrow_for_file(path, std::current_exception());
+  }
+}
+
+}  // namespace routemoe::runfile

@@ -1,0 +1,426 @@
+// The run-file format module (framework/runfile.h): routing records round-trip through HDF5 with
+// the names docs/checkpoint-format.md documents, the header check refuses foreign, newer and
+// broken files with one line naming the file, the router list and the file-error helper.
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "framework/error.h"
+#include "framework/h5.h"
+#include "framework/runfile.h"
+
+namespace routemoe::runfile {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() /
+            (std::string("routemoe_test_runfile_") + std::to_string(::getpid()) + "_" +
+             info->test_suite_name() + "_" + info->name());
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+// The Error a call raises (kind Check with "(no error)" when it raises none).
+Error error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e;
+  }
+  return Error(ErrorKind::Check, "", "(no error)", __FILE__, __LINE__);
+}
+
+// A record of 2 MoE layers (topk, then ac with feature weights), P = 3 tokens, k = 2, d = 4,
+// every value distinct so that a swapped or shifted array shows.
+RoutingRecord sample_record() {
+  RoutingRecord r;
+  r.step = 120;
+  r.epoch = 3;
+  r.reason = "checkpoint";
+  r.tokens = 3;
+  r.top_k = 2;
+  r.d_model = 4;
+  for (int m = 0; m < 2; ++m) {
+    LayerRouting L;
+    L.router = m == 0 ? "topk" : "ac";
+    for (int i = 0; i < 6; ++i) {
+      L.experts.push_back((i + m) % 4);
+      L.gates.push_back(0.1f * static_cast<float>(i + 1) + static_cast<float>(m));
+      L.probs.push_back(0.01f * static_cast<float>(i + 1) + static_cast<float>(m));
+    }
+    if (m == 1) {
+      for (int i = 0; i < 12; ++i) L.ac_scale.push_back(1.0f + 0.5f * static_cast<float>(i));
+    }
+    r.layers.push_back(L);
+  }
+  return r;
+}
+
+void expect_same(const RoutingRecord& a, const RoutingRecord& b) {
+  EXPECT_EQ(a.step, b.step);
+  EXPECT_EQ(a.epoch, b.epoch);
+  EXPECT_EQ(a.reason, b.reason);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.top_k, b.top_k);
+  EXPECT_EQ(a.d_model, b.d_model);
+  ASSERT_EQ(a.layers.size(), b.layers.size());
+  for (std::size_t m = 0; m < a.layers.size(); ++m) {
+    EXPECT_EQ(a.layers[m].router, b.layers[m].router) << "layer " << m;
+    EXPECT_EQ(a.layers[m].experts, b.layers[m].experts) << "layer " << m;
+    // float32 stored as float32: bit-exact.
+    EXPECT_EQ(a.layers[m].gates, b.layers[m].gates) << "layer " << m;
+    EXPECT_EQ(a.layers[m].probs, b.layers[m].probs) << "layer " << m;
+    EXPECT_EQ(a.layers[m].ac_scale, b.layers[m].ac_scale) << "layer " << m;
+  }
+}
+
+TEST(RunfileNames, FormatNamesAndVersionsAreTheDocumentedOnes) {
+  // Files written by earlier builds carry exactly these (docs/checkpoint-format.md).
+  EXPECT_EQ(format_name(Kind::Checkpoint), "routemoe-checkpoint");
+  EXPECT_EQ(format_name(Kind::Trace), "routemoe-trace");
+  EXPECT_EQ(format_version(Kind::Checkpoint), 1);
+  EXPECT_EQ(format_version(Kind::Trace), 1);
+  EXPECT_EQ(trace_record_group(7), "records/000007");
+}
+
+TEST(RunfileRecord, RoundTripKeepsEveryField) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  const RoutingRecord rec = sample_record();
+  {
+    h5::File f = h5::File::create(path);
+    write_routing(f, kRoutingGroup, rec);
+    write_routing(f, trace_record_group(0), rec);
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  for (const std::string& group : {std::string(kRoutingGroup), trace_record_group(0)}) {
+    const RoutingRecord back = read_routing(f, group);
+    expect_same(back, rec);
+    EXPECT_EQ(back.origin, path + ":" + group);
+  }
+  // The same with everything given, including the expert bound.
+  RoutingExpect all;
+  all.layers = 2;
+  all.tokens = 3;
+  all.top_k = 2;
+  all.n_experts = 4;
+  expect_same(read_routing(f, kRoutingGroup, all), rec);
+  // Experts only: no values read.
+  RoutingExpect experts_only;
+  experts_only.values = false;
+  const RoutingRecord lean = read_routing(f, kRoutingGroup, experts_only);
+  ASSERT_EQ(lean.layers.size(), 2u);
+  EXPECT_EQ(lean.layers[1].experts, rec.layers[1].experts);
+  EXPECT_EQ(lean.layers[1].router, "ac");
+  EXPECT_TRUE(lean.layers[1].gates.empty());
+  EXPECT_TRUE(lean.layers[1].ac_scale.empty());
+}
+
+TEST(RunfileRecord, OnDiskNamesAreTheDocumentedOnes) {
+  // Read back with the raw HDF5 layer, not with read_routing: the names h5py users and older
+  // files rely on (docs/checkpoint-format.md, "Routing record").
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  {
+    h5::File f = h5::File::create(path);
+    write_routing(f, "routing", sample_record());
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  EXPECT_EQ(f.attr_int("routing", "step"), 120);
+  EXPECT_EQ(f.attr_int("routing", "epoch"), 3);
+  EXPECT_EQ(f.attr_string("routing", "reason"), "checkpoint");
+  EXPECT_EQ(f.list("routing"), (std::vector<std::string>{"layer0", "layer1"}));
+  EXPECT_EQ(f.list("routing/layer0"), (std::vector<std::string>{"experts", "gates", "probs"}));
+  EXPECT_EQ(f.list("routing/layer1"),
+            (std::vector<std::string>{"ac_scale", "experts", "gates", "probs"}));
+  EXPECT_EQ(f.attr_string("routing/layer1", "router"), "ac");
+  EXPECT_EQ(f.shape_of("routing/layer0/experts"), (Shape{3, 2}));
+  EXPECT_EQ(f.shape_of("routing/layer1/ac_scale"), (Shape{3, 4}));
+  EXPECT_EQ(f.read_i32("routing/layer1/experts"), sample_record().layers[1].experts);
+}
+
+TEST(RunfileRecord, RecordWithoutLayersRoundTrips) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  RoutingRecord rec;
+  rec.step = 5;
+  rec.epoch = 1;
+  rec.reason = "final";
+  {
+    h5::File f = h5::File::create(path);
+    write_routing(f, "routing", rec);
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  EXPECT_TRUE(f.exists("routing/empty"));
+  const RoutingRecord back = read_routing(f, "routing");
+  EXPECT_TRUE(back.layers.empty());
+  EXPECT_EQ(back.step, 5);
+  EXPECT_EQ(back.reason, "final");
+}
+
+TEST(RunfileRecord, ReaderRefusesWhatDoesNotFit) {
+  TempDir dir;
+  const std::string path = dir.file("r.h5");
+  {
+    h5::File f = h5::File::create(path);
+    write_routing(f, "good", sample_record());
+    RoutingRecord bad = sample_record();
+    bad.layers[1].experts[4] = 9;  // outside [0, 4)
+    write_routing(f, "bad_id", bad);
+    // layer1 with a gates dataset of another shape than its experts.
+    RoutingRecord odd = sample_record();
+    odd.layers.resize(1);
+    write_routing(f, "odd", odd);
+    const std::vector<float> g(4, 0.5f);
+    const std::vector<std::int32_t> e(6, 0);
+    f.write_i32("odd/layer1/experts", e.data(), {3, 2});
+    f.write_f32("odd/layer1/gates", g.data(), {2, 2});
+    f.write_f32("odd/layer1/probs", g.data(), {2, 2});
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  auto refused = [&](const std::string& group, const RoutingExpect& expect,
+                     const std::string& what) {
+    const Error e = error_of([&] { read_routing(f, group, expect); });
+    EXPECT_EQ(e.kind(), ErrorKind::Data) << e.what();
+    const std::string msg = e.detail();
+    EXPECT_NE(msg.find(path), std::string::npos) << msg;
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+  };
+  RoutingExpect p4;
+  p4.tokens = 4;
+  refused("good", p4, "layer0/experts has shape [3, 2], expected [4, 2]");
+  RoutingExpect k1;
+  k1.top_k = 1;
+  refused("good", k1, "expected [3, 1]");
+  RoutingExpect three;
+  three.layers = 3;
+  refused("good", three, "missing dataset layer2/experts (the file has 3 MoE layers)");
+  RoutingExpect e4;
+  e4.n_experts = 4;
+  refused("bad_id", e4, "layer1/experts holds expert 9 (token 2), outside [0, 4)");
+  refused("odd", {}, "layer1/gates has shape [2, 2], experts has [3, 2]");
+  refused("missing", {}, "missing group");
+  // The expert bound is only checked when asked for.
+  EXPECT_EQ(read_routing(f, "bad_id").layers[1].experts[4], 9);
+}
+
+TEST(RunfileHeader, AcceptsItsKindsAndRefusesEverythingElse) {
+  TempDir dir;
+  auto make = [&](const std::string& name, const std::function<void(h5::File&)>& fill) {
+    const std::string path = dir.file(name);
+    h5::File f = h5::File::create(path);
+    fill(f);
+    f.close();
+    return path;
+  };
+  const std::string ckpt = make("ckpt.h5", [](h5::File& f) { write_header(f, Kind::Checkpoint); });
+  const std::string trace = make("trace.h5", [](h5::File& f) { write_header(f, Kind::Trace); });
+  {
+    const h5::File f = h5::File::open_read(ckpt);
+    EXPECT_EQ(f.attr_string("/", "format"), "routemoe-checkpoint");
+    EXPECT_EQ(f.attr_int("/", "format_version"), 1);
+    const Header h = check_header(f, ckpt, {Kind::Trace, Kind::Checkpoint});
+    EXPECT_EQ(h.kind, Kind::Checkpoint);
+    EXPECT_EQ(h.version, 1);
+    EXPECT_EQ(check_header(f, ckpt, {Kind::Checkpoint}).kind, Kind::Checkpoint);
+  }
+  EXPECT_EQ(check_header(h5::File::open_read(trace), trace, {Kind::Trace}).kind, Kind::Trace);
+
+  const std::string none =
+      make("none.h5", [](h5::File& f) { f.set_attr("/", "step", std::int64_t{1}); });
+  const std::string other =
+      make("other.h5", [](h5::File& f) { f.set_attr("/", "format", std::string("hdf5-thing")); });
+  const std::string newer = make("newer.h5", [](h5::File& f) {
+    write_header(f, Kind::Trace);
+    f.set_attr("/", "format_version", std::int64_t{2});
+  });
+  const std::string zero = make("zero.h5", [](h5::File& f) {
+    write_header(f, Kind::Checkpoint);
+    f.set_attr("/", "format_version", std::int64_t{0});
+  });
+  const std::string unversioned = make("unversioned.h5", [](h5::File& f) {
+    f.set_attr("/", "format", std::string("routemoe-checkpoint"));
+  });
+  auto refused = [](const std::string& path, std::initializer_list<Kind> accept,
+                    const std::string& expect) {
+    const h5::File f = h5::File::open_read(path);
+    const Error e = error_of([&] { check_header(f, path, accept); });
+    EXPECT_EQ(e.kind(), ErrorKind::Data) << e.what();
+    const std::string msg = e.detail();
+    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;  // starts with the file
+    EXPECT_NE(msg.find(expect), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  };
+  refused(none, {Kind::Checkpoint, Kind::Trace},
+          "not a routemoe checkpoint or trace (no 'format' attribute)");
+  refused(other, {Kind::Trace, Kind::Checkpoint},
+          "not a routemoe trace or checkpoint (format is 'hdf5-thing')");
+  refused(trace, {Kind::Checkpoint}, "not a routemoe checkpoint (it is a routemoe trace)");
+  refused(ckpt, {Kind::Trace}, "not a routemoe trace (it is a routemoe checkpoint)");
+  refused(newer, {Kind::Trace},
+          "routemoe-trace format_version 2 is not supported: it is newer than this build reads "
+          "(1)");
+  refused(zero, {Kind::Checkpoint}, "invalid format_version 0");
+  refused(unversioned, {Kind::Checkpoint}, "routemoe-checkpoint without a 'format_version'");
+}
+
+TEST(RunfileRouters, JoinAndSplit) {
+  EXPECT_EQ(join_routers({"topk", "similarity", "ac"}), "topk,similarity,ac");
+  EXPECT_EQ(join_routers({}), "");
+  EXPECT_EQ(split_routers("topk,similarity,ac"),
+            (std::vector<std::string>{"topk", "similarity", "ac"}));
+  EXPECT_EQ(split_routers(" topk , ac "), (std::vector<std::string>{"topk", "ac"}));
+  EXPECT_TRUE(split_routers("").empty());
+  EXPECT_EQ(split_routers("topk,,ac"), (std::vector<std::string>{"topk", "", "ac"}));
+  const std::vector<std::string> one{"attention"};
+  EXPECT_EQ(split_routers(join_routers(one)), one);
+}
+
+TEST(RunfileInfo, TraceRootRoundTripsAndRecordsComeInIndexOrder) {
+  TempDir dir;
+  const std::string path = dir.file("trace.h5");
+  TraceInfo info;
+  info.n_moe_layers = 2;
+  info.top_k = 2;
+  info.n_experts = 4;
+  info.seq_len = 3;
+  info.routers = {"topk", "ac"};
+  info.config = "[model]\nn_experts = 4\n";
+  info.probe_tokens = 6;
+  const std::vector<std::int32_t> probe{5, 4, 3, 2, 1, 0};
+  {
+    h5::File f = h5::File::create(path);
+    write_trace_info(f, info, probe.data());
+    RoutingRecord r = sample_record();
+    for (std::int64_t index : {2, 0, 10, 1}) {
+      r.step = 100 + index;
+      write_routing(f, trace_record_group(index), r);
+    }
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  EXPECT_EQ(check_header(f, path, {Kind::Trace}).kind, Kind::Trace);
+  EXPECT_EQ(f.attr_string("/", "routers"), "topk,ac");  // the documented attribute
+  EXPECT_EQ(f.read_i32("probe/tokens"), probe);
+  const TraceInfo back = read_trace_info(f);
+  EXPECT_EQ(back.n_moe_layers, 2);
+  EXPECT_EQ(back.top_k, 2);
+  EXPECT_EQ(back.n_experts, 4);
+  EXPECT_EQ(back.seq_len, 3);
+  EXPECT_EQ(back.routers, info.routers);
+  EXPECT_EQ(back.config, info.config);
+  EXPECT_EQ(back.probe_tokens, 6);
+  const std::vector<std::string> groups = trace_record_groups(f);
+  EXPECT_EQ(groups, (std::vector<std::string>{"records/000000", "records/000001", "records/000002",
+                                              "records/000010"}));
+  EXPECT_EQ(read_routing(f, groups.back()).step, 110);
+}
+
+TEST(RunfileInfo, TraceWithAForeignRecordNameIsRefused) {
+  TempDir dir;
+  const std::string path = dir.file("trace.h5");
+  {
+    h5::File f = h5::File::create(path);
+    write_routing(f, "records/000000", sample_record());
+    write_routing(f, "records/latest", sample_record());
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  const Error e = error_of([&] { trace_record_groups(f); });
+  EXPECT_EQ(e.kind(), ErrorKind::Data);
+  EXPECT_NE(e.detail().find(path + ": unexpected member records/latest"), std::string::npos)
+      << e.detail();
+}
+
+TEST(RunfileInfo, CheckpointRootRoundTripsAndRefusesANegativeStep) {
+  TempDir dir;
+  const std::string path = dir.file("ckpt.h5");
+  CheckpointInfo info;
+  info.step = 40;
+  info.epoch = 2;
+  info.data_seed = 99;
+  info.world_size = 4;
+  info.ep_size = 2;
+  info.routers = {"topk", "similarity"};
+  info.config = "[train]\nsteps = 40\n";
+  {
+    h5::File f = h5::File::create(path);
+    write_checkpoint_info(f, info);
+    f.close();
+  }
+  {
+    const h5::File f = h5::File::open_read(path);
+    EXPECT_EQ(check_header(f, path, {Kind::Checkpoint}).version, 1);
+    for (const char* attr : {"step", "epoch", "data_seed", "world_size", "ep_size"})
+      EXPECT_TRUE(f.has_attr("/", attr)) << attr;
+    EXPECT_EQ(f.attr_string("/", "routers"), "topk,similarity");
+    const CheckpointInfo back = read_checkpoint_info(f);
+    EXPECT_EQ(back.step, 40);
+    EXPECT_EQ(back.epoch, 2);
+    EXPECT_EQ(back.data_seed, 99u);
+    EXPECT_EQ(back.world_size, 4);
+    EXPECT_EQ(back.ep_size, 2);
+    EXPECT_EQ(back.routers, info.routers);
+    EXPECT_EQ(back.config, info.config);
+  }
+  {
+    h5::File f = h5::File::open_rw(path);
+    f.set_attr("/", "step", std::int64_t{-3});
+    f.close();
+  }
+  const h5::File f = h5::File::open_read(path);
+  const Error e = error_of([&] { read_checkpoint_info(f); });
+  EXPECT_EQ(e.kind(), ErrorKind::Data);
+  EXPECT_NE(e.detail().find(path + ": negative step -3"), std::string::npos) << e.detail();
+}
+
+TEST(RunfileErrors, ReadingRethrowsOneDataLineNamingTheFile) {
+  const std::string path = "/runs/a/ckpt_00000004.h5";
+  // A value passes through.
+  EXPECT_EQ(reading(path, [] { return 42; }), 42);
+  // A user-facing error without the path: its detail, prefixed with the path.
+  Error e = error_of([&] { reading(path, [] { RM_FAIL(Io, "cannot read it"); }); });
+  EXPECT_EQ(e.kind(), ErrorKind::Data);
+  EXPECT_EQ(e.detail(), path + ": cannot read it");
+  // One that names the file already: the detail as it is (no call text, no second path).
+  e = error_of(
+      [&] { reading(path, [&] { RM_CHECK_KIND(Hdf5, 1 == 2, path + ": damaged\nchunk"); }); });
+  EXPECT_EQ(e.kind(), ErrorKind::Data);
+  EXPECT_EQ(e.detail(), path + ": damaged chunk");
+  // Anything else: its message.
+  e = error_of([&] { reading(path, [] { throw std::out_of_range("vector::at"); }); });
+  EXPECT_EQ(e.detail(), path + ": vector::at");
+  // An internal error keeps where it was raised.
+  e = error_of([&] { reading(path, [] { RM_CHECK(false, "invariant"); }); });
+  EXPECT_EQ(e.kind(), ErrorKind::Data);
+  EXPECT_NE(e.detail().find("test_runfile.cpp:"), std::string::npos) << e.detail();
+  EXPECT_NE(e.detail().find("invariant"), std::string::npos) << e.detail();
+  EXPECT_EQ(e.detail().rfind(path + ": ", 0), 0u) << e.detail();
+}
+
+}  // namespace
+}  // namespace routemoe::runfile
