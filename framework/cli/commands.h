@@ -20,13 +20,8 @@ Runner register_trace(CLI::App& app);
 // `routemoe inspect`: what a checkpoint or trace file holds; one-line errors for damaged files.
 Runner register_inspect(CLI::App& app);
 
-// `routemoe bench gemm`: CPU GEMM GFLOP/s on the model's shapes and a large square GEMM.
-Runner register_bench_gemm(CLI::App& bench);
-// `routemoe bench train`: training-step tokens/s vs the PyTorch reference, per router.
-Runner register_bench_train(CLI::App& bench);
-// `routemoe bench alltoall`: expert-parallel dispatch + combine vs a bare MPI_Alltoallv (MPI).
-Runner register_bench_alltoall(CLI::App& bench);
-// `routemoe bench checkpoint`: save/load time and size of a checkpoint (MPI for >1 rank).
-Runner register_bench_checkpoint(CLI::App& bench);
+// `routemoe bench <name>`: the benchmarks of framework/bench (gemm, train, alltoall, checkpoint),
+// all run by the benchmark engine (framework/bench/engine.h).
+Runner register_bench(CLI::App& app);
 
 }  // namespace routemoe::cli

@@ -25,12 +25,7 @@ int main(int argc, char** argv) {
   routemoe::cli::Runner run_prepare = routemoe::cli::register_prepare(app);
   routemoe::cli::Runner run_trace = routemoe::cli::register_trace(app);
   routemoe::cli::Runner run_inspect = routemoe::cli::register_inspect(app);
-  CLI::App* bench = app.add_subcommand("bench", "benchmarks (not tests): print measured figures");
-  bench->require_subcommand(1);
-  routemoe::cli::Runner run_bench_gemm = routemoe::cli::register_bench_gemm(*bench);
-  routemoe::cli::Runner run_bench_train = routemoe::cli::register_bench_train(*bench);
-  routemoe::cli::Runner run_bench_alltoall = routemoe::cli::register_bench_alltoall(*bench);
-  routemoe::cli::Runner run_bench_checkpoint = routemoe::cli::register_bench_checkpoint(*bench);
+  routemoe::cli::Runner run_bench = routemoe::cli::register_bench(app);
 
   try {
     app.parse(argc, argv);
@@ -44,10 +39,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("prepare")) rc = run_prepare();
     if (app.got_subcommand("trace")) rc = run_trace();
     if (app.got_subcommand("inspect")) rc = run_inspect();
-    if (bench->got_subcommand("gemm")) rc = run_bench_gemm();
-    if (bench->got_subcommand("train")) rc = run_bench_train();
-    if (bench->got_subcommand("alltoall")) rc = run_bench_alltoall();      // starts MPI itself
-    if (bench->got_subcommand("checkpoint")) rc = run_bench_checkpoint();  // MPI under mpirun
+    if (app.got_subcommand("bench")) rc = run_bench();  // starts MPI itself where needed
     routemoe::comm::finalize_mpi();
     return rc;
   } catch (const std::exception& e) {

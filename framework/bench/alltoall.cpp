@@ -2,49 +2,43 @@
 // layers/dispatch.h) against a bare MPI_Alltoallv moving the same bytes, in the same run.
 //
 // Every rank routes `tokens` tokens to `top_k` distinct experts drawn uniformly from a seeded
-// Philox stream (random, balanced in expectation), fills a layers::MoeCache<float> as the MoE
-// layer does (slots sorted by global expert, then by token) and times, per iteration:
+// Philox stream (random, balanced in expectation), lays the slots out as the MoE layer does
+// (sorted by global expert, then by token) and times, per iteration:
 //   ours: arena reset, plan_dispatch (count all-to-all + block layout), dispatch_rows (one block
 //         all-to-all straight into expert-major order), combine_rows (the reverse exchange);
 //   bare: two MPI_Alltoallv calls (there and back) with the same per-peer counts.
 // Iterations alternate ours/bare after a barrier; each rank takes the median of its iterations
-// and the figure is the maximum of those medians over the ranks.
+// and the figure is the maximum of those medians over the ranks (the engine's max_over_ranks).
 
 #include <fmt/format.h>
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
-#include <fstream>
+#include <memory>
 #include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "comm/communicator.h"
-#include "comm/mpi_runtime.h"
 #include "framework/arena.h"
-#include "framework/cli/commands.h"
-#include "framework/cpu/kernels.h"
+#include "framework/bench/benchmarks.h"
 #include "framework/error.h"
 #include "framework/rng.h"
 #include "framework/timer.h"
 #include "layers/dispatch.h"
 
-namespace routemoe::cli {
+namespace routemoe::bench {
 
 namespace {
 
-struct BenchAlltoallOptions {
+struct AlltoallOptions {
   std::vector<std::int64_t> tokens{4096};
   std::vector<std::int64_t> d{512};
   std::int64_t top_k = 2;
   std::int64_t experts = 8;
-  int warmup = 5;
-  int iters = 30;
   std::uint64_t seed = 1;
-  int threads = 0;
-  std::string json;
 };
 
 // The routing of one rank: slots sorted by global expert, then by token (as the MoE layer
@@ -91,23 +85,18 @@ Routing make_routing(std::int64_t n, std::int64_t k, std::int64_t e, std::uint64
   return r;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Figures of one case, each the maximum over ranks of the per-rank median (seconds).
+// Figures of one case, each the maximum over ranks of the per-rank statistics (seconds).
 enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kFigs };
 
 struct CaseResult {
   std::int64_t tokens, d;
-  double fig[kFigs];
+  Stats fig[kFigs];
   double bytes_per_rank;  // bytes sent per rank per iteration (both exchanges, mean over ranks)
   std::int64_t min_rows, max_rows;  // rows received per rank for its experts (min, max over ranks)
 };
 
-CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t d,
-                    comm::ProcessGroups& groups) {
+CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
+                    comm::ProcessGroups& groups, const Schedule& schedule) {
   comm::Communicator& ep = *groups.ep;
   const int rank = groups.world->rank();
   const std::int64_t E = o.experts;
@@ -195,8 +184,7 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
            "bench alltoall: bare round trip did not return the rows unchanged");
 
   std::vector<double> times[kFigs];
-  for (int it = 0; it < o.warmup + o.iters; ++it) {
-    const bool timed = it >= o.warmup;
+  run_iterations(schedule, [&](int it, bool timed) {
     double plan_s = 0, dispatch_s = 0, combine_s = 0;
     // Alternate which one goes first so that drift in the machine's load hits both alike.
     double t_ours = 0, t_bare = 0;
@@ -208,19 +196,19 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
         t_bare = bare();
       }
     }
-    if (!timed) continue;
+    if (!timed) return;
     times[kOurs].push_back(t_ours);
     times[kBare].push_back(t_bare);
     times[kPlan].push_back(plan_s);
     times[kDispatch].push_back(dispatch_s);
     times[kCombine].push_back(combine_s);
-  }
+  });
 
   CaseResult r{};
   r.tokens = n;
   r.d = d;
-  for (int f = 0; f < kFigs; ++f) r.fig[f] = median(times[f]);
-  groups.world->all_reduce(r.fig, kFigs, comm::DataType::F64, comm::ReduceOp::Max);
+  for (int f = 0; f < kFigs; ++f) r.fig[f] = summarize(times[f]);
+  max_over_ranks(*groups.world, r.fig);
   double bytes = static_cast<double>((S + R) * d) * sizeof(float);
   groups.world->all_reduce(&bytes, 1, comm::DataType::F64, comm::ReduceOp::Sum);
   r.bytes_per_rank = bytes / groups.world->size();
@@ -229,111 +217,103 @@ CaseResult run_case(const BenchAlltoallOptions& o, std::int64_t n, std::int64_t 
   return r;
 }
 
-}  // namespace
-
-Runner register_bench_alltoall(CLI::App& bench) {
-  auto opts = std::make_shared<BenchAlltoallOptions>();
-  CLI::App* cmd = bench.add_subcommand(
-      "alltoall",
-      "expert-parallel dispatch + combine (the MoE layer's exchange) vs a bare MPI_Alltoallv of "
-      "the same bytes; run under mpirun with >= 2 ranks");
-  cmd->add_option("--tokens", opts->tokens,
-                  "tokens per rank (several, comma-separated: one case each)")
-      ->delimiter(',')
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24))
-      ->capture_default_str();
-  cmd->add_option("--d", opts->d, "row width d_model (several, comma-separated: one case each)")
-      ->delimiter(',')
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 16))
-      ->capture_default_str();
-  cmd->add_option("--top-k", opts->top_k, "experts per token")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
-  cmd->add_option("--experts", opts->experts, "experts E (divisible by the number of ranks)")
-      ->check(CLI::Range(1, 4096))
-      ->capture_default_str();
-  cmd->add_option("--warmup", opts->warmup, "untimed iterations per case")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--iters", opts->iters, "timed iterations per case")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  cmd->add_option("--seed", opts->seed, "routing seed")->capture_default_str();
-  cmd->add_option("--threads", opts->threads, "CPU threads per rank (0: cores / ranks on node)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--json", opts->json, "also write the results as JSON to this file");
-  return [opts]() {
-    const BenchAlltoallOptions& o = *opts;
-    RM_CHECK_KIND(Config, comm::launched_by_mpi(),
-                  "routemoe bench alltoall needs at least 2 MPI ranks: run it as "
-                  "`mpirun -np 2 routemoe bench alltoall`");
-    comm::init_mpi(nullptr, nullptr);
-    const int W = comm::world_size();
-    RM_CHECK_KIND(Config, W >= 2,
-                  fmt::format("routemoe bench alltoall needs at least 2 MPI ranks, got {}: run it "
-                              "as `mpirun -np 2 routemoe bench alltoall`",
-                              W));
-    RM_CHECK_KIND(
-        Config, o.experts % W == 0,
-        fmt::format("--experts {} must be divisible by the number of ranks {}", o.experts, W));
-    RM_CHECK_KIND(Config, o.top_k <= o.experts,
-                  fmt::format("--top-k {} exceeds --experts {}", o.top_k, o.experts));
-    comm::ProcessGroups groups = comm::ProcessGroups::create(comm::make_mpi_world(), W);
-    const int ranks_here = comm::ranks_on_node();
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    cpu::set_num_threads(o.threads > 0 ? o.threads : std::max(1, cores / std::max(1, ranks_here)));
-    const bool lead = groups.world->rank() == 0;
-    if (lead) {
+void run(const AlltoallOptions& o, Context& ctx) {
+  const int W = ctx.size();
+  RM_CHECK_KIND(
+      Config, o.experts % W == 0,
+      fmt::format("--experts {} must be divisible by the number of ranks {}", o.experts, W));
+  RM_CHECK_KIND(Config, o.top_k <= o.experts,
+                fmt::format("--top-k {} exceeds --experts {}", o.top_k, o.experts));
+  for (std::int64_t n : o.tokens) {
+    for (std::int64_t d : o.d) {
+      RM_CHECK_KIND(
+          Config, n * o.top_k * d <= std::int64_t{INT32_MAX},
+          fmt::format("--tokens {} x --top-k {} x --d {} is over 2^31 elements", n, o.top_k, d));
+    }
+  }
+  comm::ProcessGroups& groups = ctx.groups(W);  // ep group = world
+  const Schedule schedule = ctx.schedule();
+  const bool lead = ctx.lead();
+  if (lead) {
+    fmt::print(
+        "routemoe bench alltoall: {} ranks (ep group = world), {} experts, top-{}, fp32 rows, "
+        "{} threads/rank; {} warm-up + {} timed iterations; figure = max over ranks of the "
+        "median iteration\n",
+        W, o.experts, o.top_k, ctx.threads(), schedule.warmup, schedule.iters);
+    std::fflush(stdout);
+  }
+  for (std::int64_t n : o.tokens) {
+    for (std::int64_t d : o.d) {
+      const CaseResult r = run_case(o, n, d, groups, schedule);
+      if (!lead) continue;
+      const double ours = r.fig[kOurs].median, bare = r.fig[kBare].median;
+      print_case(
+          CaseLine("alltoall", "case", fmt::format("n{}_d{}_k{}_e{}", n, d, o.top_k, o.experts))
+              .field("ranks", std::to_string(W))
+              .figure("ours", ours * 1e3, 3, "ms")
+              .figure("bare", bare * 1e3, 3, "ms")
+              .figure("ours", r.bytes_per_rank / ours * 1e-9, 2, "GB/s")
+              .figure("bare", r.bytes_per_rank / bare * 1e-9, 2, "GB/s")
+              .ratio(ours / bare, 3, "ours/bare time"));
       fmt::print(
-          "routemoe bench alltoall: {} ranks (ep group = world), {} experts, top-{}, fp32 rows, "
-          "{} threads/rank; {} warm-up + {} timed iterations; figure = max over ranks of the "
-          "median iteration\n",
-          W, o.experts, o.top_k, cpu::num_threads(), o.warmup, o.iters);
+          "  where: plan {:.3f} ms (counts all-to-all + block layout), dispatch {:.3f} ms, "
+          "combine {:.3f} ms; {:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
+          r.fig[kPlan].median * 1e3, r.fig[kDispatch].median * 1e3, r.fig[kCombine].median * 1e3,
+          r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
       std::fflush(stdout);
+      ctx.json()
+          .add_case()
+          .integer("tokens", r.tokens)
+          .integer("d", r.d)
+          .integer("top_k", o.top_k)
+          .integer("experts", o.experts)
+          .integer("ranks", W)
+          .stats_s("ours", r.fig[kOurs])
+          .stats_s("bare", r.fig[kBare])
+          .num("ratio", ours / bare)
+          .stats_s("plan", r.fig[kPlan])
+          .stats_s("dispatch", r.fig[kDispatch])
+          .stats_s("combine", r.fig[kCombine])
+          .num("bytes_per_rank", r.bytes_per_rank)
+          .integer("min_rows", r.min_rows)
+          .integer("max_rows", r.max_rows);
     }
-    std::vector<CaseResult> results;
-    for (std::int64_t n : o.tokens) {
-      for (std::int64_t d : o.d) {
-        RM_CHECK_KIND(
-            Config, n * o.top_k * d <= std::int64_t{INT32_MAX},
-            fmt::format("--tokens {} x --top-k {} x --d {} is over 2^31 elements", n, o.top_k, d));
-        const CaseResult r = run_case(o, n, d, groups);
-        results.push_back(r);
-        if (!lead) continue;
-        const double ours = r.fig[kOurs], bare = r.fig[kBare];
-        fmt::print(
-            "bench alltoall case=n{}_d{}_k{}_e{} ranks={} ours={:.3f} ms bare={:.3f} ms "
-            "ours={:.2f} GB/s bare={:.2f} GB/s ratio={:.3f} (ours/bare time)\n",
-            n, d, o.top_k, o.experts, W, ours * 1e3, bare * 1e3, r.bytes_per_rank / ours * 1e-9,
-            r.bytes_per_rank / bare * 1e-9, ours / bare);
-        fmt::print(
-            "  where: plan {:.3f} ms (counts all-to-all + block layout), dispatch {:.3f} ms, "
-            "combine {:.3f} ms; {:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
-            r.fig[kPlan] * 1e3, r.fig[kDispatch] * 1e3, r.fig[kCombine] * 1e3,
-            r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
-        std::fflush(stdout);
-      }
-    }
-    if (lead && !o.json.empty()) {
-      std::ofstream f(o.json);
-      RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", o.json));
-      f << "[\n";
-      for (std::size_t i = 0; i < results.size(); ++i) {
-        const CaseResult& r = results[i];
-        f << fmt::format(
-            "  {{\"tokens\": {}, \"d\": {}, \"top_k\": {}, \"experts\": {}, \"ranks\": {}, "
-            "\"ours_s\": {:.6e}, \"bare_s\": {:.6e}, \"ratio\": {:.4f}, \"plan_s\": {:.6e}, "
-            "\"dispatch_s\": {:.6e}, \"combine_s\": {:.6e}, \"bytes_per_rank\": {:.0f}}}{}\n",
-            r.tokens, r.d, o.top_k, o.experts, W, r.fig[kOurs], r.fig[kBare],
-            r.fig[kOurs] / r.fig[kBare], r.fig[kPlan], r.fig[kDispatch], r.fig[kCombine],
-            r.bytes_per_rank, i + 1 < results.size() ? "," : "");
-      }
-      f << "]\n";
-      RM_CHECK_KIND(Io, f.good(), fmt::format("cannot write {}", o.json));
-    }
-    groups.release();
-    return 0;
-  };
+  }
+  ctx.json().header().integer("ranks", W).integer("threads", ctx.threads());
 }
 
-}  // namespace routemoe::cli
+}  // namespace
+
+Benchmark alltoall_benchmark() {
+  Benchmark b;
+  b.name = "alltoall";
+  b.description =
+      "expert-parallel dispatch + combine (the MoE layer's exchange) vs a bare MPI_Alltoallv of "
+      "the same bytes; run under mpirun with >= 2 ranks";
+  b.ranks = Ranks::TwoOrMore;
+  b.defaults.warmup = 5;
+  b.defaults.iters = 30;
+  b.setup = [](CLI::App& cmd) {
+    auto o = std::make_shared<AlltoallOptions>();
+    cmd.add_option("--tokens", o->tokens,
+                   "tokens per rank (several, comma-separated: one case each)")
+        ->delimiter(',')
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24))
+        ->capture_default_str();
+    cmd.add_option("--d", o->d, "row width d_model (several, comma-separated: one case each)")
+        ->delimiter(',')
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 16))
+        ->capture_default_str();
+    cmd.add_option("--top-k", o->top_k, "experts per token")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    cmd.add_option("--experts", o->experts, "experts E (divisible by the number of ranks)")
+        ->check(CLI::Range(1, 4096))
+        ->capture_default_str();
+    cmd.add_option("--seed", o->seed, "routing seed")->capture_default_str();
+    return [o](Context& ctx) { run(*o, ctx); };
+  };
+  return b;
+}
+
+}  // namespace routemoe::bench
