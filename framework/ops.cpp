@@ -88,6 +88,10 @@ void set_num_threads(int threads) {
   cpu::set_num_threads(threads);
 }
 
+int num_threads() {
+  return cpu::num_threads();
+}
+
 std::int64_t capacity_keep(const Exec& ex, const std::int32_t* choice, std::uint8_t* kept,
                            std::int64_t* counts, std::int64_t n, std::int64_t e, std::int64_t k,
                            std::int64_t cap) {
@@ -467,7 +471,6 @@ template void to_device<float>(const Exec&, const float*, float*, std::int64_t);
 template void to_device<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*,
                                       std::int64_t);
 template void to_host<float>(const Exec&, const float*, float*, std::int64_t);
-template void to_host<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*,
-                                    std::int64_t);
+template void to_host<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*, std::int64_t);
 
 }  // namespace routemoe::ops

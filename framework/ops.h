@@ -44,6 +44,7 @@ template <typename T>
 void to_host(const Exec& ex, const T* src, T* host, std::int64_t n);
 // Threads of the CPU kernels and the BLAS (no effect on CUDA work).
 void set_num_threads(int threads);
+int num_threads();
 
 // ----------------------------------------------------------------------------------------------
 // framework/cpu/kernels.h

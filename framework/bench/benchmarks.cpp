@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "framework/cpu/kernels.h"
+#include "framework/ops.h"
 #include "framework/rng.h"
 #include "framework/tensor.h"
 
@@ -69,8 +69,8 @@ double square_gemm_gflops(std::int64_t n) {
   fill_uniform(a, 1, 1, -1.0f, 1.0f);
   fill_uniform(b, 1, 2, -1.0f, 1.0f);
   const Stats s = time_case(Schedule{1, 3, 0.5}, [&] {
-    cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
-                     c.data<float>(), n);
+    ops::gemm<float>(Exec::cpu(), false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(),
+                     n, 0.0f, c.data<float>(), n);
   });
   const double dn = static_cast<double>(n);
   return 2.0 * dn * dn * dn / s.min * 1e-9;

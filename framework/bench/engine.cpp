@@ -16,9 +16,9 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
-#include "framework/cpu/kernels.h"
 #include "framework/error.h"
 #include "framework/json.h"
+#include "framework/ops.h"
 
 namespace routemoe::bench {
 
@@ -316,7 +316,7 @@ Context::Context(std::string bench, CommonOptions common, std::unique_ptr<comm::
 Context::~Context() = default;
 
 int Context::threads() const {
-  return cpu::num_threads();
+  return ops::num_threads();
 }
 
 comm::Communicator& Context::world() {
@@ -379,7 +379,7 @@ int run_benchmark(const Benchmark& b, const CommonOptions& common,
                   const std::function<void(Context&)>& run) {
   Context ctx(b.name, common, start_world(b));
   const int cores = hardware_threads();
-  cpu::set_num_threads(common.threads > 0
+  ops::set_num_threads(common.threads > 0
                            ? common.threads
                            : std::max(1, cores / std::max(1, comm::ranks_on_node())));
   const LoadMonitor monitor;

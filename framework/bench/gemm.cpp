@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "framework/bench/benchmarks.h"
-#include "framework/cpu/kernels.h"
+#include "framework/ops.h"
 #include "framework/rng.h"
 #include "framework/tensor.h"
 
@@ -64,9 +64,10 @@ Stats time_gemm(const GemmCase& c, const Schedule& schedule) {
   fill_uniform(b, 1, 2, -1.0f, 1.0f);
   // The warm-up starts the thread pool and takes the page faults.
   return time_case(schedule, [&] {
-    cpu::gemm_strided_batched<float>(
-        c.trans_a, c.trans_b, c.m, c.n, c.k, 1.0f, a.data<float>(), a_cols, a_rows * a_cols,
-        b.data<float>(), b_cols, b_rows * b_cols, 0.0f, out.data<float>(), c.n, c.m * c.n, c.batch);
+    ops::gemm_strided_batched<float>(Exec::cpu(), c.trans_a, c.trans_b, c.m, c.n, c.k, 1.0f,
+                                     a.data<float>(), a_cols, a_rows * a_cols, b.data<float>(),
+                                     b_cols, b_rows * b_cols, 0.0f, out.data<float>(), c.n,
+                                     c.m * c.n, c.batch);
   });
 }
 

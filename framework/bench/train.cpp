@@ -28,7 +28,6 @@
 #include <vector>
 
 #include "framework/bench/benchmarks.h"
-#include "framework/bench/flops.h"
 #include "framework/error.h"
 #include "framework/optim.h"
 #include "framework/params.h"
@@ -288,7 +287,7 @@ void run(const TrainOptions& o, Context& ctx) {
     CaseResult r;
     r.router = router;
     const ModelConfig mc = model_config(m, router, o.seed);
-    r.flops = model_step_flops(mc, o.batch);
+    r.flops = Model(mc).step_flops(o.batch, mc.seq_len);
     r.ours = time_ours(o, mc, schedule);
     fmt::print(stderr, "bench train: router={} ours {:.1f} ms/step\n", router, r.ours.median * 1e3);
     if (!o.no_reference) {
@@ -316,7 +315,7 @@ void run(const TrainOptions& o, Context& ctx) {
   const double ceiling_end = square_gemm_gflops(o.square);
   const double ceiling = std::max(ceiling_start, ceiling_end);
   fmt::print(
-      "bench train ceiling: square {0}x{0}x{0} fp32 GEMM through cpu::gemm {1:.1f} GFLOP/s "
+      "bench train ceiling: square {0}x{0}x{0} fp32 GEMM through ops::gemm {1:.1f} GFLOP/s "
       "(best of {2:.1f} at start, {3:.1f} at end)\n",
       o.square, ceiling, ceiling_start, ceiling_end);
   for (const CaseResult& r : results) {

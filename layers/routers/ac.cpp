@@ -18,7 +18,7 @@ class AcRouter final : public Router<T> {
     return {{"expert_emb", {experts, d}, InitSpec{InitKind::Orthogonal, kAcEmbeddingGain}, true}};
   }
   bool needs_previous_assignment() const override { return true; }
-  cpu::GateRule gate_rule() const override { return cpu::GateRule::SoftmaxOfChosen; }
+  ops::GateRule gate_rule() const override { return ops::GateRule::SoftmaxOfChosen; }
 
   RouteOutput<T> forward(const Exec& ex, const RouterDims& dims, std::span<const T* const> w,
                          const RouterInputs<T>& in, Arena& arena) override {

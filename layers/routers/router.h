@@ -91,7 +91,7 @@ class Router {
   virtual std::vector<ParamSpec> params(std::int64_t d, std::int64_t experts) const = 0;
   virtual bool needs_attention() const { return false; }
   virtual bool needs_previous_assignment() const { return false; }
-  virtual cpu::GateRule gate_rule() const { return cpu::GateRule::Renormalize; }
+  virtual ops::GateRule gate_rule() const { return ops::GateRule::Renormalize; }
 
   // `w` holds the parameters of params() in order.
   virtual RouteOutput<T> forward(const Exec& ex, const RouterDims& dims,
