@@ -163,8 +163,8 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
     pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % seq);
   float* x = alloc_array<float>(A, N * d);
   float* tmp = alloc_array<float>(A, N * d);
-  cpu::embedding_forward<float>(inputs, P(wte), x, N, V, d);
-  cpu::embedding_forward<float>(pos.data(), P(wpe), tmp, N, c.seq_len, d);
+  cpu::gather_rows_forward<float>(P(wte), inputs, x, N, V, d);
+  cpu::gather_rows_forward<float>(P(wpe), pos.data(), tmp, N, c.seq_len, d);
   cpu::add<float>(x, tmp, x, N * d);
 
   // --- Blocks ----------------------------------------------------------------------------------
@@ -312,8 +312,8 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
                                    G(b.ln1_b), N, d);
     cpu::add<float>(dx, dln, dx, N * d);  // d(x_in)
   }
-  cpu::embedding_backward<float>(inputs, dx, G(wte), N, V, d);
-  cpu::embedding_backward<float>(pos.data(), dx, G(wpe), N, c.seq_len, d);
+  cpu::gather_rows_backward<float>(dx, inputs, G(wte), N, V, d);
+  cpu::gather_rows_backward<float>(dx, pos.data(), G(wpe), N, c.seq_len, d);
   return stats;
 }
 

@@ -535,12 +535,12 @@ TEST_F(GpuParity, Embedding) {
     const auto dout = random_vec(g, sz(n * d), -1.0f, 1.0f);
     const auto dtable0 = random_vec(g, sz(vocab * d), -1.0f, 1.0f);
     std::vector<float> out(sz(n * d)), dtable = dtable0;
-    cpu::embedding_forward<float>(ids.data(), table.data(), out.data(), n, vocab, d);
-    cpu::embedding_backward<float>(ids.data(), dout.data(), dtable.data(), n, vocab, d);
+    cpu::gather_rows_forward<float>(table.data(), ids.data(), out.data(), n, vocab, d);
+    cpu::gather_rows_backward<float>(dout.data(), ids.data(), dtable.data(), n, vocab, d);
     DeviceBuffer<std::int32_t> dids(ids);
     DeviceBuffer<float> dtab(table), dout_(dout), dres(sz(n * d)), ddt(dtable0);
-    gpu::embedding_forward(ctx(), dids.get(), dtab.get(), dres.get(), n, vocab, d);
-    gpu::embedding_backward(ctx(), dids.get(), dout_.get(), ddt.get(), n, vocab, d);
+    gpu::gather_rows_forward(ctx(), dtab.get(), dids.get(), dres.get(), n, vocab, d);
+    gpu::gather_rows_backward(ctx(), dout_.get(), dids.get(), ddt.get(), n, vocab, d);
     const std::string tag = " n=" + std::to_string(n) + " vocab=" + std::to_string(vocab);
     expect_equal(dres.download(ctx()), out, "embedding out" + tag);  // a copy: exact
     expect_close(ddt.download(ctx()), dtable, scatter_tolerance(dtable0, dout, ids, nullptr, d),
@@ -852,8 +852,8 @@ TEST_F(GpuParity, ZeroSizes) {
                             nullptr, 0, 8);
     gpu::gelu_forward(c, nullptr, nullptr, 0);
     gpu::gelu_backward(c, nullptr, nullptr, nullptr, 0);
-    gpu::embedding_forward(c, nullptr, nullptr, nullptr, 0, 10, 4);
-    gpu::embedding_backward(c, nullptr, nullptr, nullptr, 0, 10, 4);
+    gpu::gather_rows_forward(c, nullptr, nullptr, nullptr, 0, 10, 4);
+    gpu::gather_rows_backward(c, nullptr, nullptr, nullptr, 0, 10, 4);
     gpu::cross_entropy_forward(c, nullptr, nullptr, nullptr, nullptr, 0, 10);
     gpu::cross_entropy_backward(c, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 10);
     gpu::adamw_update(c, nullptr, nullptr, nullptr, nullptr, 0, gpu::AdamWHyper{});

@@ -851,7 +851,7 @@ TYPED_TEST(KernelsTyped, EmbeddingForwardBackward) {
     std::vector<T> expect(out.size());
     for (i64 i = 0; i < s.n; ++i)
       for (i64 j = 0; j < s.d; ++j) expect[i * s.d + j] = table[ids[i] * s.d + j];
-    embedding_forward<T>(ids.data(), table.data(), out.data(), s.n, s.vocab, s.d);
+    gather_rows_forward<T>(table.data(), ids.data(), out.data(), s.n, s.vocab, s.d);
     EXPECT_TRUE(same_bits(out, expect)) << "forward";
     // Backward: dtable += scatter; a row hit `c` times is a sum of c + 1 terms:
     // |err| <= 2 (c+1) u (|dtable0| + sum |dout|).
@@ -872,7 +872,7 @@ TYPED_TEST(KernelsTyped, EmbeddingForwardBackward) {
       for (i64 j = 0; j < s.d; ++j)
         tol[v * s.d + j] = bound<T>(count[v] + 1.0, 2.0) * mag[v * s.d + j];
     auto dtable = dtable0;
-    embedding_backward<T>(ids.data(), dout.data(), dtable.data(), s.n, s.vocab, s.d);
+    gather_rows_backward<T>(dout.data(), ids.data(), dtable.data(), s.n, s.vocab, s.d);
     EXPECT_TRUE(close(dtable, ref, tol)) << "backward";
   }
 }
@@ -887,11 +887,11 @@ TYPED_TEST(KernelsTyped, EmbeddingOutOfRangeIdsThrowData) {
     ids[5] = bad;
     const std::string what = "id " + std::to_string(bad);
     expect_data_error(
-        [&] { embedding_forward<T>(ids.data(), table.data(), out.data(), n, vocab, d); },
-        "embedding", "embedding_forward " + what);
+        [&] { gather_rows_forward<T>(table.data(), ids.data(), out.data(), n, vocab, d); },
+        "gather", "embedding lookup (gather_rows_forward) " + what);
     expect_data_error(
-        [&] { embedding_backward<T>(ids.data(), dout.data(), dtable.data(), n, vocab, d); },
-        "embedding", "embedding_backward " + what);
+        [&] { gather_rows_backward<T>(dout.data(), ids.data(), dtable.data(), n, vocab, d); },
+        "gather", "embedding gradient (gather_rows_backward) " + what);
   }
 }
 
@@ -1364,9 +1364,9 @@ TYPED_TEST(KernelsTyped, ZeroSizeBatchesAreNoOps) {
   check_all("gelu_forward n=0");
   gelu_backward<T>(in1.data(), in2.data(), o1.data(), 0);
   check_all("gelu_backward n=0");
-  embedding_forward<T>(bad_ids.data(), in1.data(), o1.data(), 0, 11, 3);
+  gather_rows_forward<T>(in1.data(), bad_ids.data(), o1.data(), 0, 11, 3);
   check_all("embedding_forward n=0");
-  embedding_backward<T>(bad_ids.data(), in1.data(), o1.data(), 0, 11, 3);
+  gather_rows_backward<T>(in1.data(), bad_ids.data(), o1.data(), 0, 11, 3);
   check_all("embedding_backward n=0");
   cross_entropy_forward<T>(in1.data(), bad_ids.data(), o1.data(), o2.data(), 0, 9);
   check_all("cross_entropy_forward n=0");
@@ -1557,7 +1557,7 @@ TYPED_TEST(KernelsTyped, NegativeSizesThrowShape) {
       },
       S, "layernorm_forward cols < 0");
   expect_error_kind([&] { gelu_forward<T>(a.data(), c.data(), -1); }, S, "gelu_forward n < 0");
-  expect_error_kind([&] { embedding_forward<T>(ids.data(), a.data(), c.data(), 2, 4, -1); }, S,
+  expect_error_kind([&] { gather_rows_forward<T>(a.data(), ids.data(), c.data(), 2, 4, -1); }, S,
                     "embedding_forward d < 0");
   expect_error_kind(
       [&] { cross_entropy_forward<T>(a.data(), ids.data(), c.data(), d.data(), -2, 4); }, S,
