@@ -6,7 +6,7 @@
 //   a strided share of the row and the block combining the partial sums through warp shuffles.
 //   No double and no Kahan summation: the rounding error is at most about cols * 2^-24 times the
 //   sum of the magnitudes of the terms (the CPU kernels accumulate in double, so this bound is
-//   also the CPU/GPU difference that tests/gpu/test_gpu_parity.cpp allows). The summation order
+//   also the CPU/GPU difference that tests/kernels (gpu_parity) allows). The summation order
 //   is fixed, so these kernels are deterministic.
 // - Row maxima propagate NaN (like the CPU's row_max): a row with a NaN gives NaN outputs.
 // - Column reductions (layernorm dgamma/dbeta) use a fixed-order tile reduction: deterministic.
