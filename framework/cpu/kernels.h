@@ -87,16 +87,6 @@ template <typename T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::int64_t n);
 
 // ----------------------------------------------------------------------------------------------
-// Embedding lookup: out[n, d] = table[ids[i], :], table[vocab, d].
-template <typename T>
-void embedding_forward(const std::int32_t* ids, const T* table, T* out, std::int64_t n,
-                       std::int64_t vocab, std::int64_t d);
-// dtable[vocab, d] += scatter of dout[n, d] by ids (repeated ids accumulate).
-template <typename T>
-void embedding_backward(const std::int32_t* ids, const T* dout, T* dtable, std::int64_t n,
-                        std::int64_t vocab, std::int64_t d);
-
-// ----------------------------------------------------------------------------------------------
 // Cross-entropy of logits[n, v] against targets[n]: losses[i] = lse[i] - logits[i, targets[i]],
 // lse[i] = log sum_j exp(logits[i, j]) (saved for the backward). A target of -1 means "ignore":
 // loss 0 and zero gradient. Other targets must lie in [0, v).
@@ -125,11 +115,13 @@ template <typename T>
 void adamw_update(T* param, const T* grad, T* m, T* v, std::int64_t n, const AdamWHyper& h);
 
 // ----------------------------------------------------------------------------------------------
-// Row gather (token permutation): dst[i, :] = src[idx[i], :] for i < m; src[n, d], dst[m, d].
+// Row gather: dst[i, :] = src[idx[i], :] for i < m; src[n, d], dst[m, d]. This is also the
+// embedding lookup (src = table[vocab, d], idx = token ids, m tokens) and the token permutation.
 template <typename T>
 void gather_rows_forward(const T* src, const std::int32_t* idx, T* dst, std::int64_t m,
                          std::int64_t n, std::int64_t d);
-// dsrc[n, d] += scatter of ddst[m, d] by idx.
+// dsrc[n, d] += scatter of ddst[m, d] by idx (the embedding's table gradient). Repeated indices
+// accumulate in increasing i, so the result is deterministic.
 template <typename T>
 void gather_rows_backward(const T* ddst, const std::int32_t* idx, T* dsrc, std::int64_t m,
                           std::int64_t n, std::int64_t d);

@@ -1,5 +1,6 @@
-// CPU neural-network kernels: softmax, layernorm, GELU, embedding, cross-entropy, AdamW, and the
-// row gather/scatter used for token permutation. See kernels.h for the contract of each.
+// CPU neural-network kernels: softmax, layernorm, GELU, cross-entropy, AdamW, and the row
+// gather/scatter used for the embedding lookup and the token permutation. See kernels.h for the
+// contract of each.
 
 #include <fmt/format.h>
 
@@ -247,31 +248,6 @@ void gelu_backward(const T* x, const T* dy, T* dx, std::int64_t n) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// Embedding
-
-template <typename T>
-void embedding_forward(const std::int32_t* ids, const T* table, T* out, std::int64_t n,
-                       std::int64_t vocab, std::int64_t d) {
-  detail::check_sizes("embedding_forward", {{"n", n}, {"vocab", vocab}, {"d", d}});
-  if (n <= 0) return;
-  check_indices("embedding_forward", "ids", ids, n, vocab);
-  if (d <= 0) return;
-#pragma omp parallel for if (n * d > kParallelElems)
-  for (std::int64_t i = 0; i < n; ++i) {
-    std::copy_n(table + static_cast<std::int64_t>(ids[i]) * d, d, out + i * d);
-  }
-}
-
-template <typename T>
-void embedding_backward(const std::int32_t* ids, const T* dout, T* dtable, std::int64_t n,
-                        std::int64_t vocab, std::int64_t d) {
-  detail::check_sizes("embedding_backward", {{"n", n}, {"vocab", vocab}, {"d", d}});
-  if (n <= 0) return;
-  check_indices("embedding_backward", "ids", ids, n, vocab);
-  scatter_accumulate<T>(dout, ids, nullptr, dtable, n, d);
-}
-
-// ----------------------------------------------------------------------------------------------
 // Cross-entropy
 
 template <typename T>
@@ -427,10 +403,6 @@ void scatter_add_rows_backward(const T* ddst, const std::int32_t* idx, const T* 
                                       T*, std::int64_t, std::int64_t);                           \
   template void gelu_forward<T>(const T*, T*, std::int64_t);                                     \
   template void gelu_backward<T>(const T*, const T*, T*, std::int64_t);                          \
-  template void embedding_forward<T>(const std::int32_t*, const T*, T*, std::int64_t,            \
-                                     std::int64_t, std::int64_t);                                \
-  template void embedding_backward<T>(const std::int32_t*, const T*, T*, std::int64_t,           \
-                                      std::int64_t, std::int64_t);                               \
   template void cross_entropy_forward<T>(const T*, const std::int32_t*, T*, T*, std::int64_t,    \
                                          std::int64_t);                                          \
   template void cross_entropy_backward<T>(const T*, const std::int32_t*, const T*, const T*, T*, \

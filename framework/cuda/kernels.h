@@ -43,11 +43,6 @@ void layernorm_backward(const Context& ctx, const float* dy, const float* x, con
 void gelu_forward(const Context& ctx, const float* x, float* y, std::int64_t n);
 void gelu_backward(const Context& ctx, const float* x, const float* dy, float* dx, std::int64_t n);
 
-void embedding_forward(const Context& ctx, const std::int32_t* ids, const float* table, float* out,
-                       std::int64_t n, std::int64_t vocab, std::int64_t d);
-void embedding_backward(const Context& ctx, const std::int32_t* ids, const float* dout,
-                        float* dtable, std::int64_t n, std::int64_t vocab, std::int64_t d);
-
 void cross_entropy_forward(const Context& ctx, const float* logits, const std::int32_t* targets,
                            float* losses, float* lse, std::int64_t n, std::int64_t v);
 void cross_entropy_backward(const Context& ctx, const float* logits, const std::int32_t* targets,

@@ -6,14 +6,14 @@
 //   a strided share of the row and the block combining the partial sums through warp shuffles.
 //   No double and no Kahan summation: the rounding error is at most about cols * 2^-24 times the
 //   sum of the magnitudes of the terms (the CPU kernels accumulate in double, so this bound is
-//   also the CPU/GPU difference that tests/gpu/test_gpu_parity.cpp allows). The summation order
+//   also the CPU/GPU difference that tests/kernels (gpu_parity) allows). The summation order
 //   is fixed, so these kernels are deterministic.
 // - Row maxima propagate NaN (like the CPU's row_max): a row with a NaN gives NaN outputs.
 // - Column reductions (layernorm dgamma/dbeta) use a fixed-order tile reduction: deterministic.
-// - Scatters with possibly repeated indices (embedding_backward, gather_rows_backward,
-//   scatter_add_rows_forward) use atomicAdd: the order of the additions into one element is not
-//   fixed, so results may differ between runs in the last bits (the CPU kernels are
-//   deterministic and add in increasing index order).
+// - Scatters with possibly repeated indices (gather_rows_backward, scatter_add_rows_forward) use
+//   atomicAdd: the order of the additions into one element is not fixed, so results may differ
+//   between runs in the last bits (the CPU kernels are deterministic and add in increasing index
+//   order).
 // - Transcendentals are the accurate CUDA versions (expf, logf, tanhf, sqrtf; no fast-math).
 
 #include <cuda_runtime.h>
@@ -271,7 +271,7 @@ __global__ void gelu_backward_kernel(const float* x, const float* dy, float* dx,
 // ---------------------------------------------------------------------------------------------
 // Row gathers and scatters (embedding, token permutation)
 
-// dst[i, :] = src[idx[i], :] for i < m (embedding_forward and gather_rows_forward).
+// dst[i, :] = src[idx[i], :] for i < m (gather_rows_forward, also the embedding lookup).
 __global__ void gather_rows_kernel(const float* __restrict__ src,
                                    const std::int32_t* __restrict__ idx, float* __restrict__ dst,
                                    std::int64_t m, std::int64_t d) {
@@ -283,8 +283,8 @@ __global__ void gather_rows_kernel(const float* __restrict__ src,
 }
 
 // dst[idx[i], :] += w[i] * src[i, :] (w null: 1) with atomicAdd: repeated indices are summed in
-// an unspecified order (non-deterministic in the last bits). Used by embedding_backward,
-// gather_rows_backward and scatter_add_rows_forward.
+// an unspecified order (non-deterministic in the last bits). Used by gather_rows_backward and
+// scatter_add_rows_forward.
 __global__ void scatter_add_rows_kernel(const float* __restrict__ src,
                                         const std::int32_t* __restrict__ idx,
                                         const float* __restrict__ w, float* dst, std::int64_t m,
@@ -451,23 +451,6 @@ void gelu_backward(const Context& ctx, const float* x, const float* dy, float* d
   if (n == 0) return;
   gelu_backward_kernel<<<grid_for(n), kBlock, 0, stream_of(ctx)>>>(x, dy, dx, n);
   RM_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
-}
-
-void embedding_forward(const Context& ctx, const std::int32_t* ids, const float* table, float* out,
-                       std::int64_t n, std::int64_t vocab, std::int64_t d) {
-  check_sizes("embedding_forward", n, vocab, d);
-  if (n == 0 || d == 0) return;
-  gather_rows_kernel<<<grid_for(n * d), kBlock, 0, stream_of(ctx)>>>(table, ids, out, n, d);
-  RM_CUDA_CHECK_LAUNCH("gather_rows_kernel (embedding_forward)");
-}
-
-void embedding_backward(const Context& ctx, const std::int32_t* ids, const float* dout,
-                        float* dtable, std::int64_t n, std::int64_t vocab, std::int64_t d) {
-  check_sizes("embedding_backward", n, vocab, d);
-  if (n == 0 || d == 0) return;
-  scatter_add_rows_kernel<<<grid_for(n * d), kBlock, 0, stream_of(ctx)>>>(dout, ids, nullptr,
-                                                                          dtable, n, d);
-  RM_CUDA_CHECK_LAUNCH("scatter_add_rows_kernel (embedding_backward)");
 }
 
 void cross_entropy_forward(const Context& ctx, const float* logits, const std::int32_t* targets,
