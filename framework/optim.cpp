@@ -5,8 +5,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "framework/ops.h"
 #include "framework/error.h"
+#include "framework/ops.h"
 #include "framework/params.h"
 
 namespace routemoe {
@@ -69,8 +69,8 @@ void AdamW::step(double lr) {
     h.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
     h.step = t_;
     const auto off = static_cast<std::int64_t>(p.offset);
-    ops::adamw_update<float>(params_.exec(), p.value.data<float>(), p.grad.data<float>(), m_.data<float>() + off,
-                             v_.data<float>() + off, p.value.numel(), h);
+    ops::adamw_update<float>(params_.exec(), p.value.data<float>(), p.grad.data<float>(),
+                             m_.data<float>() + off, v_.data<float>() + off, p.value.numel(), h);
   }
 }
 

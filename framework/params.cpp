@@ -18,7 +18,7 @@ std::size_t align_elems(std::size_t n) {
 }  // namespace
 
 Param& ParamStore::declare(std::string name, Shape global_shape, InitSpec init, bool decay,
-                                bool expert, std::int64_t expert_begin, std::int64_t expert_count) {
+                           bool expert, std::int64_t expert_begin, std::int64_t expert_count) {
   RM_CHECK(!allocated_, fmt::format("parameter {} declared after allocation", name));
   RM_CHECK(find(name) == nullptr, fmt::format("parameter {} declared twice", name));
   Param p;

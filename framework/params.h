@@ -47,8 +47,8 @@ class ParamStore {
   // Declares a parameter; the reference stays valid for the store's lifetime (its tensors are
   // set by allocate()). Expert params pass the local expert range.
   Param& declare(std::string name, Shape global_shape, InitSpec init, bool decay,
-                      bool expert = false, std::int64_t expert_begin = 0,
-                      std::int64_t expert_count = -1);
+                 bool expert = false, std::int64_t expert_begin = 0,
+                 std::int64_t expert_count = -1);
   // Allocates the value and gradient buffers where `exec` runs and sets every Param's tensors.
   // Parameters live in host memory in this version (initialisation, checkpoints and the
   // collectives read them there): a CUDA Exec is refused.

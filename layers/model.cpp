@@ -139,6 +139,31 @@ void layernorm_backward_add(const Exec& ex, const LayerNormParams& ln, const Lay
 // ----------------------------------------------------------------------------------------------
 // Parameters
 
+// Declares parameters in the store with the model's initialisation (docs/model.md).
+struct Model::Declarer {
+  Declarer(ParamStore& s, std::int64_t first, std::int64_t local, std::int64_t layers)
+      : store(s),
+        first_expert(first),
+        local_experts(local),
+        proj{InitKind::Normal,
+             static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(layers)))} {}
+
+  ParamStore& store;
+  std::int64_t first_expert = 0;  // of this rank's expert shard
+  std::int64_t local_experts = 0;
+  InitSpec proj;  // residual projections: 0.02 / sqrt(2 L)
+  InitSpec normal02{InitKind::Normal, 0.02f};
+  InitSpec ones{InitKind::Ones, 0};
+  InitSpec zeros{InitKind::Zeros, 0};
+
+  Param* dense(const std::string& name, Shape shape, InitSpec init) const {
+    return &store.declare(name, std::move(shape), init, !is_no_decay(name));
+  }
+  Param* expert(const std::string& name, const layers::ParamSpec& s) const {
+    return &store.declare(name, s.shape, s.init, s.decay, true, first_expert, local_experts);
+  }
+};
+
 Model::Model(const ModelConfig& config, comm::Communicator* ep, Exec exec)
     : config_(config),
       ep_(ep),
@@ -146,61 +171,58 @@ Model::Model(const ModelConfig& config, comm::Communicator* ep, Exec exec)
       embed_(std::make_unique<Embeddings>()),
       activations_("activations", exec.device) {
   config_.validate();
-  const int ep_size = ep != nullptr ? ep->size() : 1;
-  RM_CHECK_KIND(Config, config_.n_experts % ep_size == 0,
-                fmt::format("model.n_experts {} is not divisible by the expert-parallel size {}",
-                            config_.n_experts, ep_size));
-  const std::int64_t local_experts = config_.n_experts / ep_size;
-  const std::int64_t first_expert = (ep != nullptr ? ep->rank() : 0) * local_experts;
   const ModelConfig& c = config_;
-  const std::int64_t d = c.d_model, F = c.d_ff, E = c.n_experts;
-  const float proj_std =
-      static_cast<float>(0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layers)));
-  const InitSpec normal02{InitKind::Normal, 0.02f}, ones{InitKind::Ones, 0},
-      zeros{InitKind::Zeros, 0};
-  const InitSpec proj{InitKind::Normal, proj_std};
-  auto declare = [&](const std::string& name, Shape shape, InitSpec init) {
-    return &params_.declare(name, std::move(shape), init, !is_no_decay(name));
-  };
-  auto declare_expert = [&](const std::string& name, Shape shape, InitSpec init, bool decay) {
-    return &params_.declare(name, std::move(shape), init, decay, true, first_expert, local_experts);
-  };
-  embed_->wte = declare("wte", {c.vocab_size, d}, normal02);
-  embed_->wpe = declare("wpe", {c.seq_len, d}, InitSpec{InitKind::Normal, 0.01f});
+  const int ep_size = ep != nullptr ? ep->size() : 1;
+  RM_CHECK_KIND(Config, c.n_experts % ep_size == 0,
+                fmt::format("model.n_experts {} is not divisible by the expert-parallel size {}",
+                            c.n_experts, ep_size));
+  const Declarer decl(params_, (ep != nullptr ? ep->rank() : 0) * (c.n_experts / ep_size),
+                      c.n_experts / ep_size, c.n_layers);
+  embed_->wte = decl.dense("wte", {c.vocab_size, c.d_model}, decl.normal02);
+  embed_->wpe = decl.dense("wpe", {c.seq_len, c.d_model}, InitSpec{InitKind::Normal, 0.01f});
   std::int64_t moe_index = 0;
-  for (std::int64_t l = 0; l < c.n_layers; ++l) {
-    auto b = std::make_unique<Block>();
-    b->index = l;
-    const std::string p = fmt::format("blocks.{}.", l);
-    b->ln1 = {declare(p + "ln1.weight", {d}, ones), declare(p + "ln1.bias", {d}, zeros)};
-    b->qkv_w = declare(p + "attn.qkv.weight", {3 * d, d}, normal02);
-    b->qkv_b = declare(p + "attn.qkv.bias", {3 * d}, zeros);
-    b->proj_w = declare(p + "attn.proj.weight", {d, d}, proj);
-    b->proj_b = declare(p + "attn.proj.bias", {d}, zeros);
-    b->ln2 = {declare(p + "ln2.weight", {d}, ones), declare(p + "ln2.bias", {d}, zeros)};
-    if (c.is_moe_block(l)) {
-      layers::RouterOptions ro{c.effective_router(moe_index++), c.similarity_tau,
-                               c.similarity_causal};
-      b->moe = std::make_unique<MoeLayer<float>>(ro, ep);
-      for (const layers::ParamSpec& s : b->moe->router().params(d, E)) {
-        b->router.push_back(&params_.declare(p + "moe." + s.name, s.shape, s.init, s.decay));
-      }
-      const auto ex = MoeLayer<float>::expert_params(d, F, E, normal02, proj);
-      b->w1 = declare_expert(p + "moe." + ex[0].name, ex[0].shape, ex[0].init, ex[0].decay);
-      b->b1 = declare_expert(p + "moe." + ex[1].name, ex[1].shape, ex[1].init, ex[1].decay);
-      b->w2 = declare_expert(p + "moe." + ex[2].name, ex[2].shape, ex[2].init, ex[2].decay);
-      b->b2 = declare_expert(p + "moe." + ex[3].name, ex[3].shape, ex[3].init, ex[3].decay);
-    } else {
-      b->fc_w = declare(p + "mlp.fc.weight", {F, d}, normal02);
-      b->fc_b = declare(p + "mlp.fc.bias", {F}, zeros);
-      b->fcp_w = declare(p + "mlp.proj.weight", {d, F}, proj);
-      b->fcp_b = declare(p + "mlp.proj.bias", {d}, zeros);
-    }
-    blocks_.push_back(std::move(b));
-  }
-  embed_->ln_f = {declare("ln_f.weight", {d}, ones), declare("ln_f.bias", {d}, zeros)};
+  for (std::int64_t l = 0; l < c.n_layers; ++l)
+    blocks_.push_back(declare_block(decl, l, moe_index));
+  embed_->ln_f = {decl.dense("ln_f.weight", {c.d_model}, decl.ones),
+                  decl.dense("ln_f.bias", {c.d_model}, decl.zeros)};
   params_.allocate(exec_);
   params_.initialize(c.seed);
+}
+
+std::unique_ptr<Model::Block> Model::declare_block(const Declarer& decl, std::int64_t layer,
+                                                   std::int64_t& moe_index) {
+  const ModelConfig& c = config_;
+  const std::int64_t d = c.d_model, F = c.d_ff, E = c.n_experts;
+  auto b = std::make_unique<Block>();
+  b->index = layer;
+  const std::string p = fmt::format("blocks.{}.", layer);
+  b->ln1 = {decl.dense(p + "ln1.weight", {d}, decl.ones),
+            decl.dense(p + "ln1.bias", {d}, decl.zeros)};
+  b->qkv_w = decl.dense(p + "attn.qkv.weight", {3 * d, d}, decl.normal02);
+  b->qkv_b = decl.dense(p + "attn.qkv.bias", {3 * d}, decl.zeros);
+  b->proj_w = decl.dense(p + "attn.proj.weight", {d, d}, decl.proj);
+  b->proj_b = decl.dense(p + "attn.proj.bias", {d}, decl.zeros);
+  b->ln2 = {decl.dense(p + "ln2.weight", {d}, decl.ones),
+            decl.dense(p + "ln2.bias", {d}, decl.zeros)};
+  if (!c.is_moe_block(layer)) {
+    b->fc_w = decl.dense(p + "mlp.fc.weight", {F, d}, decl.normal02);
+    b->fc_b = decl.dense(p + "mlp.fc.bias", {F}, decl.zeros);
+    b->fcp_w = decl.dense(p + "mlp.proj.weight", {d, F}, decl.proj);
+    b->fcp_b = decl.dense(p + "mlp.proj.bias", {d}, decl.zeros);
+    return b;
+  }
+  const layers::RouterOptions ro{c.effective_router(moe_index++), c.similarity_tau,
+                                 c.similarity_causal};
+  b->moe = std::make_unique<MoeLayer<float>>(ro, ep_);
+  for (const layers::ParamSpec& s : b->moe->router().params(d, E)) {
+    b->router.push_back(&params_.declare(p + "moe." + s.name, s.shape, s.init, s.decay));
+  }
+  const auto ex = MoeLayer<float>::expert_params(d, F, E, decl.normal02, decl.proj);
+  b->w1 = decl.expert(p + "moe." + ex[0].name, ex[0]);
+  b->b1 = decl.expert(p + "moe." + ex[1].name, ex[1]);
+  b->w2 = decl.expert(p + "moe." + ex[2].name, ex[2]);
+  b->b2 = decl.expert(p + "moe." + ex[3].name, ex[3]);
+  return b;
 }
 
 Model::~Model() = default;

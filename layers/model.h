@@ -83,6 +83,9 @@ class Model {
   struct Block;
   struct Embeddings;
   struct Pass;
+  struct Declarer;
+  std::unique_ptr<Block> declare_block(const Declarer& decl, std::int64_t layer,
+                                       std::int64_t& moe_index);
   void embed_forward(Pass& pass);
   void block_forward(Block& b, Pass& pass);
   void head_forward(Pass& pass, StepStats& stats);

@@ -5,6 +5,7 @@
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
 #include "framework/cli/commands.h"
+#include "framework/cli/train_console.h"
 #include "framework/config.h"
 #include "framework/data.h"
 #include "framework/train/trainer.h"
@@ -34,26 +35,8 @@ Runner register_train(CLI::App& app) {
     }
     comm::ProcessGroups groups =
         comm::ProcessGroups::create(std::move(world), static_cast<int>(st->cfg.parallel.ep_size));
-    const TrainSummary s = run_training(st->cfg, groups);
-    if (groups.world->rank() != 0) return 0;
-    fmt::print("\nsummary: {} steps in {:.1f} s, {:.0f} tokens/s\n", s.steps, s.seconds,
-               s.tokens_per_s);
-    fmt::print("  train loss {:.4f} (step 1: {:.4f})\n", s.final_loss, s.first_loss);
-    fmt::print("  val loss   {:.4f} (best {:.4f}); unigram entropy {:.4f} nats\n", s.final_val_loss,
-               s.best_val_loss, s.unigram_entropy);
-    for (std::size_t m = 0; m < s.expert_load.size(); ++m) {
-      std::int64_t total = 0;
-      for (std::int64_t v : s.expert_load[m]) total += v;
-      std::string shares;
-      for (std::int64_t v : s.expert_load[m]) {
-        shares += fmt::format(
-            " {:4.1f}%",
-            total > 0 ? 100.0 * static_cast<double>(v) / static_cast<double>(total) : 0.0);
-      }
-      fmt::print("  expert load, MoE layer {}:{}\n", m, shares);
-    }
-    fmt::print("  metrics: {}/metrics.jsonl\n", s.out_dir);
-    fmt::print("memory (rank 0):\n{}", s.memory);
+    TrainConsole console(st->cfg.train.progress);
+    run_training(st->cfg, groups, &console);
     return 0;
   };
 }

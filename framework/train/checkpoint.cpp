@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -63,77 +64,101 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   return rec;
 }
 
+namespace {
+
+// The three flat buffers a parameter's rows come from: values, AdamW m, AdamW v.
+std::array<const float*, 3> tensor_sources(const Param& p, AdamW& opt) {
+  return {p.value.data<float>(), opt.m().data<float>() + p.offset,
+          opt.v().data<float>() + p.offset};
+}
+
+// Parallel HDF5: dense tensors written by rank 0, each expert slice by the first replica of its
+// experts (edp rank 0), one chunk per expert so that every chunk has one writer. Collective.
+void write_tensors_parallel(h5::File& f, ParamStore& ps, AdamW& opt, comm::ProcessGroups& groups) {
+  const bool lead = groups.world->rank() == 0;
+  const bool expert_writer = groups.edp->rank() == 0;
+  for (const Param& p : ps.params()) {
+    const std::int64_t rows = p.local_shape.empty() ? 1 : p.local_shape[0];
+    const std::int64_t begin = p.expert ? p.expert_begin : 0;
+    const bool writes = p.expert ? expert_writer : lead;
+    const auto src = tensor_sources(p, opt);
+    for (int t = 0; t < 3; ++t) {
+      const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
+      f.create_f32(name, p.global_shape, p.expert ? 1 : 0);
+      f.write_f32_rows(name, begin, writes ? rows : 0, src[static_cast<std::size_t>(t)]);
+    }
+  }
+}
+
+// Without parallel HDF5: every expert tensor is gathered over the ep group and rank 0 (the only
+// rank with a file, `f` null elsewhere) writes it. Collective over the ep group.
+void write_tensors_gathered(h5::File* f, ParamStore& ps, AdamW& opt, comm::ProcessGroups& groups) {
+  for (const Param& p : ps.params()) {
+    const auto src = tensor_sources(p, opt);
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> full;
+      const float* data = src[static_cast<std::size_t>(t)];
+      if (p.expert && groups.ep->size() > 1) {
+        full.resize(static_cast<std::size_t>(p.value.numel() * groups.ep->size()));
+        groups.ep->all_gather(data, full.data(), p.value.numel(), comm::DataType::F32);
+        data = full.data();
+      }
+      if (f == nullptr) continue;
+      const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
+      f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
+      f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
+    }
+  }
+}
+
+runfile::CheckpointInfo checkpoint_info(const RunConfig& cfg, const Model& model,
+                                        const CheckpointState& state,
+                                        const comm::ProcessGroups& groups) {
+  runfile::CheckpointInfo info;
+  info.step = state.step;
+  info.epoch = state.epoch;
+  info.data_seed = state.data_seed;
+  info.world_size = groups.world->size();
+  info.ep_size = groups.ep_size;
+  info.routers = model.config().expanded_routers();
+  info.config = cfg.to_toml();
+  return info;
+}
+
+// The routing record (identical on all ranks) and the attributes.
+void write_meta(h5::File& f, const runfile::CheckpointInfo& info, const RoutingRecord& record,
+                const AdamW& opt) {
+  runfile::write_routing(f, runfile::kRoutingGroup, record);
+  runfile::write_checkpoint_info(f, info);
+  f.set_attr("/optim", "steps_taken", opt.steps_taken());
+}
+
+}  // namespace
+
 void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
                      const CheckpointState& state, const RoutingRecord& record,
                      comm::ProcessGroups& groups, CheckpointWrite mode) {
   comm::Communicator& world = *groups.world;
   const bool lead = world.rank() == 0;
   const std::string tmp = path + ".tmp";
-  // Who writes expert rows: the first replica of every expert (ranks of edp rank 0).
-  const bool expert_writer = groups.edp->rank() == 0;
   const bool parallel = mode == CheckpointWrite::Auto && world.size() > 1 &&
                         ROUTEMOE_HAVE_PARALLEL_HDF5 && comm::mpi_active();
-  if (lead)
-    fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".")
-                                                                : fs::path(path).parent_path());
+  const fs::path dir = fs::path(path).parent_path();
+  if (lead) fs::create_directories(dir.empty() ? fs::path(".") : dir);
   world.barrier();
-
-  ParamStore& ps = model.params();
-  runfile::CheckpointInfo info;
-  info.step = state.step;
-  info.epoch = state.epoch;
-  info.data_seed = state.data_seed;
-  info.world_size = world.size();
-  info.ep_size = groups.ep_size;
-  info.routers = model.config().expanded_routers();
-  info.config = cfg.to_toml();
-  const float* m_all = opt.m().data<float>();
-  const float* v_all = opt.v().data<float>();
-  // The routing record (identical on all ranks) and the attributes.
-  auto write_meta = [&](h5::File& f) {
-    runfile::write_routing(f, runfile::kRoutingGroup, record);
-    runfile::write_checkpoint_info(f, info);
-    f.set_attr("/optim", "steps_taken", opt.steps_taken());
-  };
+  const runfile::CheckpointInfo info = checkpoint_info(cfg, model, state, groups);
   if (parallel) {
     MPI_Comm comm = MPI_COMM_WORLD;
     h5::File f = h5::File::create_parallel(tmp, &comm);
-    for (const Param& p : ps.params()) {
-      const std::int64_t rows = p.local_shape.empty() ? 1 : p.local_shape[0];
-      const std::int64_t chunk = p.expert ? 1 : 0;  // one chunk per expert: one writer per chunk
-      const std::int64_t begin = p.expert ? p.expert_begin : 0;
-      const bool writes = p.expert ? expert_writer : lead;
-      const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-      for (int t = 0; t < 3; ++t) {
-        const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
-        f.create_f32(name, p.global_shape, chunk);
-        f.write_f32_rows(name, begin, writes ? rows : 0, src[t]);
-      }
-    }
-    write_meta(f);  // collective: every rank writes the same values
+    write_tensors_parallel(f, model.params(), opt, groups);
+    write_meta(f, info, record, opt);  // collective: every rank writes the same values
     f.close();
   } else {
-    // Gather every expert tensor over the ep group; rank 0 writes the file alone.
     std::unique_ptr<h5::File> f;
     if (lead) f = std::make_unique<h5::File>(h5::File::create(tmp));
-    for (const Param& p : ps.params()) {
-      const float* src[3] = {p.value.data<float>(), m_all + p.offset, v_all + p.offset};
-      for (int t = 0; t < 3; ++t) {
-        std::vector<float> full;
-        const float* data = src[t];
-        if (p.expert && groups.ep->size() > 1) {
-          full.resize(static_cast<std::size_t>(p.value.numel() * groups.ep->size()));
-          groups.ep->all_gather(src[t], full.data(), p.value.numel(), comm::DataType::F32);
-          data = full.data();
-        }
-        if (!lead) continue;
-        const std::string name = fmt::format("{}/{}", runfile::kTensorGroups[t], p.name);
-        f->create_f32(name, p.global_shape, p.expert ? 1 : 0);
-        f->write_f32_rows(name, 0, p.global_shape.empty() ? 1 : p.global_shape[0], data);
-      }
-    }
+    write_tensors_gathered(f.get(), model.params(), opt, groups);
     if (lead) {
-      write_meta(*f);
+      write_meta(*f, info, record, opt);
       f->close();
     }
   }

@@ -1,23 +1,27 @@
 #pragma once
-// The training loop of `routemoe train`: data, model, AdamW with warmup + cosine schedule,
-// gradient clipping and accumulation, periodic validation, metrics as JSON lines, a console
-// line per log interval and a progress bar on terminals.
+// The training loop of `routemoe train` (docs/architecture.md, "One training step"):
+//   prepare_run_dir -> load data -> Model + AdamW -> resume_run -> probe set -> for each step:
+//   train_step (step.h), then the after-step work — metrics, routing records and checkpoints,
+//   evaluation — and a report to the observer (the CLI prints the banner, the progress bar and
+//   the console lines; run_training prints nothing itself).
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "framework/config.h"
+#include "framework/train/step.h"
 
 namespace routemoe {
 
-class ParamStore;
+class Model;
 
 struct TrainSummary {
   std::int64_t steps = 0;
-  double first_loss = 0.0;      // training loss of step 0
+  double first_loss = 0.0;      // training loss of the first step of this run
   double final_loss = 0.0;      // mean training loss over the last log interval
   double final_val_loss = 0.0;  // last validation cross-entropy (nats/token)
   double best_val_loss = 0.0;
@@ -27,25 +31,51 @@ struct TrainSummary {
   std::vector<std::vector<std::int64_t>>
       expert_load;             // per MoE layer, tokens per expert (last step)
   std::vector<double> losses;  // training loss of every step (mean over ranks and micro-batches)
-  std::string memory;          // rank 0's memory report: parameters, gradients, activation arena
+  std::string memory;  // rank 0's memory report: parameters, gradients, AdamW, activation arena
   std::string out_dir;
 };
 
-// Runs training as configured on the ranks of `groups` (collective). Validates the config
-// first; rank 0 creates train.out_dir (refusing one that already holds a run), writes the
-// metrics and prints the console lines. Each rank trains on its rows of every global batch;
-// dense gradients are summed over the world, expert gradients over the expert-data-parallel
-// group. The returned summary is the same on every rank.
-class Model;
+// What the run is, for the banner.
+struct RunInfo {
+  std::int64_t parameters = 0;  // held by this rank
+  std::int64_t train_tokens = 0;
+  std::int64_t val_tokens = 0;
+  double unigram_entropy = 0.0;
+  int world_size = 1;
+  std::string resumed_from;  // checkpoint path, empty for a fresh run
+  std::int64_t start_step = 0;
+};
+
+// One step as the console sees it.
+struct StepReport {
+  const StepResult& result;
+  std::int64_t total_steps = 0;
+  bool log_line = false;       // a console line is due (log_every, evaluation, last step)
+  double interval_loss = 0.0;  // mean training loss since the previous console line
+  double interval_tokens_per_s = 0.0;
+  std::optional<double> val_loss;  // when this step ran a validation pass
+};
+
+// Receives the run's progress on rank 0 (other ranks are not called).
+class TrainObserver {
+ public:
+  virtual ~TrainObserver() = default;
+  virtual void on_start(const RunConfig& /*cfg*/, const RunInfo& /*info*/) {}
+  virtual void on_step(const StepReport& /*report*/) {}
+  virtual void on_finish(const TrainSummary& /*summary*/) {}
+};
+
 // Optional callback with the trained model before run_training returns (collective code such
 // as gathering expert shards may run in it: every rank calls it).
 using AfterTraining = std::function<void(Model&)>;
-TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
-                          const AfterTraining& after = nullptr);
 
-// Sums gradients over the data-parallel replicas (dense: world, experts: expert-data-parallel
-// group) and returns the global gradient norm with every parameter counted exactly once.
-double reduce_gradients(ParamStore& params, comm::ProcessGroups& groups);
+// Runs training as configured on the ranks of `groups` (collective). Validates the config
+// first; rank 0 creates train.out_dir (refusing one that already holds a run) and writes the
+// metrics. Each rank trains on its rows of every global batch; dense gradients are summed over
+// the world, expert gradients over the expert-data-parallel group. The returned summary is the
+// same on every rank. `observer` (may be null) is called on rank 0.
+TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
+                          TrainObserver* observer = nullptr, const AfterTraining& after = nullptr);
 
 // Shannon entropy (nats) of the unigram distribution of `tokens`.
 double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size);

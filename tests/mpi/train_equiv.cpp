@@ -149,7 +149,7 @@ int run(int argc, char** argv) {
     cfg.train.out_dir = dir;
     if (groups.world->rank() == 0) std::filesystem::remove_all(dir);
     groups.world->barrier();
-    return run_training(cfg, groups, [&](Model& m) { params = gather_params(m, groups); });
+    return run_training(cfg, groups, nullptr, [&](Model& m) { params = gather_params(m, groups); });
   };
   if (groups.world->rank() == 0) std::filesystem::remove(out);  // never leave a stale result
   Params params;
