@@ -19,6 +19,7 @@
 //                               --swap-experts PARAM)   (PARAM: experts 0 and E-1 swapped in
 //                               params/optim)
 //   ckpt_harness fuzz --ckpt F --config T --routemoe EXE --work DIR [--flips N --truncations M
+//                     --seconds S --min-cases C (a time budget that stops after at least C cases)
 //   --seed S]
 //       writes N copies of F with one flipped byte and M truncated copies, and for each runs
 //       `ckpt_harness load` and `routemoe inspect --json` in subprocesses. Each must either
@@ -472,7 +473,7 @@ std::vector<std::size_t> metadata_bytes(const std::string& path, std::size_t fil
 
 int cmd_fuzz(const std::string& orig, const std::string& config, const std::string& self,
              const std::string& routemoe, const std::string& work, int flips, int truncations,
-             unsigned seed) {
+             unsigned seed, double seconds, int min_cases) {
   fs::create_directories(work);
   const std::string bytes = slurp(orig);
   RM_CHECK_KIND(Io, !bytes.empty(), fmt::format("cannot read {}", orig));
@@ -496,14 +497,27 @@ int cmd_fuzz(const std::string& orig, const std::string& config, const std::stri
   std::mt19937_64 rng(seed);
   int bad = 0, refused = 0, identical = 0;
   std::map<std::string, int> messages;  // how the refusals read (first words after the path)
+  // Flips and truncations interleaved in their ratio, so that a run cut short by the time budget
+  // still has both kinds; the budget ends the loop only after min_cases corruptions.
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   const int total = flips + truncations;
+  int done = 0, done_flips = 0, done_truncations = 0;
   for (int c = 0; c < total; ++c) {
+    if (seconds > 0 && done >= min_cases && elapsed() > seconds) break;
+    const bool flip = done_truncations >= truncations ||
+                      (done_flips < flips && done_flips * truncations <= done_truncations * flips);
+    ++(flip ? done_flips : done_truncations);
+    ++done;
     std::string damaged = bytes;
     std::string what;
-    if (c < flips) {
+    if (flip) {
       // Half the flips in HDF5 metadata (superblock, object headers, chunk indexes, heaps: every
       // byte outside raw data chunks), half anywhere (mostly tensor data).
-      const std::size_t at = c % 2 == 0 ? metadata[rng() % metadata.size()] : rng() % bytes.size();
+      const std::size_t at =
+          done_flips % 2 == 1 ? metadata[rng() % metadata.size()] : rng() % bytes.size();
       const auto mask = static_cast<unsigned char>(1u << (rng() % 8));
       damaged[at] = static_cast<char>(static_cast<unsigned char>(damaged[at]) ^ mask);
       what = fmt::format("flip bit 0x{:02x} at byte {}", mask, at);
@@ -537,10 +551,13 @@ int cmd_fuzz(const std::string& orig, const std::string& config, const std::stri
     // record that a resume does not), as long as what was accepted is identical.
   }
   std::printf(
-      "fuzz: %d corruptions (%d byte flips, %d truncations, seed %u): %d refused with a one-line "
-      "error, "
-      "%d loaded identical values, %d FAILED\n",
-      total, flips, truncations, seed, refused, identical, bad);
+      "fuzz: %d corruptions (%d byte flips, %d truncations, seed %u, %.0f s): %d refused with a "
+      "one-line error, %d loaded identical values, %d FAILED\n",
+      done, done_flips, done_truncations, seed, elapsed(), refused, identical, bad);
+  if (done < total) {
+    std::printf("fuzz: the %.0f s budget ended the run after %d of %d corruptions\n", seconds, done,
+                total);
+  }
   std::printf("most common refusals (text after the file name):\n");
   std::vector<std::pair<int, std::string>> common;
   for (const auto& [k, n] : messages) common.emplace_back(n, k);
@@ -1040,6 +1057,10 @@ int main(int argc, char** argv) {
   fuzz->add_option("--flips", flips);
   fuzz->add_option("--truncations", truncations);
   fuzz->add_option("--seed", seed);
+  double fuzz_seconds = 0;
+  int fuzz_min_cases = 0;
+  fuzz->add_option("--seconds", fuzz_seconds, "time budget (0: none); at least --min-cases run");
+  fuzz->add_option("--min-cases", fuzz_min_cases);
   CLI::App* trace = app.add_subcommand("check-trace");
   trace->add_option("trace", a)->required();
   trace->add_option("--records", records)->required();
@@ -1070,7 +1091,7 @@ int main(int argc, char** argv) {
     if (mutate->parsed()) return cmd_mutate(a, b, del, set_int, set_str, swap);
     if (fuzz->parsed()) {
       return cmd_fuzz(a, config, fs::canonical("/proc/self/exe").string(), routemoe, work, flips,
-                      truncations, seed);
+                      truncations, seed, fuzz_seconds, fuzz_min_cases);
     }
     if (trace->parsed()) return cmd_check_trace(a, records, routers, P, K, D, ckpt_dir);
     if (same->parsed()) return cmd_same_content(a, b);

@@ -20,9 +20,11 @@
 #                      format version, a trace, an empty file, a directory, ...: `routemoe train
 #                      --resume` and `routemoe inspect` refuse each with exit code 1 and ONE line
 #                      naming the file and the cause.
-#   fuzz               200 single-bit flips and 50 truncations of a checkpoint (fixed seed), each
-#                      loaded in subprocesses (ckpt_harness load, routemoe inspect --json): refused
-#                      cleanly, or loaded with values identical to the original; never a crash.
+#   fuzz               up to 200 single-bit flips and 50 truncations of a checkpoint (fixed seed,
+#                      interleaved), each loaded in subprocesses (ckpt_harness load, routemoe
+#                      inspect --json): refused cleanly, or loaded with values identical to the
+#                      original; never a crash. A 60 s budget stops it after at least 40 cases
+#                      (busy or sanitizer builds); a quiet release build runs all 250.
 #   kill_during_write  SIGKILL while a checkpoint's .tmp is being written; `--resume auto` loads
 #                      the newest complete checkpoint, ignores the .tmp files and finishes with
 #                      the parameters of an uninterrupted run, bit for bit.
@@ -309,7 +311,8 @@ case $case_name in
     cfg train.steps=2 checkpoint.every=2
     train 0 "$out/G.log" "${CFG[@]}" --train.out_dir="$out/G"
     "$harness" fuzz --ckpt "$(ckpt "$out/G" 2)" --config "$out/G/config.toml" --routemoe "$bin" \
-      --work "$out/fuzz" --flips 200 --truncations 50 --seed 20261123 || fail "see the FAIL lines above"
+      --work "$out/fuzz" --flips 200 --truncations 50 --seed 20261123 --seconds 60 --min-cases 40 ||
+      fail "see the FAIL lines above"
     ;;
 
   kill_during_write)
