@@ -153,7 +153,8 @@ endif()
 
 add_library(routemoe_cuda INTERFACE)
 if(ROUTEMOE_HAVE_CUDA)
-  target_link_libraries(routemoe_cuda INTERFACE CUDA::cudart CUDA::cublas)
+  # cuBLAS is loaded at run time (framework/cuda/cublas_api.cpp), not linked: its headers only.
+  target_link_libraries(routemoe_cuda INTERFACE CUDA::cudart ${CMAKE_DL_LIBS})
   if(ROUTEMOE_HAVE_NCCL)
     target_include_directories(routemoe_cuda SYSTEM INTERFACE ${ROUTEMOE_NCCL_INCLUDE})
     target_link_libraries(routemoe_cuda INTERFACE ${ROUTEMOE_NCCL_LIBRARY})

@@ -8,6 +8,7 @@
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/context.h"
+#include "framework/cuda/cublas_api.h"
 
 namespace routemoe::detail {
 
@@ -57,12 +58,13 @@ Context::Context(int device) : device_(device) {
   cudaStream_t stream = nullptr;
   RM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t handle = nullptr;
-  cublasStatus_t rc = cublasCreate(&handle);
-  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(handle, stream);
+  const blas::Api& cublas = blas::api();  // loads cuBLAS on first use
+  cublasStatus_t rc = cublas.create(&handle);
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublas.set_stream(handle, stream);
   // Plain fp32 GEMMs (no TF32 tensor-op downgrade): the parity tests compare against CBLAS.
-  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublas.set_math_mode(handle, CUBLAS_DEFAULT_MATH);
   if (rc != CUBLAS_STATUS_SUCCESS) {
-    if (handle != nullptr) (void)cublasDestroy(handle);
+    if (handle != nullptr) (void)cublas.destroy(handle);
     (void)cudaStreamDestroy(stream);
     RM_CUBLAS_CHECK(rc);  // throws
   }
@@ -77,7 +79,7 @@ Context::~Context() {
   const bool switched = cudaGetDevice(&current) == cudaSuccess && current != device_ &&
                         cudaSetDevice(device_) == cudaSuccess;
   if (cublas_ != nullptr) {
-    const cublasStatus_t rc = cublasDestroy(as_handle(cublas_));
+    const cublasStatus_t rc = blas::api().destroy(as_handle(cublas_));
     if (rc != CUBLAS_STATUS_SUCCESS) {
       std::fprintf(stderr, "routemoe: cublasDestroy failed: %s\n", detail::cublas_status_name(rc));
     }
