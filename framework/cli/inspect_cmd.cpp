@@ -10,7 +10,7 @@
 //
 // Any problem is one line on stderr, "routemoe inspect: <file>: <cause>", and exit code 1.
 // Single process, no MPI. --json prints the same facts as one JSON document instead of the
-// text (design.md section 7).
+// text (docs/architecture.md, "Conventions").
 
 #include <fmt/format.h>
 #include <hdf5.h>
