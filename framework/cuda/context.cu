@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <string>
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/context.h"
@@ -98,13 +99,26 @@ void Context::synchronize() const {
   RM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
 }
 
-int device_count() noexcept {
+int device_count() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the "no device"/"no driver" error
+  const cudaError_t rc = cudaGetDeviceCount(&count);
+  if (rc == cudaSuccess) return count;
+  (void)cudaGetLastError();  // not sticky, but leave nothing behind
+  if (rc == cudaErrorNoDevice) return 0;
+  // Without any driver installed the runtime reports an insufficient driver of version 0: a
+  // machine without a GPU. A driver that is present but older than the runtime is an error.
+  int driver = -1;
+  if (rc == cudaErrorInsufficientDriver && cudaDriverGetVersion(&driver) == cudaSuccess &&
+      driver == 0) {
     return 0;
   }
-  return count;
+  int runtime = 0;
+  (void)cudaRuntimeGetVersion(&runtime);
+  raise_error(ErrorKind::Cuda, "cudaGetDeviceCount",
+              std::string(cudaGetErrorName(rc)) + ": " + cudaGetErrorString(rc) +
+                  " (driver API version " + std::to_string(driver) + ", runtime " +
+                  std::to_string(runtime) + "): the GPUs of this machine cannot be used",
+              __FILE__, __LINE__);
 }
 
 }  // namespace routemoe::cuda
