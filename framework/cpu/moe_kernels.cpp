@@ -41,6 +41,7 @@ std::size_t at(std::int64_t i) {
 template <typename T>
 void mask_future(T* x, std::int64_t rows, std::int64_t t) {
   detail::check_sizes("mask_future", {{"rows", rows}, {"t", t}});
+  if (t == 0) return;  // no columns (and no r % t to take)
   const T ninf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel for if (rows * t > kParallelElems)
   for (std::int64_t r = 0; r < rows; ++r) {
