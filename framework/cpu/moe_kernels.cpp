@@ -176,8 +176,10 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
       for (std::int64_t c = 0; c < e; ++c) {
         bool taken = false;
         for (std::int64_t t = 0; t < j; ++t) taken = taken || out[t] == c;
-        // Strict '>' keeps the lower index on ties; NaN never wins over a number.
-        if (!taken && (best < 0 || r[c] > r[best])) best = static_cast<std::int32_t>(c);
+        // Strict '>' keeps the lower index on ties. A NaN never wins over a number: a NaN
+        // compares false either way, so a number also replaces a NaN held as the best so far.
+        if (!taken && (best < 0 || r[c] > r[best] || (std::isnan(r[best]) && !std::isnan(r[c]))))
+          best = static_cast<std::int32_t>(c);
       }
       out[j] = best;
     }
