@@ -215,6 +215,7 @@ template <typename T>
 void topk_gates_backward(const T* s, const std::int32_t* choice, const T* gates, const T* dgates,
                          T* ds, std::int64_t n, std::int64_t e, std::int64_t k, GateRule rule) {
   detail::check_sizes("topk_gates_backward", {{"n", n}, {"e", e}, {"k", k}});
+  check_index_range("topk_gates_backward", "choice", choice, n * k, e);
   std::fill(ds, ds + n * e, T(0));
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int32_t* ch = choice + i * k;
