@@ -120,7 +120,7 @@ void expect_meaning(const std::string& text, const RunConfig& cfg) {
     return;
   }
   const toml::table ours = toml::parse(cfg.to_toml());
-  const toml::table defaults = toml::parse(RunConfig{}.to_toml());
+  static const toml::table defaults = toml::parse(RunConfig{}.to_toml());
   for (const std::string& key : config_keys()) {
     const toml::node* given = meant.at_path(key).node();
     const toml::node* want = given != nullptr ? given : defaults.at_path(key).node();
