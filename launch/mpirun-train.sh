@@ -57,7 +57,7 @@ trap 'on_signal USR1' USR1
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 usage() {
-  sed -n '2,36p' "${BASH_SOURCE[0]}" >&2
+  awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 die() {

@@ -114,8 +114,8 @@ created+=("$host_a")
 ip netns add "$host_b" || fail "ip netns add $host_b"
 created+=("$host_b")
 ip link add "$veth_a" type veth peer name "$veth_b" || fail "cannot create a veth pair"
-ip link set "$veth_a" netns "$host_a" && ip link set "$veth_b" netns "$host_b" ||
-  fail "cannot move the veth ends into the namespaces"
+ip link set "$veth_a" netns "$host_a" || fail "cannot move $veth_a into $host_a"
+ip link set "$veth_b" netns "$host_b" || fail "cannot move $veth_b into $host_b"
 ip -n "$host_a" addr add "$subnet_prefix.1/24" dev "$veth_a"
 ip -n "$host_b" addr add "$subnet_prefix.2/24" dev "$veth_b"
 for ns in "$host_a" "$host_b"; do ip -n "$ns" link set lo up; done
@@ -141,6 +141,7 @@ tiny=(--model.d_model=32 --model.n_heads=2 --model.seq_len=32 --model.n_layers=2
 # mpi_yield_when_idle: a rank waiting for a message yields its core; with one slot per host Open
 # MPI would otherwise busy-poll, and on a loaded 2-core machine the ranks starve each other
 # (measured: 20 steps in 9.7 s busy-polling, 0.8 s yielding).
+# shellcheck disable=SC2054  # "self,tcp" is one value
 across=(--hostfile "$work/hosts" --ranks-per-node 1 --threads 1
   --mca plm_rsh_agent "$work/agent" --mca btl self,tcp --mca mpi_yield_when_idle 1
   --mca btl_tcp_if_include "$subnet" --mca oob_tcp_if_include "$subnet")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A one-node Slurm cluster in a scratch directory, for tests (sourced, not run).
 #
 #   source tests/cluster/slurm_cluster.sh
@@ -159,8 +160,10 @@ slurm_up() {
   slurm_poll 20 _munge_ok || { slurm_fail "munged did not answer within 20 s"; return 1; }
 
   local ctld_port slurmd_port
-  ctld_port=$(slurm_free_port) && slurmd_port=$(slurm_free_port) ||
-    { slurm_fail "no free TCP port"; return 1; }
+  if ! ctld_port=$(slurm_free_port) || ! slurmd_port=$(slurm_free_port); then
+    slurm_fail "no free TCP port"
+    return 1
+  fi
   [[ $ctld_port != "$slurmd_port" ]] || slurmd_port=$((ctld_port + 1))
   slurm_write_conf "$dir" "$ctld_port" "$slurmd_port"
   export SLURM_CONF=$dir/slurm.conf
@@ -201,7 +204,7 @@ slurm_down() {
   local left
   left=$(slurm_token_pids)
   if [[ -n $left ]]; then
-    echo "slurm_down: killing processes left behind: $(echo $left)" >&2
+    echo "slurm_down: killing processes left behind: ${left//$'\n'/ }" >&2
     # shellcheck disable=SC2086
     kill -KILL $left 2>/dev/null || true
   fi
