@@ -243,7 +243,7 @@ case $case_name in
     started() { steps_at_least "$run" 3 || ! kill -0 "$launcher_pid" 2>/dev/null; }
     poll 120 started || fail "no training step within 120 s"
     kill -0 "$launcher_pid" 2>/dev/null ||
-      fail "the job ended before the rank was stopped (needs routemoe's parallel.timeout_s): $(grep -m1 'error' "$run.out")"
+      fail "the job ended before the rank was stopped (needs routemoe's parallel.timeout_s): $(grep -m1 -iE 'error|not expected' "$run.out")"
     victim=$(rank_pid_in "$host_b") || fail "no routemoe rank in namespace $host_b"
     kill -STOP "$victim"
     echo "stopped rank pid $victim on host $host_b"
