@@ -20,9 +20,13 @@
 SLURM_SCRATCH=""
 SLURM_PIDS=()
 SLURM_NODE=""
-# Every process of this cluster carries ROUTEMOE_SLURM_TEST=$SLURM_TOKEN in its environment:
-# the daemons, slurmstepd (started by slurmd) and, through slurm_sbatch, every job process.
-# slurm_down's last sweep kills whatever still has it, so nothing outlives the test.
+# Every process of this cluster can be found again: the daemons and, through slurm_sbatch, every
+# job process carry ROUTEMOE_SLURM_TEST=$SLURM_TOKEN in their environment; slurmstepd (which
+# slurmd starts with an empty environment) has the scratch directory as its working directory,
+# inherited from slurmd. slurm_down's last sweep kills whatever still matches, so nothing
+# outlives the test. The daemons run in sessions of their own (setsid), so that a signal to the
+# test's process group (ctest, timeout) does not stop them before slurm_down has cancelled the
+# jobs.
 SLURM_TOKEN="routemoe-slurm-test-$$-$RANDOM"
 
 # sbatch with the cluster's token in the job's environment (use it for every submission).
@@ -30,13 +34,19 @@ slurm_sbatch() {
   ROUTEMOE_SLURM_TEST=$SLURM_TOKEN sbatch "$@"
 }
 
-# Process ids whose environment holds this cluster's token.
+# Process ids of this cluster: the token in the environment, or (slurmstepd) the working
+# directory inside the scratch directory.
 slurm_token_pids() {
-  local d
+  local d cwd
   for d in /proc/[0-9]*; do
     [[ ${d#/proc/} != "$$" ]] || continue
-    { tr '\0' '\n' <"$d/environ"; } 2>/dev/null | grep -qx "ROUTEMOE_SLURM_TEST=$SLURM_TOKEN" &&
+    if { tr '\0' '\n' <"$d/environ"; } 2>/dev/null | grep -qx "ROUTEMOE_SLURM_TEST=$SLURM_TOKEN"; then
       echo "${d#/proc/}"
+    elif [[ -n $SLURM_SCRATCH ]] && cwd=$(readlink "$d/cwd" 2>/dev/null) &&
+      [[ $cwd == "$SLURM_SCRATCH" || $cwd == "$SLURM_SCRATCH"/* ]] &&
+      [[ $(cat "$d/comm" 2>/dev/null) == slurmstepd ]]; then
+      echo "${d#/proc/}"
+    fi
   done
   return 0
 }
@@ -151,7 +161,7 @@ slurm_up() {
     { slurm_fail "the munge user cannot reach $dir/munge (a parent directory is not searchable)"; return 1; }
   "${as_munge[@]}" mungekey --create --keyfile="$dir/munge/munge.key" ||
     { slurm_fail "mungekey could not create a key"; return 1; }
-  ROUTEMOE_SLURM_TEST=$SLURM_TOKEN "${as_munge[@]}" munged --foreground --socket="$dir/munge/munge.socket" \
+  ROUTEMOE_SLURM_TEST=$SLURM_TOKEN setsid "${as_munge[@]}" munged --foreground --socket="$dir/munge/munge.socket" \
     --key-file="$dir/munge/munge.key" --pid-file="$dir/munge/munged.pid" \
     --seed-file="$dir/munge/munged.seed" --log-file="$dir/munge/munged.log" \
     >"$dir/log/munged.log" 2>&1 &
@@ -168,11 +178,13 @@ slurm_up() {
   slurm_write_conf "$dir" "$ctld_port" "$slurmd_port"
   export SLURM_CONF=$dir/slurm.conf
 
-  ROUTEMOE_SLURM_TEST=$SLURM_TOKEN slurmctld -D -i -f "$SLURM_CONF" >"$dir/log/slurmctld.out" 2>&1 &
+  (cd "$dir" && ROUTEMOE_SLURM_TEST=$SLURM_TOKEN exec setsid slurmctld -D -i -f "$SLURM_CONF") \
+    >"$dir/log/slurmctld.out" 2>&1 &
   SLURM_PIDS+=($!)
   slurm_poll 30 scontrol ping >/dev/null 2>&1 ||
     { slurm_fail "slurmctld did not answer within 30 s"; return 1; }
-  ROUTEMOE_SLURM_TEST=$SLURM_TOKEN slurmd -D -N "$SLURM_NODE" -f "$SLURM_CONF" >"$dir/log/slurmd.out" 2>&1 &
+  (cd "$dir" && ROUTEMOE_SLURM_TEST=$SLURM_TOKEN exec setsid slurmd -D -N "$SLURM_NODE" -f "$SLURM_CONF") \
+    >"$dir/log/slurmd.out" 2>&1 &
   SLURM_PIDS+=($!)
   slurm_poll 60 slurm_node_idle ||
     { slurm_fail "node $SLURM_NODE not idle within 60 s: $(sinfo -h -N -o '%N %t %E' 2>&1)"; return 1; }
@@ -180,24 +192,27 @@ slurm_up() {
 }
 
 slurm_no_jobs() {
-  [[ -z $(squeue -h -t RUNNING,COMPLETING,PENDING,CONFIGURING -o '%i' 2>/dev/null) ]]
+  [[ -z $(timeout 10 squeue -h -t RUNNING,COMPLETING,PENDING,CONFIGURING -o '%i' 2>/dev/null) ]]
 }
 
 # Stops what slurm_up started: first every job (killed, so no rank is left behind), then
-# slurmd, slurmctld and munged (SIGTERM, then SIGKILL after 15 s), then any process that still
-# carries the cluster's token (a slurmstepd or a rank that outlived its daemon).
+# slurmd, slurmctld and munged (SIGTERM, then SIGKILL after 10 s), then any process of the
+# cluster that is still there (a slurmstepd or a rank that outlived its daemon). At most about
+# a minute, also when a daemon is already gone.
 slurm_down() {
-  if [[ -n ${SLURM_CONF:-} && -f $SLURM_CONF ]] && ((${#SLURM_PIDS[@]} >= 2)); then
-    scancel --quiet --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
-    scancel --quiet --user="$(id -un)" 2>/dev/null || true
-    slurm_poll 20 slurm_no_jobs || echo "slurm_down: jobs still listed after 20 s" >&2
+  # The clients wait for a controller that is gone: only while slurmctld runs, and bounded.
+  if [[ -n ${SLURM_CONF:-} && -f $SLURM_CONF ]] && ((${#SLURM_PIDS[@]} >= 2)) &&
+    kill -0 "${SLURM_PIDS[1]}" 2>/dev/null; then
+    timeout 10 scancel --quiet --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
+    timeout 10 scancel --quiet --user="$(id -un)" 2>/dev/null || true
+    slurm_poll 15 slurm_no_jobs || echo "slurm_down: jobs still listed after 15 s" >&2
   fi
   local i pid
   for ((i = ${#SLURM_PIDS[@]} - 1; i >= 0; i--)); do
     pid=${SLURM_PIDS[i]}
     kill -TERM "$pid" 2>/dev/null || continue
     _gone() { ! kill -0 "$1" 2>/dev/null; }
-    slurm_poll 15 _gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    slurm_poll 10 _gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
   SLURM_PIDS=()
