@@ -17,6 +17,7 @@ packages=(
   libfmt-dev libcli11-dev libtomlplusplus-dev libopenblas-openmp-dev libgtest-dev
   python3 python3-torch python3-h5py python3-numpy
   clang-format universal-ctags
+  slurmctld slurmd slurm-client munge iproute2
 )
 
 case "${1:-}" in
