@@ -4,7 +4,9 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "framework/error.h"
 
@@ -17,6 +19,12 @@ Handle& Handle::operator=(Handle&& o) noexcept {
     o.id_ = H5I_INVALID_HID;
   }
   return *this;
+}
+
+hid_t Handle::release() noexcept {
+  const hid_t id = id_;
+  id_ = H5I_INVALID_HID;
+  return id;
 }
 
 Handle::~Handle() {
@@ -52,6 +60,28 @@ Handle::~Handle() {
 }
 
 namespace {
+
+// A failed write: Error(Io) with the system's cause when the call set errno, else Error(Hdf5).
+[[noreturn]] void write_failed(const std::string& path, const std::string& obj, const char* call,
+                               int err) {
+  const std::string hdf5 = detail::hdf5_error_message();
+  if (err != 0) {
+    RM_FAIL(Io, fmt::format("{}: cannot write {}: {} (errno {}; HDF5: {}: {})", path, obj,
+                            std::strerror(err), err, call, hdf5));
+  }
+  RM_FAIL(Hdf5, fmt::format("{}: cannot write {}: {}: {}", path, obj, call, hdf5));
+}
+
+// Runs the HDF5 call `fn` with errno cleared; a negative result is a write_failed.
+template <typename Fn>
+auto checked_write(const std::string& path, const std::string& obj, const char* call, Fn&& fn) {
+  errno = 0;
+  const auto rc = fn();
+  const int err = errno;
+  if (rc < 0) write_failed(path, obj, call, err);
+  return rc;
+}
+
 void quiet() {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
 }
@@ -81,8 +111,9 @@ Handle new_fapl() {
 File File::create(const std::string& path) {
   quiet();
   Handle fapl = new_fapl();
-  Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("cannot create HDF5 file {}", path));
+  Handle h(checked_write(path, "the file", "H5Fcreate", [&] {
+    return H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id());
+  }));
   return File(std::move(h), path);
 }
 
@@ -92,8 +123,9 @@ File File::create_parallel(const std::string& path, const void* mpi_comm) {
   Handle fapl = new_fapl();
   RM_HDF5_CHECK(
       H5Pset_fapl_mpio(fapl.id(), *static_cast<const MPI_Comm*>(mpi_comm), MPI_INFO_NULL));
-  Handle h(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
-  RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("cannot create HDF5 file {} (parallel)", path));
+  Handle h(checked_write(path, "the file (parallel)", "H5Fcreate", [&] {
+    return H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id());
+  }));
   return File(std::move(h), path, true);
 #else
   (void)mpi_comm;
@@ -119,12 +151,20 @@ File File::open_rw(const std::string& path) {
   return File(std::move(h), path);
 }
 
+void File::flush() {
+  checked_write(path_, "the file", "H5Fflush",
+                [&] { return H5Fflush(handle_.id(), H5F_SCOPE_GLOBAL); });
+}
+
 void File::close() {
   if (!handle_.valid()) return;
-  RM_HDF5_CHECK(H5Fflush(handle_.id(), H5F_SCOPE_GLOBAL));
-  const hid_t id = handle_.id();
-  Handle released(std::move(handle_));
-  (void)id;
+  flush();
+  const hid_t id = handle_.release();
+  checked_write(path_, "the file", "H5Fclose", [&] { return H5Fclose(id); });
+}
+
+void File::abandon() noexcept {
+  handle_.release();
 }
 
 bool File::exists(const std::string& obj) const {
@@ -179,11 +219,13 @@ void File::write_raw(const std::string& obj, hid_t mem_type, hid_t file_type, co
   Handle lcpl = link_props();
   Handle space = make_space(shape);
   Handle dcpl = checked_dcpl(shape, 0);
-  Handle ds(RM_HDF5_CHECK(
-      H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+  Handle ds(checked_write(path_, obj, "H5Dcreate2", [&] {
+    return H5Dcreate2(id(), obj.c_str(), file_type, space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT);
+  }));
   if (shape_numel(shape) > 0) {
     Handle dxpl = transfer_props(parallel_);
-    RM_HDF5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, dxpl.id(), data));
+    checked_write(path_, obj, "H5Dwrite",
+                  [&] { return H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, dxpl.id(), data); });
   }
 }
 
@@ -191,8 +233,10 @@ void File::create_f32(const std::string& obj, const Shape& global_shape, std::in
   Handle lcpl = link_props();
   Handle space = make_space(global_shape);
   Handle dcpl = checked_dcpl(global_shape, chunk_rows);
-  Handle ds(RM_HDF5_CHECK(H5Dcreate2(id(), obj.c_str(), H5T_IEEE_F32LE, space.id(), lcpl.id(),
-                                     dcpl.id(), H5P_DEFAULT)));
+  Handle ds(checked_write(path_, obj, "H5Dcreate2", [&] {
+    return H5Dcreate2(id(), obj.c_str(), H5T_IEEE_F32LE, space.id(), lcpl.id(), dcpl.id(),
+                      H5P_DEFAULT);
+  }));
 }
 
 void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::int64_t rows,
@@ -210,7 +254,9 @@ void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::i
     if (!parallel_) return;
     RM_HDF5_CHECK(H5Sselect_none(fspace.id()));
     Handle mspace(RM_HDF5_CHECK(H5Screate(H5S_NULL)));
-    RM_HDF5_CHECK(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data));
+    checked_write(path_, obj, "H5Dwrite", [&] {
+      return H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data);
+    });
     return;
   }
   std::vector<hsize_t> start(dims.size(), 0), count = dims;
@@ -219,7 +265,9 @@ void File::write_f32_rows(const std::string& obj, std::int64_t row_begin, std::i
   RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr,
                                     count.data(), nullptr));
   Handle mspace(RM_HDF5_CHECK(H5Screate_simple(nd, count.data(), nullptr)));
-  RM_HDF5_CHECK(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data));
+  checked_write(path_, obj, "H5Dwrite", [&] {
+    return H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), dxpl.id(), data);
+  });
 }
 
 std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_begin,
@@ -272,10 +320,14 @@ void File::set_attr(const std::string& obj, const std::string& name, const std::
   if (H5Aexists_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0) {
     RM_HDF5_CHECK(H5Adelete_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT));
   }
-  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), type.id(),
-                                              space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+  const std::string where = fmt::format("attribute {} of {}", name, obj);
+  Handle attr(checked_write(path_, where, "H5Acreate_by_name", [&] {
+    return H5Acreate_by_name(id(), obj.c_str(), name.c_str(), type.id(), space.id(), H5P_DEFAULT,
+                             H5P_DEFAULT, H5P_DEFAULT);
+  }));
   const std::string padded = value.empty() ? std::string(1, '\0') : value;
-  RM_HDF5_CHECK(H5Awrite(attr.id(), type.id(), padded.data()));
+  checked_write(path_, where, "H5Awrite",
+                [&] { return H5Awrite(attr.id(), type.id(), padded.data()); });
 }
 
 void File::set_attr(const std::string& obj, const std::string& name, std::int64_t value) {
@@ -283,9 +335,13 @@ void File::set_attr(const std::string& obj, const std::string& name, std::int64_
   if (H5Aexists_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0) {
     RM_HDF5_CHECK(H5Adelete_by_name(id(), obj.c_str(), name.c_str(), H5P_DEFAULT));
   }
-  Handle attr(RM_HDF5_CHECK(H5Acreate_by_name(id(), obj.c_str(), name.c_str(), H5T_STD_I64LE,
-                                              space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
-  RM_HDF5_CHECK(H5Awrite(attr.id(), H5T_NATIVE_INT64, &value));
+  const std::string where = fmt::format("attribute {} of {}", name, obj);
+  Handle attr(checked_write(path_, where, "H5Acreate_by_name", [&] {
+    return H5Acreate_by_name(id(), obj.c_str(), name.c_str(), H5T_STD_I64LE, space.id(),
+                             H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  }));
+  checked_write(path_, where, "H5Awrite",
+                [&] { return H5Awrite(attr.id(), H5T_NATIVE_INT64, &value); });
 }
 
 bool File::has_attr(const std::string& obj, const std::string& name) const {

@@ -4,6 +4,11 @@
 // groups are created on write). Every HDF5 call is checked (RM_HDF5_CHECK), so failures are
 // Error(Hdf5) naming the call and HDF5's own message; the file path is added by the callers
 // that know the context.
+//
+// Writes capture the operating system's error: a create, write, attribute or flush call that
+// fails after the system set errno (disk full, quota, permissions, a read-only file system) is
+// Error(Io) "<file>: cannot write <object>: <strerror> (errno N; HDF5: <call>: <message>)", so
+// the message names the file and the cause whatever HDF5 reports around it.
 
 #include <hdf5.h>
 
@@ -28,6 +33,8 @@ class Handle {
   ~Handle();
   hid_t id() const noexcept { return id_; }
   bool valid() const noexcept { return id_ >= 0; }
+  // Gives up ownership without closing; returns the identifier.
+  hid_t release() noexcept;
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -49,6 +56,13 @@ class File {
   bool exists(const std::string& obj) const;
   // Flushes to disk and closes (errors are reported, unlike in the destructor).
   void close();
+  // Writes everything buffered to the file (collective in a parallel file). After a successful
+  // flush, close() has nothing left to write.
+  void flush();
+  // Forgets the file without closing it: for the abort path of a parallel file after a failed
+  // write, where the close would be a collective that the ranks can no longer agree on. The
+  // HDF5 identifier leaks (the process is about to end). Never throws.
+  void abandon() noexcept;
 
   void write_f32(const std::string& obj, const float* data, const Shape& shape);
   void write_i32(const std::string& obj, const std::int32_t* data, const Shape& shape);

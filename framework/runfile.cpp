@@ -207,6 +207,7 @@ void write_trace_info(h5::File& f, const TraceInfo& info, const std::int32_t* pr
   f.set_attr("/", "n_experts", info.n_experts);
   f.set_attr("/", "seq_len", info.seq_len);
   f.set_attr("/", "routers", join_routers(info.routers));
+  if (!info.run_id.empty()) f.set_attr("/", "run_id", info.run_id);
   f.write_i32(kProbeTokens, probe, {info.probe_tokens});
 }
 
@@ -218,6 +219,7 @@ TraceInfo read_trace_info(const h5::File& f) {
   t.seq_len = f.attr_int("/", "seq_len");
   t.routers = split_routers(f.attr_string("/", "routers"));
   t.config = f.attr_string("/", "config");
+  t.run_id = read_run_id(f);
   RM_CHECK_KIND(Data, t.n_moe_layers >= 1 && t.top_k >= 1 && t.n_experts >= t.top_k,
                 fmt::format("{}: bad model attributes (n_moe_layers {}, top_k {}, n_experts {})",
                             f.path(), t.n_moe_layers, t.top_k, t.n_experts));
@@ -261,6 +263,7 @@ void write_checkpoint_info(h5::File& f, const CheckpointInfo& c) {
   f.set_attr("/", "world_size", c.world_size);
   f.set_attr("/", "ep_size", c.ep_size);
   f.set_attr("/", "routers", join_routers(c.routers));
+  if (!c.run_id.empty()) f.set_attr("/", "run_id", c.run_id);
 }
 
 CheckpointInfo read_checkpoint_info(const h5::File& f) {
@@ -272,8 +275,13 @@ CheckpointInfo read_checkpoint_info(const h5::File& f) {
   c.ep_size = f.attr_int("/", "ep_size");
   c.routers = split_routers(f.attr_string("/", "routers"));
   c.config = f.attr_string("/", "config");
+  c.run_id = read_run_id(f);
   RM_CHECK_KIND(Data, c.step >= 0, fmt::format("{}: negative step {}", f.path(), c.step));
   return c;
+}
+
+std::string read_run_id(const h5::File& f) {
+  return f.has_attr("/", "run_id") ? f.attr_string("/", "run_id") : std::string();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ enum class Kind { Checkpoint, Trace };
 inline constexpr std::string_view kCheckpointFormat = "routemoe-checkpoint";
 inline constexpr std::string_view kTraceFormat = "routemoe-trace";
 // Value of the root attribute `format_version` this build writes, and the newest it reads.
+// The version changes when an older reader would misread a file; an optional attribute that
+// older readers ignore (such as `run_id`) keeps it, and readers accept files without it.
 inline constexpr std::int64_t kCheckpointVersion = 1;
 inline constexpr std::int64_t kTraceVersion = 1;
 
@@ -129,6 +131,7 @@ struct TraceInfo {
   std::vector<std::string> routers;  // configured router per MoE layer
   std::string config;                // resolved configuration (TOML)
   std::int64_t probe_tokens = 0;     // P (read: the length of probe/tokens)
+  std::string run_id;  // the run that wrote it (root attribute `run_id`; "" when absent)
 };
 
 // Creates a trace's root: header, model facts, router list, configuration and the probe tokens
@@ -153,12 +156,17 @@ struct CheckpointInfo {
   std::int64_t ep_size = 1;
   std::vector<std::string> routers;  // configured router per MoE layer
   std::string config;                // resolved configuration (TOML)
+  std::string run_id;  // the run that wrote it (root attribute `run_id`; "" when absent)
 };
 
 // Writes the header and the attributes of `info` on the root. Collective in a parallel file.
 void write_checkpoint_info(h5::File& f, const CheckpointInfo& info);
 // Reads them from a checkpoint whose header was checked; refuses a negative step.
 CheckpointInfo read_checkpoint_info(const h5::File& f);
+
+// The root attribute `run_id` of an open checkpoint or trace: "" when the file has none (written
+// before run ids existed, or by a writer that had none).
+std::string read_run_id(const h5::File& f);
 
 // ---- errors while reading a file ----
 

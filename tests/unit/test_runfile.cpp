@@ -398,6 +398,43 @@ TEST(RunfileInfo, CheckpointRootRoundTripsAndRefusesANegativeStep) {
   EXPECT_NE(e.detail().find(path + ": negative step -3"), std::string::npos) << e.detail();
 }
 
+// The run id is an optional root attribute of both kinds: written when known, read back, and a
+// file without it (written before run ids) still reads, with an empty id.
+TEST(RunfileInfo, RunIdIsAnOptionalRootAttributeOfBothKinds) {
+  TempDir dir;
+  const std::string id = "0123456789abcdef0123456789abcdef";
+  CheckpointInfo ckpt;
+  ckpt.routers = {"topk"};
+  TraceInfo trace;
+  trace.n_moe_layers = 1;
+  trace.top_k = 1;
+  trace.n_experts = 2;
+  trace.seq_len = 1;
+  trace.routers = {"topk"};
+  trace.probe_tokens = 1;
+  const std::int32_t probe[1] = {7};
+  for (const std::string& run_id : {id, std::string()}) {
+    const std::string c = dir.file("ckpt" + run_id + ".h5"), t = dir.file("trace" + run_id + ".h5");
+    ckpt.run_id = run_id;
+    trace.run_id = run_id;
+    {
+      h5::File f = h5::File::create(c);
+      write_checkpoint_info(f, ckpt);
+      f.close();
+      h5::File g = h5::File::create(t);
+      write_trace_info(g, trace, probe);
+      g.close();
+    }
+    const h5::File f = h5::File::open_read(c), g = h5::File::open_read(t);
+    EXPECT_EQ(f.has_attr("/", "run_id"), !run_id.empty());
+    EXPECT_EQ(g.has_attr("/", "run_id"), !run_id.empty());
+    EXPECT_EQ(read_checkpoint_info(f).run_id, run_id);
+    EXPECT_EQ(read_trace_info(g).run_id, run_id);
+    EXPECT_EQ(read_run_id(f), run_id);
+    EXPECT_EQ(check_header(f, c, {Kind::Checkpoint}).version, 1);  // no version change
+  }
+}
+
 TEST(RunfileErrors, ReadingRethrowsOneDataLineNamingTheFile) {
   const std::string path = "/runs/a/ckpt_00000004.h5";
   // A value passes through.
