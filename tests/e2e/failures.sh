@@ -21,7 +21,7 @@
 #                    holds every step exactly once.
 #   preempt_np4      the same with SIGUSR1 to one rank (rank 2) of 4: the others agree to stop.
 #   second_signal    SIGUSR1 and then SIGTERM to a single-process run: the second stop signal ends it
-#                    at once with 143 (no checkpoint).
+#                    at once with 128 + its number (no checkpoint).
 #   disk_full_np2    the checkpoint directory on a small tmpfs that is filled up once the first
 #   disk_full_np4    checkpoint exists: the next checkpoint fails on rank 0; every rank agrees
 #                    and the job ends within 60 s with one error line naming the checkpoint path,
@@ -271,15 +271,17 @@ case $case_name in
   second_signal)
     start_job 0 --train.steps=1000000 --train.out_dir="$out/run"
     wait_for 60 "training step" has_steps "$out/run" 1
-    # Two different signals (the same one twice could merge into one pending signal): both are
-    # pending together, the lower-numbered SIGUSR1 is delivered first and asks for the stop, the
-    # SIGTERM that follows ends the process at once with 128 + 15.
+    # Two different signals (the same one twice could merge into one pending signal), both pending
+    # together. In a single-threaded process the lower-numbered SIGUSR1 comes first and SIGTERM
+    # ends it with 128 + 15; with MPI and OpenMP threads the kernel may hand the two to two threads
+    # at once, and then whichever handler comes second ends the process (128 + 10 or 128 + 15).
     kill -STOP "$job_pid"
     kill -USR1 "$job_pid"
     kill -TERM "$job_pid"
     kill -CONT "$job_pid"
     wait_job 60
-    [[ $JOB_RC -eq 143 ]] || fail "exit status $JOB_RC after SIGUSR1 and SIGTERM, expected 143 (128 + 15)"
+    [[ $JOB_RC -eq 143 || $JOB_RC -eq 138 ]] ||
+      fail "exit status $JOB_RC after SIGUSR1 and SIGTERM, expected 143 or 138 (128 + the second signal)"
     ! grep -q "stopped by" "$log" || fail "the run went on to its stop checkpoint"
     echo "ok ($case_name): ended at once with $JOB_RC after $JOB_TOOK s"
     ;;
