@@ -359,9 +359,7 @@ Run read_trace(const std::string& path) {
     expect.tokens = run.n_probe;
     expect.top_k = run.top_k;
     expect.values = false;  // the metrics need the chosen experts only
-    for (const std::string& group : runfile::trace_record_groups(f)) {
-      run.records.push_back(runfile::read_routing(f, group, expect));
-    }
+    run.records = runfile::read_trace_records(f, expect);
     // The router each layer actually used (ac on the first MoE layer reports topk), when the
     // records say so; else the `routers` attribute (the configured ones).
     if (!run.records.empty() &&

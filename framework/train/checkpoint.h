@@ -56,9 +56,10 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 // Deletes all but the newest `keep_last` (>= 1) checkpoints of `dir`.
 void prune_checkpoints(const std::string& dir, std::int64_t keep_last);
 
-// Appends `record` to the run's trace file (created with the probe tokens on first use).
-// Rank 0 only; the file stays valid if the process dies during an append (the record group is
-// written to a copy that replaces the trace when complete).
+// Appends `record` to the run's trace file (created with the probe tokens on first use) in
+// place (runfile::append_trace_record): the time and bytes of an append do not grow with the
+// records already there. Rank 0 only; a process killed during an append leaves every complete
+// record readable.
 void append_trace(const std::string& path, const RunConfig& cfg,
                   const std::vector<std::int32_t>& probe, const RoutingRecord& record);
 
