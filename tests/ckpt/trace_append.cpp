@@ -13,9 +13,10 @@
 //       budget S (default 120 s) stops the enumeration only after the first N values of R
 //       (default 4: R = 1..4 include both sizes of write sequence seen, 69 and 78 writes).
 //   trace_append measure --work DIR [--records N]
-//       Appends N records (default 1000) of a tiny and a larger model and prints, per window of
-//       records, the bytes written and the median time of one append, the file size per record,
-//       and the bytes a version-1 append (a copy of the whole file) would have copied.
+//       Appends N records (default 1000) of a tiny model and N/5 of a larger one and prints, per
+//       window of records, the bytes written and the median time of one append, the file size
+//       per record, and the file size at the end of the window (what a version-1 append, a copy
+//       of the whole file, copied).
 //
 // Every kill is a real SIGKILL of a process in the middle of HDF5 calls: what the file holds
 // afterwards is exactly the writes made before it (the page cache keeps them; power loss is a
@@ -347,13 +348,17 @@ int cmd_measure(const std::string& work, std::int64_t records) {
   struct Case {
     const char* name;
     Model m;
+    std::int64_t divide;  // appends: records / divide
   };
   // The test-suite model (d 32, 4 experts, 256 probe tokens, layers topk,ac) and a larger one.
   const Case cases[] = {{"tiny: P 256, k 2, E 4, d 32, layers topk,ac, 1 group",
-                         {256, 2, 4, 32, 32, 1, {"topk", "ac"}}},
+                         {256, 2, 4, 32, 32, 1, {"topk", "ac"}},
+                         1},
                         {"larger: P 4096, k 2, E 16, d 256, layers topk,ac,ac,ac, 2 groups",
-                         {4096, 2, 16, 256, 128, 2, {"topk", "ac", "ac", "ac"}}}};
+                         {4096, 2, 16, 256, 128, 2, {"topk", "ac", "ac", "ac"}},
+                         5}};
   for (const Case& c : cases) {
+    const std::int64_t n = std::max<std::int64_t>(2, records / c.divide);
     const std::string path = (fs::path(work) / "measure.h5").string();
     fs::remove(path);
     const runfile::TraceInfo info = info_of(c.m);
@@ -363,18 +368,18 @@ int cmd_measure(const std::string& work, std::int64_t records) {
     std::printf("%s\n", c.name);
     std::printf("  %-14s %14s %16s %16s %18s\n", "records", "bytes/append", "median ms/append",
                 "file bytes/rec", "v1 copy bytes/app");
-    const std::int64_t window = std::max<std::int64_t>(1, records / 5);
+    const std::int64_t window = std::max<std::int64_t>(1, n / 5);
     std::vector<double> ms;
     long long bytes = 0;
     std::int64_t size_begin = static_cast<std::int64_t>(fs::file_size(path));
-    for (std::int64_t r = 1; r < records; ++r) {
+    for (std::int64_t r = 1; r < n; ++r) {
       arm(-1);
       const auto t = std::chrono::steady_clock::now();
       runfile::append_trace_record(path, info, probe.data(), rec);
       ms.push_back(seconds_since(t) * 1e3);
       disarm();
       bytes += g_bytes;
-      if (r % window == 0 || r + 1 == records) {
+      if (r % window == 0 || r + 1 == n) {
         std::sort(ms.begin(), ms.end());
         const auto size = static_cast<std::int64_t>(fs::file_size(path));
         std::printf("  %6ld..%-6ld %14lld %16.3f %16ld %18ld\n",
