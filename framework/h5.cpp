@@ -136,9 +136,16 @@ File File::create_parallel(const std::string& path, const void* mpi_comm) {
 File File::open_read(const std::string& path) {
   quiet();
   Handle h(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  RM_CHECK_KIND(
-      Hdf5, h.valid(),
-      fmt::format("{}: not a readable HDF5 file ({})", path, detail::hdf5_error_message()));
+  if (!h.valid()) {
+    const std::string why = detail::hdf5_error_message();
+    // A file whose appender was killed still carries its "open for writing" mark; SWMR-read
+    // mode reads it (what was flushed is consistent, see open_append).
+    if (why.find("already open for write") != std::string::npos) {
+      Handle fapl = new_fapl();
+      h = Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl.id()));
+    }
+    RM_CHECK_KIND(Hdf5, h.valid(), fmt::format("{}: not a readable HDF5 file ({})", path, why));
+  }
   return File(std::move(h), path);
 }
 
@@ -148,6 +155,22 @@ File File::open_rw(const std::string& path) {
   RM_CHECK_KIND(Hdf5, h.valid(),
                 fmt::format("{}: cannot open HDF5 file for writing ({})", path,
                             detail::hdf5_error_message()));
+  return File(std::move(h), path);
+}
+
+File File::open_append(const std::string& path) {
+  quiet();
+  Handle fapl = new_fapl();
+  // HDF5's own property (the one h5clear sets): clear the status marks a killed writer left.
+  hbool_t clear = 1;
+  RM_HDF5_CHECK(H5Pset(fapl.id(), "clear_status_flags", &clear));
+  Handle h(H5Fopen(path.c_str(), H5F_ACC_RDWR | H5F_ACC_SWMR_WRITE, fapl.id()));
+  RM_CHECK_KIND(Hdf5, h.valid(),
+                fmt::format("{}: cannot open HDF5 file for appending ({})", path,
+                            detail::hdf5_error_message()));
+  // A killed writer may have written past the end of space its superblock recorded: allocate
+  // after all of it.
+  RM_HDF5_CHECK(H5Fincrement_filesize(h.id(), 0));
   return File(std::move(h), path);
 }
 
@@ -294,6 +317,129 @@ std::vector<float> File::read_f32_rows(const std::string& obj, std::int64_t row_
       Data, rc >= 0,
       fmt::format("{}: cannot read dataset {} (checksum mismatch or damaged file)", path_, obj));
   return out;
+}
+
+namespace {
+hid_t mem_type_of(File::Elem e) {
+  switch (e) {
+    case File::Elem::I32:
+      return H5T_NATIVE_INT32;
+    case File::Elem::I64:
+      return H5T_NATIVE_INT64;
+    case File::Elem::F32:
+      return H5T_NATIVE_FLOAT;
+    case File::Elem::U8:
+      return H5T_NATIVE_UINT8;
+    case File::Elem::Str16:
+      break;
+  }
+  return H5T_C_S1;
+}
+
+// The type of `e` in the file (and in memory: strings are copied with their file type).
+Handle type_of(File::Elem e, bool in_file) {
+  if (e == File::Elem::Str16) {
+    Handle t(RM_HDF5_CHECK(H5Tcopy(H5T_C_S1)));
+    RM_HDF5_CHECK(H5Tset_size(t.id(), 16));
+    RM_HDF5_CHECK(H5Tset_strpad(t.id(), H5T_STR_NULLPAD));
+    RM_HDF5_CHECK(H5Tset_cset(t.id(), H5T_CSET_UTF8));
+    return t;
+  }
+  if (!in_file) return Handle(RM_HDF5_CHECK(H5Tcopy(mem_type_of(e))));
+  switch (e) {
+    case File::Elem::I32:
+      return Handle(RM_HDF5_CHECK(H5Tcopy(H5T_STD_I32LE)));
+    case File::Elem::I64:
+      return Handle(RM_HDF5_CHECK(H5Tcopy(H5T_STD_I64LE)));
+    case File::Elem::F32:
+      return Handle(RM_HDF5_CHECK(H5Tcopy(H5T_IEEE_F32LE)));
+    default:
+      return Handle(RM_HDF5_CHECK(H5Tcopy(H5T_STD_U8LE)));
+  }
+}
+
+std::vector<hsize_t> extent_of(hid_t ds) {
+  Handle space(RM_HDF5_CHECK(H5Dget_space(ds)));
+  const int nd = RM_HDF5_CHECK(H5Sget_simple_extent_ndims(space.id()));
+  std::vector<hsize_t> d(static_cast<std::size_t>(nd));
+  if (nd > 0) RM_HDF5_CHECK(H5Sget_simple_extent_dims(space.id(), d.data(), nullptr));
+  return d;
+}
+
+// The hyperslab of rows [begin, begin + n) of a dataset of extent `dims`, and its memory space.
+std::pair<Handle, Handle> row_spaces(hid_t ds, const std::vector<hsize_t>& dims, std::int64_t begin,
+                                     std::int64_t n) {
+  Handle fspace(RM_HDF5_CHECK(H5Dget_space(ds)));
+  std::vector<hsize_t> start(dims.size(), 0), count = dims;
+  start[0] = static_cast<hsize_t>(begin);
+  count[0] = static_cast<hsize_t>(n);
+  RM_HDF5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr,
+                                    count.data(), nullptr));
+  Handle mspace(
+      RM_HDF5_CHECK(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr)));
+  return {std::move(fspace), std::move(mspace)};
+}
+}  // namespace
+
+void File::create_rows(const std::string& obj, Elem elem, const Shape& row,
+                       std::int64_t chunk_rows) {
+  RM_CHECK(chunk_rows > 0, "create_rows needs chunk_rows > 0");
+  std::vector<hsize_t> dims{0}, maxdims{H5S_UNLIMITED}, chunk{static_cast<hsize_t>(chunk_rows)};
+  for (std::int64_t s : row) {
+    dims.push_back(static_cast<hsize_t>(s));
+    maxdims.push_back(static_cast<hsize_t>(s));
+    chunk.push_back(static_cast<hsize_t>(std::max<std::int64_t>(1, s)));
+  }
+  Handle space(
+      RM_HDF5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxdims.data())));
+  Handle dcpl(RM_HDF5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+  RM_HDF5_CHECK(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()));
+  RM_HDF5_CHECK(H5Pset_fletcher32(dcpl.id()));
+  Handle lcpl = link_props();
+  Handle type = type_of(elem, true);
+  Handle ds(RM_HDF5_CHECK(
+      H5Dcreate2(id(), obj.c_str(), type.id(), space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT)));
+}
+
+std::int64_t File::rows(const std::string& obj) const {
+  const Shape s = shape_of(obj);
+  RM_CHECK_KIND(Data, !s.empty(), fmt::format("{}: dataset {} is a scalar", path_, obj));
+  return s[0];
+}
+
+void File::write_rows(const std::string& obj, Elem elem, std::int64_t begin, std::int64_t n,
+                      const void* data) {
+  Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
+  std::vector<hsize_t> dims = extent_of(ds.id());
+  RM_CHECK(!dims.empty() && begin >= 0 && n >= 0,
+           fmt::format("write_rows({}, {}, {})", obj, begin, n));
+  if (n == 0) return;
+  if (dims[0] < static_cast<hsize_t>(begin + n)) {
+    dims[0] = static_cast<hsize_t>(begin + n);
+    RM_HDF5_CHECK(H5Dset_extent(ds.id(), dims.data()));
+  }
+  auto [fspace, mspace] = row_spaces(ds.id(), dims, begin, n);
+  Handle type = type_of(elem, false);
+  RM_HDF5_CHECK(H5Dwrite(ds.id(), type.id(), mspace.id(), fspace.id(), H5P_DEFAULT, data));
+}
+
+void File::read_rows(const std::string& obj, Elem elem, std::int64_t begin, std::int64_t n,
+                     void* data) const {
+  RM_CHECK_KIND(Data, exists(obj), fmt::format("{}: missing dataset {}", path_, obj));
+  Handle ds(RM_HDF5_CHECK(H5Dopen2(id(), obj.c_str(), H5P_DEFAULT)));
+  const std::vector<hsize_t> dims = extent_of(ds.id());
+  RM_CHECK_KIND(Data,
+                !dims.empty() && begin >= 0 && n >= 0 && static_cast<hsize_t>(begin + n) <= dims[0],
+                fmt::format("{}: dataset {} has {} rows, cannot read rows [{}, {})", path_, obj,
+                            dims.empty() ? 0 : dims[0], begin, begin + n));
+  if (n == 0) return;
+  auto [fspace, mspace] = row_spaces(ds.id(), dims, begin, n);
+  Handle type = type_of(elem, false);
+  const herr_t rc = H5Dread(ds.id(), type.id(), mspace.id(), fspace.id(), H5P_DEFAULT, data);
+  RM_CHECK_KIND(
+      Data, rc >= 0,
+      fmt::format("{}: cannot read dataset {} (checksum mismatch, damaged file or wrong type)",
+                  path_, obj));
 }
 
 void File::write_f32(const std::string& obj, const float* data, const Shape& shape) {

@@ -74,6 +74,7 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   rec.tokens = sequences * seq_len;
   rec.top_k = mc.top_k;
   rec.d_model = mc.d_model;
+  rec.groups = W;  // each rank routed its own sequences: AC statistics per rank
   const std::int64_t K = mc.top_k, E = mc.n_experts, d = mc.d_model;
   for (std::size_t m = 0; m < views.size(); ++m) {
     const RoutingView& v = views[m];
@@ -462,77 +463,26 @@ void truncate_run_after(const std::string& metrics_path, const std::string& trac
     fs::rename(tmp, metrics_path, ec);
     RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {}: {}", tmp, ec.message()));
   }
-  if (fs::exists(trace_path)) {
-    const std::string tmp = trace_path + ".tmp";
-    fs::copy_file(trace_path, tmp, fs::copy_options::overwrite_existing);
-    h5::File f = h5::File::open_rw(tmp);
-    bool changed = false;
-    for (const std::string& group : runfile::trace_record_groups(f)) {  // only a tail goes
-      if (f.attr_int(group, "step") > step) {
-        RM_HDF5_CHECK(H5Ldelete(f.id(), group.c_str(), H5P_DEFAULT));
-        changed = true;
-      }
-    }
-    f.close();
-    if (changed) {
-      fs::rename(tmp, trace_path, ec);
-      RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {}: {}", tmp, ec.message()));
-    } else {
-      fs::remove(tmp, ec);
-    }
-  }
+  // Trace records of later steps: the kept ones are rewritten (runfile::truncate_trace).
+  if (fs::exists(trace_path)) runfile::truncate_trace(trace_path, step);
 }
 
-namespace {
-
-// Writes the new trace (or the copy of the old one plus `record`) to `tmp`.
-void write_trace_copy(const std::string& path, const std::string& tmp, const RunConfig& cfg,
-                      const std::vector<std::int32_t>& probe, const RoutingRecord& record,
-                      const std::string& run_id) {
-  if (fs::exists(path)) {
-    fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
-    h5::File f = h5::File::open_rw(tmp);
-    const auto index = static_cast<std::int64_t>(runfile::trace_record_groups(f).size());
-    runfile::write_routing(f, runfile::trace_record_group(index), record);
-    f.close();
-    return;
-  }
-  h5::File f = h5::File::create(tmp);
+void append_trace(const std::string& path, const RunConfig& cfg,
+                  const std::vector<std::int32_t>& probe, const RoutingRecord& record,
+                  const std::string& run_id) {
+  const comm::WatchedOp watched("trace append", path);
   const ModelConfig& mc = cfg.model;
   runfile::TraceInfo info;
   info.n_moe_layers = mc.n_moe_layers();
   info.top_k = mc.top_k;
   info.n_experts = mc.n_experts;
   info.seq_len = mc.seq_len;
+  info.d_model = mc.d_model;
   info.routers = mc.expanded_routers();
   info.config = cfg.to_toml();
   info.probe_tokens = static_cast<std::int64_t>(probe.size());
   info.run_id = run_id;
-  runfile::write_trace_info(f, info, probe.data());
-  runfile::write_routing(f, runfile::trace_record_group(0), record);
-  f.close();
-}
-
-}  // namespace
-
-void append_trace(const std::string& path, const RunConfig& cfg,
-                  const std::vector<std::int32_t>& probe, const RoutingRecord& record,
-                  const std::string& run_id) {
-  const comm::WatchedOp watched("trace append", path);
-  const std::string tmp = path + ".tmp";
-  std::error_code ec;
-  fs::remove(tmp, ec);
-  try {
-    write_trace_copy(path, tmp, cfg, probe, record, run_id);
-  } catch (const fs::filesystem_error& e) {
-    fs::remove(tmp, ec);
-    RM_FAIL(Io, fmt::format("cannot write {}: {}", tmp, e.code().message()));
-  } catch (...) {
-    fs::remove(tmp, ec);
-    throw;
-  }
-  fs::rename(tmp, path, ec);
-  RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+  runfile::append_trace_record(path, info, probe.data(), record);
 }
 
 void check_trace_continues(const std::string& path, const RunConfig& cfg,

@@ -85,9 +85,9 @@ void check_foreign_checkpoints(const std::string& dir, const std::string& run_id
 void prune_checkpoints(const std::string& dir, std::int64_t keep_last, const std::string& run_id);
 
 // Appends `record` to the run's trace file (created with the probe tokens and `run_id` on first
-// use). Rank 0 only; the file stays valid if the process dies during an append (the record
-// group is written to a copy that replaces the trace when complete; a failed append removes
-// the copy and throws Error(Io) naming it).
+// use) in place (runfile::append_trace_record): the time and bytes of an append do not grow with
+// the records already there. Rank 0 only; a process killed during an append leaves every
+// complete record readable; a failed write throws Error(Io) naming the file.
 void append_trace(const std::string& path, const RunConfig& cfg,
                   const std::vector<std::int32_t>& probe, const RoutingRecord& record,
                   const std::string& run_id);
