@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <numeric>
 #include <string>
 #include <thread>
 
@@ -200,11 +199,11 @@ int run_eval(const EvalState& st) {
   }
   const std::string path = resolve_checkpoint(st.target);
   StoredCheckpoint ckpt = read_stored_checkpoint(path);
-  // Expert parallelism as asked, else the largest that divides both the rank count and the
-  // training run's ep_size (which divides the experts).
-  const int W = world->size();
-  const int ep = st.ep_size > 0 ? static_cast<int>(st.ep_size)
-                                : std::gcd(W, static_cast<int>(ckpt.info.ep_size));
+  // Data parallel by default (every rank holds all experts): then every forward pass is the
+  // same computation whatever the rank count, and the result is identical on 1, 2 or 4 ranks.
+  // Under expert parallelism the expert GEMMs see tokens of several ranks at once, which moves
+  // the loss at rounding level (docs/evaluation.md).
+  const int ep = st.ep_size > 0 ? static_cast<int>(st.ep_size) : 1;
   RM_CHECK_KIND(Config, ckpt.config.model.n_experts % ep == 0,
                 fmt::format("eval: --ep-size {} must divide the {} experts", ep,
                             ckpt.config.model.n_experts));
@@ -245,7 +244,8 @@ Runner register_eval(CLI::App& app) {
                   "ranks, as its validation)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--ep-size", st->ep_size,
-                  "expert-parallel group size (default: gcd(ranks, the training ep_size))")
+                  "expert-parallel group size; divides the ranks and the experts (default 1: "
+                  "every rank holds all experts, results identical on any rank count)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", st->threads, "CPU threads per rank (0: cores / ranks on the node)")
       ->capture_default_str();
