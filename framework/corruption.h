@@ -22,10 +22,10 @@
 //
 // Words and letters: a word is a run of letters and digits, with the joiners ' - _ and U+2019
 // allowed between two of them ("don't", "well-known"; TextAttack's words_from_text keeps the
-// same joiners, also at the end of a word, which here belong to the text around it). Letters are ASCII letters and
-// every non-ASCII code point from U+00C0 on except the multiplication and division signs and
-// the punctuation and symbol blocks U+2000-U+2BFF and U+3000-U+303F; bytes that are not valid
-// UTF-8 are neither.
+// same joiners, also at the end of a word, which here belong to the text around it). Letters are
+// ASCII letters and every non-ASCII code point from U+00C0 on except the multiplication and
+// division signs and the punctuation and symbol blocks U+2000-U+2BFF and U+3000-U+303F; bytes that
+// are not valid UTF-8 are neither.
 
 #include <cstdint>
 #include <string>
