@@ -33,8 +33,8 @@ namespace {
 
 struct EvalState {
   std::string target;  // checkpoint or run directory
-  std::string split = "val";
-  std::string data;  // "": the checkpoint's data.path
+  std::string split;   // "": the checkpoint's data.val_split
+  std::string data;    // "": the checkpoint's data.path
   std::string batches = "all";
   std::string capacity = "dropless";
   std::int64_t micro_batch = 0;
@@ -73,10 +73,10 @@ std::int64_t parse_batches(const std::string& text) {
 }
 
 // The dataset, with a hint when the checkpoint's own data path does not resolve from here.
-TokenDataset load_split(const EvalState& st, const RunConfig& cfg, const std::string& data) {
+TokenDataset load_split(const EvalState& st, const RunConfig& cfg, const std::string& data,
+                        const std::string& split) {
   try {
-    return TokenDataset(data, st.split, static_cast<int>(cfg.model.vocab_size),
-                        cfg.data.headerless);
+    return TokenDataset(data, split, static_cast<int>(cfg.model.vocab_size), cfg.data.headerless);
   } catch (const Error& e) {
     if (!st.data.empty() || e.kind() != ErrorKind::Data) throw;
     RM_FAIL(Data, fmt::format("{} (the checkpoint's data.path; give --data to evaluate on data "
@@ -90,11 +90,11 @@ EvalReport evaluate(const EvalState& st, comm::ProcessGroups& groups, StoredChec
   comm::Communicator& world = *groups.world;
   EvalReport rep;
   rep.data = st.data.empty() ? cfg.data.path : st.data;
-  rep.split = st.split;
+  rep.split = st.split.empty() ? cfg.data.val_split : st.split;
   rep.dropless = st.capacity == "dropless";
   rep.ranks = world.size();
   rep.ep_size = groups.ep_size;
-  const TokenDataset data = load_split(st, cfg, rep.data);
+  const TokenDataset data = load_split(st, cfg, rep.data, rep.split);
   rep.split_tokens = data.size();
   rep.shards = data.files().size();
   rep.byte_tokens = is_byte_tokenized(data);
@@ -226,8 +226,9 @@ Runner register_eval(CLI::App& app) {
   cmd->add_option("checkpoint", st->target,
                   "checkpoint file, or a run directory (its newest checkpoint)")
       ->required();
-  cmd->add_option("--split", st->split, "split name: val, test, or any <name>_*.bin set")
-      ->capture_default_str();
+  cmd->add_option("--split", st->split,
+                  "split name: val, test, or any <name>_*.bin set (default: the checkpoint's "
+                  "data.val_split, val)");
   cmd->add_option("--data", st->data,
                   "prepared data: directory, {split} pattern, glob or file (default: the "
                   "checkpoint's data.path)");
