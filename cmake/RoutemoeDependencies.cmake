@@ -46,10 +46,16 @@ if(NOT fmt_FOUND)
   routemoe_missing("fmt" "libfmt-dev")
 endif()
 
-# --- CLI11 (flags and TOML configs) --------------------------------------------------------
+# --- CLI11 (command-line flags) --------------------------------------------------------------
 find_package(CLI11 CONFIG)
 if(NOT CLI11_FOUND)
   routemoe_missing("CLI11" "libcli11-dev")
+endif()
+
+# --- toml++ (TOML 1.0 configuration files) ---------------------------------------------------
+find_package(tomlplusplus CONFIG)
+if(NOT tomlplusplus_FOUND OR NOT TARGET tomlplusplus::tomlplusplus)
+  routemoe_missing("toml++ (TOML 1.0 parser)" "libtomlplusplus-dev")
 endif()
 
 # --- CBLAS (OpenBLAS, OpenMP build preferred) -------------------------------------------
@@ -153,7 +159,8 @@ endif()
 
 add_library(routemoe_cuda INTERFACE)
 if(ROUTEMOE_HAVE_CUDA)
-  target_link_libraries(routemoe_cuda INTERFACE CUDA::cudart CUDA::cublas)
+  # cuBLAS is loaded at run time (framework/cuda/cublas_api.cpp), not linked: its headers only.
+  target_link_libraries(routemoe_cuda INTERFACE CUDA::cudart ${CMAKE_DL_LIBS})
   if(ROUTEMOE_HAVE_NCCL)
     target_include_directories(routemoe_cuda SYSTEM INTERFACE ${ROUTEMOE_NCCL_INCLUDE})
     target_link_libraries(routemoe_cuda INTERFACE ${ROUTEMOE_NCCL_LIBRARY})

@@ -28,8 +28,8 @@ void fill_uniform(Tensor& t, std::uint64_t seed, std::uint64_t stream, float lo,
   const std::int64_t n = t.numel();
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) {
-    p[i] =
-        lo + (hi - lo) * philox_uniform(seed, stream, index_offset + static_cast<std::uint64_t>(i));
+    p[i] = mul_then_add(
+        hi - lo, philox_uniform(seed, stream, index_offset + static_cast<std::uint64_t>(i)), lo);
   }
 }
 
@@ -45,7 +45,8 @@ void fill_normal(Tensor& t, std::uint64_t seed, std::uint64_t stream, float mean
   const std::int64_t n = t.numel();
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) {
-    p[i] = mean + std * philox_normal(seed, stream, index_offset + static_cast<std::uint64_t>(i));
+    p[i] = mul_then_add(
+        std, philox_normal(seed, stream, index_offset + static_cast<std::uint64_t>(i)), mean);
   }
 }
 

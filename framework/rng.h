@@ -66,6 +66,19 @@ RM_HD inline float philox_normal(std::uint64_t seed, std::uint64_t stream, std::
   return static_cast<float>(r * cos(6.283185307179586 * u2));
 }
 
+// c + a * b with two roundings (the product rounded to fp32, then the sum), on the host and on
+// the device alike. Compilers may otherwise contract it into one fused multiply-add (nvcc does
+// by default, and so does g++ on aarch64 or with -march=native), and CPU and GPU parameter
+// initialisation would then differ in the last bit.
+RM_HD inline float mul_then_add(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(c, __fmul_rn(a, b));
+#else
+  volatile float product = a * b;  // a volatile store rounds and cannot be fused
+  return c + product;
+#endif
+}
+
 // Sequential draws from one stream (data sampling, dropout masks): a small value type, not a
 // global; copy it to fork, store its counter to checkpoint it.
 class Philox {

@@ -12,7 +12,7 @@
 //     (median, min, max; for several ranks, the maximum over the ranks of each rank's figure);
 //   - the machine-load check: the cores other processes took during the run, printed as the
 //     last line of every benchmark and written to the JSON file;
-//   - the summary line of a case (design.md section 7: `bench <name> <key>=<case> ...` with each
+//   - the summary line of a case (docs/architecture.md, "Conventions": `bench <name> <key>=<case> ...` with each
 //     figure and its unit and, where there is a comparison, `ratio=<r> (<a>/<b>...)`);
 //   - the JSON file: {"bench": ..., <header fields>, "cases": [...], <load fields>}.
 // Each benchmark only builds its cases, times them with the engine, and prints them.
@@ -115,7 +115,7 @@ std::string format_load(std::string_view bench, const LoadReport& load);
 
 // ---- the summary line of a case ----------------------------------------------------------------
 
-// One line per case (design.md section 7):
+// One line per case (docs/architecture.md, "Conventions"):
 //   bench <bench> <key>=<name> <figure> ... [ratio=<r> (<which>)] ...
 // Items appear in the order they are added. A ratio must say which way round it is: `which` is
 // "a/b" with an optional qualifier, e.g. "ours/torch" or "ours/bare time".

@@ -1,6 +1,6 @@
 // `routemoe trace RUN_OR_FILE...`: routing-fluctuation analysis of trace files, run directories
 // and checkpoints (docs/analysis.md). The table goes to stdout; CSV, JSON and SVG only to the
-// files named by --csv, --json and --svg (design.md section 7).
+// files named by --csv, --json and --svg (docs/architecture.md, "Conventions").
 
 #include <fmt/format.h>
 

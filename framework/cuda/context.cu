@@ -5,9 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <string>
 
 #include "framework/cuda/check.h"
 #include "framework/cuda/context.h"
+#include "framework/cuda/cublas_api.h"
 
 namespace routemoe::detail {
 
@@ -57,12 +59,13 @@ Context::Context(int device) : device_(device) {
   cudaStream_t stream = nullptr;
   RM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t handle = nullptr;
-  cublasStatus_t rc = cublasCreate(&handle);
-  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(handle, stream);
+  const blas::Api& cublas = blas::api();  // loads cuBLAS on first use
+  cublasStatus_t rc = cublas.create(&handle);
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublas.set_stream(handle, stream);
   // Plain fp32 GEMMs (no TF32 tensor-op downgrade): the parity tests compare against CBLAS.
-  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+  if (rc == CUBLAS_STATUS_SUCCESS) rc = cublas.set_math_mode(handle, CUBLAS_DEFAULT_MATH);
   if (rc != CUBLAS_STATUS_SUCCESS) {
-    if (handle != nullptr) (void)cublasDestroy(handle);
+    if (handle != nullptr) (void)cublas.destroy(handle);
     (void)cudaStreamDestroy(stream);
     RM_CUBLAS_CHECK(rc);  // throws
   }
@@ -77,7 +80,7 @@ Context::~Context() {
   const bool switched = cudaGetDevice(&current) == cudaSuccess && current != device_ &&
                         cudaSetDevice(device_) == cudaSuccess;
   if (cublas_ != nullptr) {
-    const cublasStatus_t rc = cublasDestroy(as_handle(cublas_));
+    const cublasStatus_t rc = blas::api().destroy(as_handle(cublas_));
     if (rc != CUBLAS_STATUS_SUCCESS) {
       std::fprintf(stderr, "routemoe: cublasDestroy failed: %s\n", detail::cublas_status_name(rc));
     }
@@ -96,13 +99,26 @@ void Context::synchronize() const {
   RM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
 }
 
-int device_count() noexcept {
+int device_count() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the "no device"/"no driver" error
+  const cudaError_t rc = cudaGetDeviceCount(&count);
+  if (rc == cudaSuccess) return count;
+  (void)cudaGetLastError();  // not sticky, but leave nothing behind
+  if (rc == cudaErrorNoDevice) return 0;
+  // Without any driver installed the runtime reports an insufficient driver of version 0: a
+  // machine without a GPU. A driver that is present but older than the runtime is an error.
+  int driver = -1;
+  if (rc == cudaErrorInsufficientDriver && cudaDriverGetVersion(&driver) == cudaSuccess &&
+      driver == 0) {
     return 0;
   }
-  return count;
+  int runtime = 0;
+  (void)cudaRuntimeGetVersion(&runtime);
+  raise_error(ErrorKind::Cuda, "cudaGetDeviceCount",
+              std::string(cudaGetErrorName(rc)) + ": " + cudaGetErrorString(rc) +
+                  " (driver API version " + std::to_string(driver) + ", runtime " +
+                  std::to_string(runtime) + "): the GPUs of this machine cannot be used",
+              __FILE__, __LINE__);
 }
 
 }  // namespace routemoe::cuda

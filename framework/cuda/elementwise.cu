@@ -128,16 +128,15 @@ class StreamScratch {
   cudaStream_t stream_;
 };
 
-// Philox fills. The arithmetic is spelled with __fmul_rn/__fadd_rn so that nvcc cannot contract
-// it into an FMA: the CPU evaluates `lo + (hi - lo) * u` and `mean + std * z` with two roundings,
-// and the GPU values must be bit-identical.
+// Philox fills. mul_then_add (framework/rng.h) rounds the product and the sum separately on both
+// sides, so that the GPU values are bit-identical to the CPU's.
 __global__ void fill_uniform_kernel(float* __restrict__ x, std::int64_t n, std::uint64_t seed,
                                     std::uint64_t stream, float lo, float hi,
                                     std::uint64_t index_offset) {
   const float width = __fsub_rn(hi, lo);
   for (std::int64_t i = global_index(); i < n; i += grid_stride()) {
     const float u = philox_uniform(seed, stream, index_offset + static_cast<std::uint64_t>(i));
-    x[i] = __fadd_rn(lo, __fmul_rn(width, u));
+    x[i] = mul_then_add(width, u, lo);
   }
 }
 
@@ -146,7 +145,7 @@ __global__ void fill_normal_kernel(float* __restrict__ x, std::int64_t n, std::u
                                    std::uint64_t index_offset) {
   for (std::int64_t i = global_index(); i < n; i += grid_stride()) {
     const float z = philox_normal(seed, stream, index_offset + static_cast<std::uint64_t>(i));
-    x[i] = __fadd_rn(mean, __fmul_rn(stddev, z));
+    x[i] = mul_then_add(stddev, z, mean);
   }
 }
 

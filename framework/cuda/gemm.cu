@@ -17,6 +17,7 @@
 #include <string>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/cublas_api.h"
 #include "framework/cuda/kernels.h"
 #include "framework/cuda/launch.cuh"
 
@@ -28,7 +29,7 @@ using namespace detail;  // launch helpers (launch.cuh)
 
 cublasHandle_t handle_of(const Context& ctx) {
   const auto h = static_cast<cublasHandle_t>(ctx.cublas());
-  RM_CUBLAS_CHECK(cublasSetStream(h, stream_of(ctx)));
+  RM_CUBLAS_CHECK(blas::api().set_stream(h, stream_of(ctx)));
   return h;
 }
 
@@ -113,9 +114,9 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, std::int64_t m, std::i
   }
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  RM_CUBLAS_CHECK(cublasSgemm(handle_of(ctx), op_b, op_a, to_int(n, "n"), to_int(m, "m"),
-                              to_int(k, "k"), &alpha, b, to_int(ldb, "ldb"), a, to_int(lda, "lda"),
-                              &beta, c, to_int(ldc, "ldc")));
+  RM_CUBLAS_CHECK(blas::api().sgemm(handle_of(ctx), op_b, op_a, to_int(n, "n"), to_int(m, "m"),
+                                    to_int(k, "k"), &alpha, b, to_int(ldb, "ldb"), a,
+                                    to_int(lda, "lda"), &beta, c, to_int(ldc, "ldc")));
 }
 
 void gemm_strided_batched(const Context& ctx, bool trans_a, bool trans_b, std::int64_t m,
@@ -132,7 +133,7 @@ void gemm_strided_batched(const Context& ctx, bool trans_a, bool trans_b, std::i
   }
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  RM_CUBLAS_CHECK(cublasSgemmStridedBatched(
+  RM_CUBLAS_CHECK(blas::api().sgemm_strided_batched(
       handle_of(ctx), op_b, op_a, to_int(n, "n"), to_int(m, "m"), to_int(k, "k"), &alpha, b,
       to_int(ldb, "ldb"), static_cast<long long>(stride_b), a, to_int(lda, "lda"),
       static_cast<long long>(stride_a), &beta, c, to_int(ldc, "ldc"),

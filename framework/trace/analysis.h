@@ -1,5 +1,5 @@
 #pragma once
-// Offline routing-fluctuation analysis (design.md section 5, docs/analysis.md): reads the routing
+// Offline routing-fluctuation analysis (docs/analysis.md): reads the routing
 // records of the probe set from trace files (`<run>/trace.h5`) or checkpoints
 // (docs/checkpoint-format.md) and computes, per run:
 //   - per MoE layer and pair of consecutive records: top-1 flip rate and top-k set change rate;

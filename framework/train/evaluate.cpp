@@ -1,11 +1,9 @@
 #include "framework/train/evaluate.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <vector>
 
 #include "framework/error.h"
@@ -96,34 +94,12 @@ namespace {
 
 // The stored configuration (TOML) parsed as `routemoe train --config` parses a file.
 RunConfig parse_stored_config(const std::string& path, const std::string& toml) {
-  std::string tmpl = (fs::temp_directory_path() / "routemoe-eval-XXXXXX.toml").string();
-  const int fd = mkstemps(tmpl.data(), 5);
-  RM_CHECK_KIND(Io, fd >= 0,
-                fmt::format("{}: cannot create a temporary file for its config", path));
-  close(fd);
-  struct Remove {
-    std::string p;
-    ~Remove() {
-      std::error_code ec;
-      fs::remove(p, ec);
-    }
-  } cleanup{tmpl};
-  {
-    std::ofstream out(tmpl);
-    out << toml;
-    RM_CHECK_KIND(Io, out.good(), fmt::format("cannot write {}", tmpl));
-  }
   RunConfig cfg;
-  CLI::App app;
-  std::string unused;
-  register_run_options(app, cfg, unused);
   try {
-    apply_config_file(app, tmpl);
+    read_config_toml(toml, "config", cfg);
     cfg.model.validate();
   } catch (const Error& e) {
-    std::string what = e.detail().empty() ? e.what() : e.detail();
-    const std::size_t at = what.find(tmpl);
-    if (at != std::string::npos) what.replace(at, tmpl.size(), "config");
+    const std::string what = e.detail().empty() ? e.what() : e.detail();
     RM_FAIL(Data, fmt::format("{}: stored configuration is invalid: {}", path, what));
   }
   return cfg;

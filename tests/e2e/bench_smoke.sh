@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of the `routemoe bench` commands (framework/bench): each runs once with tiny sizes,
-# and its output must follow the conventions tools rely on (design.md section 7): one summary
+# and its output must follow the conventions tools rely on (docs/architecture.md, "Conventions"): one summary
 # line per case, `bench <name> <key>=<case> ...`, with each figure and its unit and, where there
 # is a comparison, `ratio=<r> (<a>/<b>...)`; the engine's load line last; a valid --json file.
 # The figures themselves are not checked (this is not a measurement).

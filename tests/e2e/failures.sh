@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Failure behaviour of multi-rank training (design.md section 6; docs/parallelism.md, "Failures").
+# Failure behaviour of multi-rank training (docs/parallelism.md, "Failures").
 #
 #   failures.sh <case> <mpirun> <routemoe> <data dir> <work dir>
 #

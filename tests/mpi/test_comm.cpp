@@ -40,16 +40,16 @@
 #include <cuda_runtime.h>
 
 #include "framework/cuda/check.h"
+#include "framework/cuda/context.h"
 #endif
 
 namespace routemoe::comm {
 namespace {
 
 #if ROUTEMOE_HAVE_NCCL
+// 0 only without a device or a driver; a broken CUDA installation throws (the test fails).
 int cuda_devices() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-  return n;
+  return cuda::device_count();
 }
 
 // Test adapter: presents an NCCL communicator (device buffers) through host buffers, so that the

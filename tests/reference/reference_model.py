@@ -1,4 +1,4 @@
-"""Independent PyTorch reference of the routemoe model (docs/model.md, shared/design.md §3-§4).
+"""Independent PyTorch reference of the routemoe model (docs/model.md).
 
 Written from the specification only, to verify the C++ framework. Clarity over speed: experts
 are a Python loop over index-selected rows, routers are written equation by equation.

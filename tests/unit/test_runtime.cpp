@@ -1,6 +1,10 @@
 // Runtime core: errors, tensors, arenas, Philox RNG, bf16 conversion.
 
 #include <gtest/gtest.h>
+
+#if ROUTEMOE_HAVE_CUDA
+#include "framework/cuda/cublas_api.h"
+#endif
 #include <hdf5.h>
 
 #include <cmath>
@@ -210,6 +214,20 @@ TEST(Philox, SequentialStreamIsReproducibleAndBounded) {
   EXPECT_EQ(seen.size(), 10u);
   EXPECT_EQ(a.counter(), 1000u);
 }
+
+#if ROUTEMOE_HAVE_CUDA
+// cuBLAS is loaded at run time (framework/cuda/cublas_api.h): every entry point the backend
+// calls must resolve in the library the build found. Needs the library, not a GPU.
+TEST(CublasLoader, ResolvesEveryEntryPoint) {
+  const cuda::blas::Api& a = cuda::blas::api();
+  EXPECT_NE(a.create, nullptr);
+  EXPECT_NE(a.destroy, nullptr);
+  EXPECT_NE(a.set_stream, nullptr);
+  EXPECT_NE(a.set_math_mode, nullptr);
+  EXPECT_NE(a.sgemm, nullptr);
+  EXPECT_NE(a.sgemm_strided_batched, nullptr);
+}
+#endif
 
 }  // namespace
 }  // namespace routemoe
