@@ -16,6 +16,7 @@
 #include "framework/optim.h"
 #include "framework/timer.h"
 #include "framework/train/checkpoint.h"
+#include "framework/train/evaluate.h"
 #include "framework/train/metrics.h"
 #include "framework/train/preempt.h"
 #include "framework/train/run_dir.h"
@@ -78,22 +79,6 @@ std::vector<std::int32_t> make_probe_set(const RunConfig& cfg, const TokenDatase
   return {val.tokens().begin(), val.tokens().begin() + n};
 }
 
-// Mean validation cross-entropy over `max_batches` sequential batches (0: all); each rank takes
-// its rows of every batch.
-double evaluate(Model& model, const BatchLoader& val, std::int64_t max_batches,
-                comm::Communicator& world) {
-  const std::int64_t rows = val.options().batch_size / world.size();
-  const std::vector<Batch> batches = val.eval_batches(max_batches, world.rank() * rows, rows);
-  double acc[2] = {0.0, 0.0};  // sum of token losses, tokens
-  for (const Batch& b : batches) {
-    const StepStats s = model.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len);
-    acc[0] += s.ce_loss * static_cast<double>(s.tokens);
-    acc[1] += static_cast<double>(s.tokens);
-  }
-  world.all_reduce(acc, 2, comm::DataType::F64, comm::ReduceOp::Sum);
-  return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
-}
-
 // The loop's state between steps.
 struct Loop {
   const RunConfig& cfg;
@@ -154,7 +139,13 @@ std::optional<double> maybe_evaluate(Loop& L, const StepResult& r) {
   const TrainConfig& tc = L.cfg.train;
   const std::int64_t done = r.step + 1;
   if (done != tc.steps && (tc.eval_every <= 0 || done % tc.eval_every != 0)) return std::nullopt;
-  const double v = evaluate(L.model, L.data.val_loader, tc.eval_batches, *L.groups.world);
+  // Validation as `routemoe eval --capacity train --micro-batch B/ranks` computes it
+  // (framework/train/evaluate.h): each rank's rows of a batch in one forward pass.
+  EvalOptions eo;
+  eo.max_batches = tc.eval_batches;
+  eo.micro_batch = tc.batch_size / L.groups.world->size();
+  eo.dropless = false;
+  const double v = evaluate_split(L.model, L.data.val_loader, eo, *L.groups.world).loss;
   L.summary.best_val_loss = L.have_val ? std::min(L.summary.best_val_loss, v) : v;
   L.summary.final_val_loss = v;
   L.have_val = true;
