@@ -290,7 +290,9 @@ case $case_name in
     np=${case_name##*_np}
     mount_tmpfs "$out/ckpt" 8m
     start_job "$np" --train.steps=1000000 --train.out_dir="$out/run" --checkpoint.dir="$out/ckpt" \
-      --checkpoint.every=2 --checkpoint.keep_last=2
+      --checkpoint.every=2 --checkpoint.keep_last=1000
+    # No pruning: a deleted old checkpoint would free the space the filler took, and on a loaded
+    # machine the run could go on writing checkpoints into it.
     wait_for 60 "first checkpoint" test -f "$out/ckpt/ckpt_00000002.h5"
     find_ranks "$np"
     fill "$out/ckpt"
