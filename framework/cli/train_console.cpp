@@ -21,8 +21,9 @@ TrainConsole::TrainConsole(bool progress)
 
 namespace {
 
-// An expert with less than this share of the uniform load 1/E is called (nearly) idle.
-constexpr double kIdleShareOfUniform = 0.05;
+// An expert with less than this share of the uniform load 1/E is called (nearly) idle: with 4
+// experts, below 2.5% of the tokens.
+constexpr double kIdleShareOfUniform = 0.1;
 
 }  // namespace
 
@@ -138,10 +139,9 @@ void TrainConsole::print_routing(const TrainSummary& s) const {
 void TrainConsole::print_next(const TrainSummary& s) const {
   const std::string& d = s.out_dir;
   const std::string mpi = world_size_ > 1 ? fmt::format("mpirun -np {} ", world_size_) : "";
-  fmt::print(
-      "\nfiles: {}/metrics.jsonl (one line per step and per validation), {}/trace.h5, "
-      "{}/config.toml\n",
-      d, d, d);
+  const bool trace = std::filesystem::exists(std::filesystem::path(d) / "trace.h5");
+  fmt::print("\nfiles: {}/metrics.jsonl (one line per step and per validation){}, {}/config.toml\n",
+             d, trace ? fmt::format(", {}/trace.h5", d) : "", d);
   if (!s.last_checkpoint.empty()) fmt::print("  last checkpoint: {}\n", s.last_checkpoint);
   fmt::print("next:\n");
   if (!s.last_checkpoint.empty()) {
@@ -151,12 +151,20 @@ void TrainConsole::print_next(const TrainSummary& s) const {
     fmt::print("  routemoe inspect {}\n", s.last_checkpoint);
     fmt::print("      what the checkpoint holds, its routing record included\n");
   }
-  fmt::print(
-      "  {}routemoe train --config {}/config.toml --model.routers=topk --train.out_dir={}-topk\n"
-      "  routemoe trace {} {}-topk --svg {}-vs-topk\n"
-      "      the same run with top-k routing everywhere, and the two runs' routing compared\n",
-      mpi, d, d, d, d, d);
-  fmt::print("  routemoe inspect {}/trace.h5\n      the routing records, one line each\n", d);
+  if (trace) {
+    fmt::print(
+        "  {}routemoe train --config {}/config.toml --model.routers=topk --train.out_dir={}-topk\n"
+        "  routemoe trace {} {}-topk --svg {}-vs-topk\n"
+        "      the same run with top-k routing everywhere, and the two runs' routing compared\n",
+        mpi, d, d, d, d, d);
+    fmt::print("  routemoe inspect {}/trace.h5\n      the routing records, one line each\n", d);
+  } else {
+    fmt::print(
+        "  {}routemoe train --config {}/config.toml --checkpoint.trace=true "
+        "--checkpoint.record_every=10 --train.out_dir={}-traced\n"
+        "      the same run with its routing recorded, for `routemoe trace`\n",
+        mpi, d, d);
+  }
 }
 
 void TrainConsole::draw_bar(std::int64_t done, std::int64_t total, const std::string& text) const {
