@@ -106,7 +106,7 @@ struct LayerRouting {
 struct RoutingRecord {
   std::int64_t step = 0;     // optimiser steps completed
   std::int64_t epoch = 0;    // epoch of the last step taken
-  std::string reason;        // checkpoint | epoch_end | final | interval ("" when absent)
+  std::string reason;        // initial | checkpoint | epoch_end | final | interval ("" when absent)
   std::int64_t tokens = 0;   // P
   std::int64_t top_k = 0;    // k
   std::int64_t d_model = 0;  // d: row width of ac_scale (read: 0 when no layer has ac_scale)
