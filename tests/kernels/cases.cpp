@@ -1648,6 +1648,7 @@ Table build() {
   cross_entropy_cases(t);
   adamw_cases(t);
   elementwise_cases(t);
+  fused_cases(t);
   // A shape listed twice (a reference shape that is also a gradient-check shape) is one case
   // with the flags of both: names spell out every option that changes the case.
   Table unique;

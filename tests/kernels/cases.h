@@ -203,6 +203,9 @@ struct Case {
   // blocks) at the smaller sizes that driver (a) checks, and a case this size would make the
   // unit tests slow.
   bool gpu_scale = false;
+  // A CPU kernel without a CUDA twin (the fused kernels of framework/cpu/fused.cpp; ops.h throws
+  // for them on CUDA): driver (c) leaves it out.
+  bool cpu_only = false;
   // Gradient check (driver b; small sizes). L = sum over `loss` pairs (forward output y, the
   // upstream gradient array dy the backward reads) of sum_k dy_k y_k; each `grads` pair (input,
   // gradient the backward writes) is compared with central differences of L.
@@ -213,6 +216,8 @@ struct Case {
 
 // The table, built once.
 const std::vector<Case>& cases();
+// The cases of the fused kernels (cases_fused.cpp), which the table includes.
+void fused_cases(std::vector<Case>& t);
 // The distinct kernel names of the cases that satisfy `pred`, in table order.
 std::vector<std::string> kernels(const std::function<bool(const Case&)>& pred);
 

@@ -88,21 +88,33 @@ TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
   std::set<std::string> seen;
   for (const Case& c : cases())
     EXPECT_TRUE(seen.insert(c.kernel + "/" + c.name).second) << "duplicate case " << c.name;
-  const std::set<std::string> expected = {"gemm",          "gemm_strided_batched",
-                                          "linear",        "softmax",
-                                          "layernorm",     "gelu",
-                                          "gather_rows",   "scatter_add_rows",
-                                          "cross_entropy", "adamw",
-                                          "fill",          "axpy",
-                                          "scale",         "add",
-                                          "sum_rows",      "sum_squares"};
+  const std::set<std::string> expected = {"gemm",
+                                          "gemm_strided_batched",
+                                          "linear",
+                                          "softmax",
+                                          "layernorm",
+                                          "gelu",
+                                          "gather_rows",
+                                          "scatter_add_rows",
+                                          "cross_entropy",
+                                          "adamw",
+                                          "fill",
+                                          "axpy",
+                                          "scale",
+                                          "add",
+                                          "sum_rows",
+                                          "sum_squares",
+                                          "causal_attention",
+                                          "grouped_ffn",
+                                          "cross_entropy_fused"};
   const auto listed = kernels([](const Case&) { return true; });
   EXPECT_EQ(std::set<std::string>(listed.begin(), listed.end()), expected);
   // Every kernel with a backward is gradient-checked.
   const auto checked = kernels([](const Case& c) { return c.fd && c.backward.has_value(); });
   EXPECT_EQ(std::set<std::string>(checked.begin(), checked.end()),
             (std::set<std::string>{"linear", "softmax", "layernorm", "gelu", "gather_rows",
-                                   "scatter_add_rows", "cross_entropy"}));
+                                   "scatter_add_rows", "cross_entropy", "causal_attention",
+                                   "grouped_ffn"}));
 }
 
 // ================================================================================================
