@@ -121,11 +121,8 @@ RunConfig parse_stored_config(const std::string& path, const std::string& toml) 
     RM_CHECK_KIND(Io, out.good(), fmt::format("cannot write {}", tmpl));
   }
   RunConfig cfg;
-  CLI::App app;
-  std::string unused;
-  register_run_options(app, cfg, unused);
   try {
-    apply_config_file(app, tmpl);
+    read_config_file(tmpl, cfg);
     cfg.model.validate();
   } catch (const Error& e) {
     std::string what = e.detail().empty() ? e.what() : e.detail();

@@ -1,8 +1,9 @@
 // routemoe: the single executable. Subcommands are registered in framework/cli/*.cpp.
 //
-// Errors: any routemoe::Error or std::exception ends the process with exit code 1 and a one-line
-// message naming the rank; in a multi-rank job every rank is ended (MPI_Abort) instead of
-// leaving the others waiting in a collective.
+// Errors: any routemoe::Error or std::exception (std::bad_alloc included, with a hint) ends the
+// process with exit code 1 and a one-line message naming the rank (routemoe::fatal_message); in
+// a multi-rank job every rank is ended (MPI_Abort) instead of leaving the others waiting in a
+// collective.
 
 #include <fmt/format.h>
 
@@ -43,7 +44,8 @@ int main(int argc, char** argv) {
     routemoe::comm::finalize_mpi();
     return rc;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "routemoe: %s\n", e.what());
+    // The one catch: every error (std::bad_alloc included) becomes one line naming the rank.
+    std::fprintf(stderr, "routemoe: %s\n", routemoe::fatal_message(e).c_str());
     routemoe::comm::abort_world(1);
   }
 }

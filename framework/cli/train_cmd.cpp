@@ -8,6 +8,7 @@
 #include "framework/cli/train_console.h"
 #include "framework/config.h"
 #include "framework/data.h"
+#include "framework/memory_estimate.h"
 #include "framework/train/trainer.h"
 
 namespace routemoe::cli {
@@ -20,12 +21,12 @@ Runner register_train(CLI::App& app) {
   auto st = std::make_shared<State>();
   CLI::App* cmd =
       app.add_subcommand("train", "train an MoE language model (see docs/configuration.md)");
-  register_run_options(*cmd, st->cfg, st->config_path);
-  cmd->add_option("--resume", st->cfg.train.resume,
-                  "resume: auto (newest checkpoint of train.out_dir) or a checkpoint path (same as "
-                  "--train.resume)");
+  // Every key as --section.key (train.resume also as --resume); the command line wins over
+  // --config FILE, which wins over the defaults.
+  register_run_options(*cmd, st->config_path);
   return [st, cmd]() {
-    apply_config_file(*cmd, st->config_path);
+    st->cfg = resolve_run_config(*cmd, st->config_path);
+    st->cfg.validate();
     std::unique_ptr<comm::Communicator> world;
     if (comm::launched_by_mpi()) {
       comm::init_mpi(nullptr, nullptr);
@@ -35,6 +36,9 @@ Runner register_train(CLI::App& app) {
     }
     comm::ProcessGroups groups =
         comm::ProcessGroups::create(std::move(world), static_cast<int>(st->cfg.parallel.ep_size));
+    // Before anything large is allocated: refuse, with the numbers, a run that cannot fit.
+    check_memory_fits(estimate_memory(st->cfg, groups.world->size(), groups.ep_size),
+                      comm::ranks_on_node(), available_memory());
     TrainConsole console(st->cfg.train.progress);
     run_training(st->cfg, groups, &console);
     return 0;

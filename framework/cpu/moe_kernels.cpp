@@ -41,6 +41,7 @@ std::size_t at(std::int64_t i) {
 template <typename T>
 void mask_future(T* x, std::int64_t rows, std::int64_t t) {
   detail::check_sizes("mask_future", {{"rows", rows}, {"t", t}});
+  if (t == 0) return;  // no columns (and no r % t to take)
   const T ninf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel for if (rows * t > kParallelElems)
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -175,8 +176,10 @@ void topk_rows(const T* x, std::int32_t* idx, std::int64_t n, std::int64_t e, st
       for (std::int64_t c = 0; c < e; ++c) {
         bool taken = false;
         for (std::int64_t t = 0; t < j; ++t) taken = taken || out[t] == c;
-        // Strict '>' keeps the lower index on ties; NaN never wins over a number.
-        if (!taken && (best < 0 || r[c] > r[best])) best = static_cast<std::int32_t>(c);
+        // Strict '>' keeps the lower index on ties. A NaN never wins over a number: a NaN
+        // compares false either way, so a number also replaces a NaN held as the best so far.
+        if (!taken && (best < 0 || r[c] > r[best] || (std::isnan(r[best]) && !std::isnan(r[c]))))
+          best = static_cast<std::int32_t>(c);
       }
       out[j] = best;
     }
@@ -212,6 +215,7 @@ template <typename T>
 void topk_gates_backward(const T* s, const std::int32_t* choice, const T* gates, const T* dgates,
                          T* ds, std::int64_t n, std::int64_t e, std::int64_t k, GateRule rule) {
   detail::check_sizes("topk_gates_backward", {{"n", n}, {"e", e}, {"k", k}});
+  check_index_range("topk_gates_backward", "choice", choice, n * k, e);
   std::fill(ds, ds + n * e, T(0));
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int32_t* ch = choice + i * k;

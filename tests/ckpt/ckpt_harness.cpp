@@ -307,10 +307,7 @@ int cmd_compare_metrics(const std::string& pa, const std::string& pb, long from,
 
 RunConfig read_config(const std::string& path) {
   RunConfig cfg;
-  CLI::App app;
-  std::string unused;
-  register_run_options(app, cfg, unused);
-  apply_config_file(app, path);
+  read_config_file(path, cfg);
   return cfg;
 }
 

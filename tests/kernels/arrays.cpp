@@ -35,6 +35,20 @@ std::vector<i32>& Data::index(const std::string& name, i64 n, i32 fill) {
   return a.ids;
 }
 
+std::vector<i64>& Data::longs(const std::string& name, i64 n, i64 fill) {
+  Array& a = arrays_[name] = Array{};
+  a.kind = Kind::Long;
+  a.ints.assign(static_cast<std::size_t>(n), fill);
+  return a.ints;
+}
+
+std::vector<i64>& Data::bytes(const std::string& name, i64 n, i64 fill) {
+  Array& a = arrays_[name] = Array{};
+  a.kind = Kind::Byte;
+  a.ints.assign(static_cast<std::size_t>(n), fill);
+  return a.ints;
+}
+
 void Data::alias(const std::string& name, const std::string& storage) {
   const Array& s = at(storage);
   if (!s.storage.empty()) throw std::logic_error("alias of an alias: " + name);
@@ -66,7 +80,8 @@ const Data::Array& Data::at(const std::string& name) const {
 
 const std::vector<double>& Data::operator[](const std::string& name) const {
   const Array& a = at(name);
-  if (a.kind == Kind::Index) throw std::logic_error("'" + name + "' is an index array");
+  if (a.kind != Kind::Value && a.kind != Kind::Wide)
+    throw std::logic_error("'" + name + "' is an integer array");
   return a.values;
 }
 
@@ -78,6 +93,13 @@ const std::vector<i32>& Data::ids(const std::string& name) const {
   const Array& a = at(name);
   if (a.kind != Kind::Index) throw std::logic_error("'" + name + "' is not an index array");
   return a.ids;
+}
+
+const std::vector<i64>& Data::ints(const std::string& name) const {
+  const Array& a = at(name);
+  if (a.kind != Kind::Long && a.kind != Kind::Byte)
+    throw std::logic_error("'" + name + "' is not an int64 or uint8 array");
+  return a.ints;
 }
 
 const std::string& Data::storage_of(const std::string& name) const {
@@ -123,6 +145,12 @@ HostArrays<T>::HostArrays(const Data& data) : layout_(std::make_shared<const Dat
       case Kind::Index:
         ids_[name].assign(a.ids.size() + kGuard, kBadIndex);
         break;
+      case Kind::Long:
+        longs_[name].assign(a.ints.size() + kGuard, kBadLong);
+        break;
+      case Kind::Byte:
+        bytes_[name].assign(a.ints.size() + kGuard, kByteGuard);
+        break;
     }
   }
   load(data);
@@ -155,6 +183,23 @@ void HostArrays<T>::load(const Data& data) {
         std::fill(v.begin() + static_cast<std::ptrdiff_t>(a.ids.size()), v.end(), kBadIndex);
         break;
       }
+      case Kind::Long: {
+        auto& v = longs_.at(name);
+        if (v.size() != a.ints.size() + kGuard) throw std::logic_error("layout of " + name);
+        std::copy(a.ints.begin(), a.ints.end(), v.begin());
+        std::fill(v.begin() + static_cast<std::ptrdiff_t>(a.ints.size()), v.end(), kBadLong);
+        break;
+      }
+      case Kind::Byte: {
+        auto& v = bytes_.at(name);
+        if (v.size() != a.ints.size() + kGuard) throw std::logic_error("layout of " + name);
+        for (std::size_t i = 0; i < a.ints.size(); ++i) {
+          if (a.ints[i] < 0 || a.ints[i] > 255) throw std::logic_error("byte value in " + name);
+          v[i] = static_cast<std::uint8_t>(a.ints[i]);
+        }
+        std::fill(v.begin() + static_cast<std::ptrdiff_t>(a.ints.size()), v.end(), kByteGuard);
+        break;
+      }
     }
   }
 }
@@ -171,6 +216,12 @@ Data HostArrays<T>::snapshot() const {
         .assign(v.begin(), v.end() - static_cast<std::ptrdiff_t>(kGuard));
   for (const auto& [name, v] : ids_)
     d.index(name, static_cast<i64>(v.size()) - kGuard)
+        .assign(v.begin(), v.end() - static_cast<std::ptrdiff_t>(kGuard));
+  for (const auto& [name, v] : longs_)
+    d.longs(name, static_cast<i64>(v.size()) - kGuard)
+        .assign(v.begin(), v.end() - static_cast<std::ptrdiff_t>(kGuard));
+  for (const auto& [name, v] : bytes_)
+    d.bytes(name, static_cast<i64>(v.size()) - kGuard)
         .assign(v.begin(), v.end() - static_cast<std::ptrdiff_t>(kGuard));
   return d;
 }
@@ -189,6 +240,12 @@ Bind<T> HostArrays<T>::bind() {
         break;
       case Kind::Index:
         b.set(name, ids_.at(s).data());
+        break;
+      case Kind::Long:
+        b.set(name, longs_.at(s).data());
+        break;
+      case Kind::Byte:
+        b.set(name, bytes_.at(s).data());
         break;
     }
   }
@@ -226,6 +283,44 @@ std::span<const i32> HostArrays<T>::ids(const std::string& name) const {
 }
 
 template <typename T>
+std::span<const i64> HostArrays<T>::longs(const std::string& name) const {
+  const auto& v = longs_.at(layout_->storage_of(name));
+  return std::span<const i64>(v.data(), v.size() - kGuard);
+}
+
+template <typename T>
+std::span<const std::uint8_t> HostArrays<T>::bytes(const std::string& name) const {
+  const auto& v = bytes_.at(layout_->storage_of(name));
+  return std::span<const std::uint8_t>(v.data(), v.size() - kGuard);
+}
+
+template <typename T>
+void HostArrays<T>::assign(const std::string& name, std::span<const double> v) {
+  const std::string& s = layout_->storage_of(name);
+  auto fill = [&](auto& raw, auto convert) {
+    if (raw.size() != v.size() + kGuard) throw std::logic_error("assign: size of " + name);
+    for (std::size_t i = 0; i < v.size(); ++i) raw[i] = convert(v[i]);
+  };
+  switch (layout_->arrays().at(s).kind) {
+    case Kind::Value:
+      fill(vals_.at(s), [](double x) { return static_cast<T>(x); });
+      break;
+    case Kind::Wide:
+      fill(wides_.at(s), [](double x) { return x; });
+      break;
+    case Kind::Index:
+      fill(ids_.at(s), [](double x) { return static_cast<i32>(x); });
+      break;
+    case Kind::Long:
+      fill(longs_.at(s), [](double x) { return static_cast<i64>(x); });
+      break;
+    case Kind::Byte:
+      fill(bytes_.at(s), [](double x) { return static_cast<std::uint8_t>(x); });
+      break;
+  }
+}
+
+template <typename T>
 std::string HostArrays<T>::broken_guards() const {
   std::string out;
   for (const auto& [name, v] : vals_)
@@ -246,6 +341,18 @@ std::string HostArrays<T>::broken_guards() const {
         out += " " + name;
         break;
       }
+  for (const auto& [name, v] : longs_)
+    for (std::size_t i = v.size() - kGuard; i < v.size(); ++i)
+      if (v[i] != kBadLong) {
+        out += " " + name;
+        break;
+      }
+  for (const auto& [name, v] : bytes_)
+    for (std::size_t i = v.size() - kGuard; i < v.size(); ++i)
+      if (v[i] != kByteGuard) {
+        out += " " + name;
+        break;
+      }
   return out;
 }
 
@@ -255,10 +362,55 @@ template class HostArrays<double>;
 // ------------------------------------------------------------------------------------------------
 // Checks
 
+namespace {
+
+// The data region of an integer array (Index, Long, Byte) as int64.
+template <typename T>
+std::vector<i64> integers(const HostArrays<T>& h, const std::string& name) {
+  switch (h.layout().arrays().at(h.layout().storage_of(name)).kind) {
+    case Kind::Index: {
+      const auto v = h.ids(name);
+      return {v.begin(), v.end()};
+    }
+    case Kind::Long: {
+      const auto v = h.longs(name);
+      return {v.begin(), v.end()};
+    }
+    case Kind::Byte: {
+      const auto v = h.bytes(name);
+      return {v.begin(), v.end()};
+    }
+    default:
+      throw std::logic_error("'" + name + "' is not an integer array");
+  }
+}
+
+bool is_integer(Kind k) {
+  return k == Kind::Index || k == Kind::Long || k == Kind::Byte;
+}
+
+}  // namespace
+
 template <typename T>
 void expect_outputs(const HostArrays<T>& got, const Expect& expect, const std::string& what) {
   for (const auto& [name, o] : expect.outputs()) {
     const std::size_t n = o.want.size();
+    if (is_integer(got.layout().arrays().at(got.layout().storage_of(name)).kind)) {
+      // Integer outputs: exactly the reference's integers.
+      ASSERT_EQ(o.rule, Rule::Exact) << what << ": integer output " << name;
+      const std::vector<i64> g = integers(got, name);
+      ASSERT_EQ(g.size(), n) << what << " " << name;
+      std::size_t bad = 0;
+      std::ostringstream os;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (static_cast<double>(g[i]) == o.want[i].value) continue;
+        if (bad < 6) os << "\n  [" << i << "] got " << g[i] << " expected " << o.want[i].value;
+        ++bad;
+      }
+      EXPECT_EQ(bad, 0u) << what << ": output " << name << ", " << bad << " of " << n
+                         << " elements differ:" << os.str();
+      continue;
+    }
     std::vector<double> g(n), w(n), tol(n);
     if (o.rule == Rule::Wide) {
       const auto v = got.wide(name);
@@ -305,6 +457,14 @@ void expect_untouched(const HostArrays<T>& got, const HostArrays<T>& before, con
         EXPECT_TRUE(same_bits(got.raw_ids(name), before.raw_ids(name)))
             << what << ": array " << name << " must not be written";
         break;
+      case Kind::Long:
+        EXPECT_TRUE(same_bits(got.raw_longs(name), before.raw_longs(name)))
+            << what << ": array " << name << " must not be written";
+        break;
+      case Kind::Byte:
+        EXPECT_TRUE(same_bits(got.raw_bytes(name), before.raw_bytes(name)))
+            << what << ": array " << name << " must not be written";
+        break;
     }
   }
   const std::string broken = got.broken_guards();
@@ -324,6 +484,12 @@ void expect_same_arrays(const HostArrays<T>& a, const HostArrays<T>& b, const st
         break;
       case Kind::Index:
         EXPECT_TRUE(same_bits(a.raw_ids(name), b.raw_ids(name))) << what << ": " << name;
+        break;
+      case Kind::Long:
+        EXPECT_TRUE(same_bits(a.raw_longs(name), b.raw_longs(name))) << what << ": " << name;
+        break;
+      case Kind::Byte:
+        EXPECT_TRUE(same_bits(a.raw_bytes(name), b.raw_bytes(name))) << what << ": " << name;
         break;
     }
   }

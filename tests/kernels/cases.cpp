@@ -37,6 +37,22 @@
 #endif
 
 namespace routemoe::kerneltest {
+
+namespace {
+// Empty Expect for calls whose outputs do not exist (cases.h: Case::noop has no reference).
+void no_reference(const Data&, Expect&) {}
+}  // namespace
+
+void set_noop(Case& c) {
+  c.noop = true;
+  c.forward.reference = no_reference;
+  if (c.backward) c.backward->reference = no_reference;
+}
+
+std::string flag(bool on, const char* word) {
+  return on ? std::string(" ") + word : std::string();
+}
+
 namespace {
 
 #if ROUTEMOE_KERNEL_CASES_CUDA
@@ -46,21 +62,6 @@ using FB = Bind<float>;
 #endif
 
 using Table = std::vector<Case>;
-
-// Empty Expect for calls whose outputs do not exist (cases.h: Case::noop has no reference).
-void no_reference(const Data&, Expect&) {}
-
-// Marks an empty-batch case: every array must stay unchanged.
-void set_noop(Case& c) {
-  c.noop = true;
-  c.forward.reference = no_reference;
-  if (c.backward) c.backward->reference = no_reference;
-}
-
-// " word" when `on` (for case names).
-std::string flag(bool on, const char* word) {
-  return on ? std::string(" ") + word : std::string();
-}
 
 // ================================================================================================
 // GEMM and strided batched GEMM
@@ -1648,6 +1649,7 @@ Table build() {
   cross_entropy_cases(t);
   adamw_cases(t);
   elementwise_cases(t);
+  moe_cases(t);
   fused_cases(t);
   // A shape listed twice (a reference shape that is also a gradient-check shape) is one case
   // with the flags of both: names spell out every option that changes the case.

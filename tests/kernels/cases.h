@@ -1,6 +1,7 @@
 #pragma once
 // The kernel test table: one list of cases covering every kernel of framework/cpu/kernels.h and
-// its CUDA twin in framework/cuda/kernels.h, and the three drivers that run it:
+// its CUDA twin in framework/cuda/kernels.h, and every kernel of framework/cpu/moe_kernels.h
+// (moe_cases.cpp; no CUDA twins yet), and the three drivers that run it:
 //   test_reference.cpp  (a) the CPU kernel, in float and in double, against a naive double
 //                           reference, with the fp32/fp64 rounding bounds of support.h;
 //   test_gradcheck.cpp  (b) every backward against central finite differences of its forward,
@@ -24,7 +25,13 @@
 //   - nothing was written past the end of any array (each is followed by a guard of kSentinel;
 //     index arrays by kBadIndex, so reading past the end throws).
 // An alias makes two names share memory (in-place forms such as softmax with y == x).
+//
+// Integer outputs (top-k indices, kept flags, slot counts and offsets) are declared with
+// Rule::Exact and compared as integers. A kernel without a CUDA twin (the MoE kernels of
+// framework/cpu/moe_kernels.h, for now) is marked `cuda_twin = false`: driver (c) reports it as
+// skipped ("no CUDA twin"), never as passed.
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -57,6 +64,8 @@ enum class Kind {
   Value,  // the type under test (float or double)
   Wide,   // double whatever the type (a result the kernel accumulates in double); host memory
   Index,  // int32 (token ids, row indices, targets)
+  Long,   // int64 (slot counts and offsets; host memory)
+  Byte,   // uint8 (kept flags)
 };
 
 // The arrays of a case, in double (indices as int32): what the generator produces, and what the
@@ -67,6 +76,7 @@ class Data {
     Kind kind = Kind::Value;
     std::vector<double> values;  // Value, Wide
     std::vector<i32> ids;        // Index
+    std::vector<i64> ints;       // Long, Byte
     std::string storage;         // non-empty: an alias of that array
   };
 
@@ -74,6 +84,9 @@ class Data {
   std::vector<double>& value(const std::string& name, i64 n, double fill = kNaN);
   std::vector<double>& wide(const std::string& name, i64 n, double fill = kNaN);
   std::vector<i32>& index(const std::string& name, i64 n, i32 fill = 0);
+  std::vector<i64>& longs(const std::string& name, i64 n, i64 fill = 0);
+  // Values in [0, 255].
+  std::vector<i64>& bytes(const std::string& name, i64 n, i64 fill = 0);
   // `name` shares the memory of `storage` (which must not itself be an alias).
   void alias(const std::string& name, const std::string& storage);
 
@@ -82,6 +95,8 @@ class Data {
   const std::vector<double>& operator[](const std::string& name) const;
   std::vector<double>& values(const std::string& name);
   const std::vector<i32>& ids(const std::string& name) const;
+  // The values of a Long or Byte array.
+  const std::vector<i64>& ints(const std::string& name) const;
   // The array that holds the memory of `name` (itself unless an alias).
   const std::string& storage_of(const std::string& name) const;
   const std::map<std::string, Array>& arrays() const { return arrays_; }
@@ -107,8 +122,12 @@ class Bind {
     const auto it = ptrs_.find(name);
     return it == ptrs_.end() ? nullptr : static_cast<T*>(it->second);
   }
-  const i32* ids(const std::string& name) const { return static_cast<const i32*>(get(name)); }
+  i32* ids(const std::string& name) const { return static_cast<i32*>(get(name)); }
   double* wide(const std::string& name) const { return static_cast<double*>(get(name)); }
+  i64* longs(const std::string& name) const { return static_cast<i64*>(get(name)); }
+  std::uint8_t* bytes(const std::string& name) const {
+    return static_cast<std::uint8_t*>(get(name));
+  }
 
  private:
   void* get(const std::string& name) const;
@@ -125,7 +144,7 @@ struct Want {
 
 enum class Rule {
   Rounded,  // |cpu - value| <= bound<T>(ck) * mag
-  Exact,    // cpu == T(value) bitwise (copies)
+  Exact,    // cpu == T(value) bitwise (copies); integer arrays: cpu == value
   Wide,     // |cpu - value| <= bound_wide(ck) * mag (accumulated in double for either type)
 };
 
@@ -203,9 +222,9 @@ struct Case {
   // blocks) at the smaller sizes that driver (a) checks, and a case this size would make the
   // unit tests slow.
   bool gpu_scale = false;
-  // A CPU kernel without a CUDA twin (the fused kernels of framework/cpu/fused.cpp; ops.h throws
-  // for them on CUDA): driver (c) leaves it out.
-  bool cpu_only = false;
+  // The kernel has a CUDA twin (and the case a CUDA call): driver (c) runs it. false: driver (c)
+  // lists the kernel as skipped, "no CUDA twin".
+  bool cuda_twin = true;
   // Gradient check (driver b; small sizes). L = sum over `loss` pairs (forward output y, the
   // upstream gradient array dy the backward reads) of sum_k dy_k y_k; each `grads` pair (input,
   // gradient the backward writes) is compared with central differences of L.
@@ -216,7 +235,15 @@ struct Case {
 
 // The table, built once.
 const std::vector<Case>& cases();
-// The cases of the fused kernels (cases_fused.cpp), which the table includes.
+// The cases of the MoE-layer and router kernels (framework/cpu/moe_kernels.h), appended to `t`
+// (moe_cases.cpp; part of the table).
+void moe_cases(std::vector<Case>& t);
+// Helpers of the table's files: marks an empty-batch case (every array must stay unchanged, no
+// reference); " word" when `on` (for case names).
+void set_noop(Case& c);
+std::string flag(bool on, const char* word);
+// The cases of the fused kernels (framework/cpu/fused.cpp; no CUDA twins), appended to `t`
+// (cases_fused.cpp; part of the table).
 void fused_cases(std::vector<Case>& t);
 // The distinct kernel names of the cases that satisfy `pred`, in table order.
 std::vector<std::string> kernels(const std::function<bool(const Case&)>& pred);
@@ -238,12 +265,21 @@ class HostArrays {
   std::span<T> values(const std::string& name);
   std::span<const double> wide(const std::string& name) const;
   std::span<const i32> ids(const std::string& name) const;
+  std::span<const i64> longs(const std::string& name) const;
+  std::span<const std::uint8_t> bytes(const std::string& name) const;
   std::span<double> wide(const std::string& name);
+  // Sets the data region of any non-Wide array from doubles, converted to its storage type
+  // (the forward's outputs as the reference gives them, before driver (a) runs a backward).
+  void assign(const std::string& name, std::span<const double> v);
   // Raw storage with the guard, by storage array (for device copies and bitwise comparisons).
   const std::vector<T>& raw_values(const std::string& storage) const { return vals_.at(storage); }
   std::vector<T>& raw_values(const std::string& storage) { return vals_.at(storage); }
   const std::vector<i32>& raw_ids(const std::string& storage) const { return ids_.at(storage); }
   std::vector<i32>& raw_ids(const std::string& storage) { return ids_.at(storage); }
+  const std::vector<i64>& raw_longs(const std::string& storage) const { return longs_.at(storage); }
+  const std::vector<std::uint8_t>& raw_bytes(const std::string& storage) const {
+    return bytes_.at(storage);
+  }
   // The names, kinds and aliases of the arrays (no contents).
   const Data& layout() const { return *layout_; }
   // Empty when every guard holds its fill value, else the names of the overwritten guards.
@@ -254,6 +290,8 @@ class HostArrays {
   std::map<std::string, std::vector<T>> vals_;
   std::map<std::string, std::vector<double>> wides_;
   std::map<std::string, std::vector<i32>> ids_;
+  std::map<std::string, std::vector<i64>> longs_;
+  std::map<std::string, std::vector<std::uint8_t>> bytes_;
 };
 
 // The checks shared by the drivers: the outputs `expect` lists against the reference with the

@@ -97,6 +97,9 @@ template ::testing::AssertionResult same_bits<float>(std::span<const float>,
 template ::testing::AssertionResult same_bits<double>(std::span<const double>,
                                                       std::span<const double>);
 template ::testing::AssertionResult same_bits<i32>(std::span<const i32>, std::span<const i32>);
+template ::testing::AssertionResult same_bits<i64>(std::span<const i64>, std::span<const i64>);
+template ::testing::AssertionResult same_bits<std::uint8_t>(std::span<const std::uint8_t>,
+                                                            std::span<const std::uint8_t>);
 
 std::string normalized(std::string_view s) {
   std::string out;

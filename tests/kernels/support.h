@@ -55,6 +55,9 @@ inline constexpr double kTiny = 1e-37;
 inline constexpr double kSentinel = -7777.25;
 // An index no kernel may read: guards of index arrays hold it (a read throws Error(Data)).
 inline constexpr i32 kBadIndex = 1 << 30;
+// Guards of int64 arrays (no count or offset is this large) and of uint8 arrays.
+inline constexpr i64 kBadLong = (i64{1} << 40) + 7;
+inline constexpr std::uint8_t kByteGuard = 0xA5;
 
 // Bound factor for the rounding chain constant ck = c * K of the type under test (see above):
 // |kernel - reference| <= bound<T>(ck) * S.

@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "framework/cpu/kernels.h"
+#include "framework/cpu/moe_kernels.h"
 #include "framework/error.h"
 #include "tests/kernels/cases.h"
 
@@ -53,8 +56,9 @@ void run_case(const Case& c) {
   // is checked independently of the forward kernel.
   for (const auto& [name, out] : fwd.outputs()) {
     if (out.rule == Rule::Wide) continue;
-    auto v = h.values(name);
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<T>(out.want[i].value);
+    std::vector<double> v(out.want.size());
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = out.want[i].value;
+    h.assign(name, v);
   }
   run_pass(c, *c.backward, h, "backward");
 }
@@ -88,33 +92,42 @@ TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
   std::set<std::string> seen;
   for (const Case& c : cases())
     EXPECT_TRUE(seen.insert(c.kernel + "/" + c.name).second) << "duplicate case " << c.name;
-  const std::set<std::string> expected = {"gemm",
-                                          "gemm_strided_batched",
-                                          "linear",
-                                          "softmax",
-                                          "layernorm",
-                                          "gelu",
-                                          "gather_rows",
-                                          "scatter_add_rows",
-                                          "cross_entropy",
-                                          "adamw",
-                                          "fill",
-                                          "axpy",
-                                          "scale",
-                                          "add",
-                                          "sum_rows",
-                                          "sum_squares",
-                                          "causal_attention",
-                                          "grouped_ffn",
-                                          "cross_entropy_fused"};
+  // framework/cpu/kernels.h, each with its CUDA twin ...
+  const std::set<std::string> with_twin = {"gemm",          "gemm_strided_batched",
+                                           "linear",        "softmax",
+                                           "layernorm",     "gelu",
+                                           "gather_rows",   "scatter_add_rows",
+                                           "cross_entropy", "adamw",
+                                           "fill",          "axpy",
+                                           "scale",         "add",
+                                           "sum_rows",      "sum_squares"};
+  // ... and framework/cpu/moe_kernels.h and the fused kernels, without one (yet).
+  const std::set<std::string> moe = {
+      "mask_future", "head_mean", "mul", "row_logsumexp", "softmax_lse_backward", "row_normalize",
+      "broadcast_row", "topk_rows", "topk_gates", "top1_fraction", "switch_loss", "mean_square",
+      "capacity_keep", "expert_offsets", "slot_plan", "ac_expert_sums", "ac_expert_absdev",
+      "ac_expert_weights", "grouped_linear",
+      // the fused kernels (framework/cpu/fused.cpp, cases_fused.cpp)
+      "causal_attention", "grouped_ffn", "cross_entropy_fused"};
+  std::set<std::string> expected = with_twin;
+  expected.insert(moe.begin(), moe.end());
   const auto listed = kernels([](const Case&) { return true; });
   EXPECT_EQ(std::set<std::string>(listed.begin(), listed.end()), expected);
+  // The GPU driver runs exactly the kernels with a twin; all cases of a kernel agree.
+  const auto twin = kernels([](const Case& c) { return c.cuda_twin; });
+  const auto no_twin = kernels([](const Case& c) { return !c.cuda_twin; });
+  EXPECT_EQ(std::set<std::string>(twin.begin(), twin.end()), with_twin);
+  EXPECT_EQ(std::set<std::string>(no_twin.begin(), no_twin.end()), moe);
   // Every kernel with a backward is gradient-checked.
   const auto checked = kernels([](const Case& c) { return c.fd && c.backward.has_value(); });
+  const auto with_backward = kernels([](const Case& c) { return c.backward.has_value(); });
   EXPECT_EQ(std::set<std::string>(checked.begin(), checked.end()),
             (std::set<std::string>{"linear", "softmax", "layernorm", "gelu", "gather_rows",
-                                   "scatter_add_rows", "cross_entropy", "causal_attention",
-                                   "grouped_ffn"}));
+                                   "scatter_add_rows", "cross_entropy", "head_mean",
+                                   "softmax_lse_backward", "row_normalize", "topk_gates",
+                                   "grouped_linear", "causal_attention", "grouped_ffn"}));
+  EXPECT_EQ(std::set<std::string>(checked.begin(), checked.end()),
+            std::set<std::string>(with_backward.begin(), with_backward.end()));
 }
 
 // ================================================================================================
@@ -399,6 +412,95 @@ TEST(KernelContract, AdamWTrajectoryDouble) {
       for (i64 i = 0; i < n; ++i) tol[i] = 1e-12 * (1.0 + std::abs(pe[i]));
       EXPECT_TRUE(within(p, pe, tol)) << "end-to-end param";
     }
+}
+
+// The MoE kernels (moe_kernels.h): every index argument is range-checked and throws Error(Data)
+// naming the kernel, before anything is written out of bounds.
+TYPED_TEST(KernelContract, MoeIndicesOutOfRangeThrowData) {
+  using T = TypeParam;
+  const i64 n = 4, e = 5, k = 2, d = 3;
+  std::vector<T> s(n * e, T(0.2)), gates(n * k, T(0.5)), dgates(n * k, T(1)), ds(n * e);
+  std::vector<T> u(n * d, T(1)), w(e * d), frac(e), slot_gate(n * k);
+  std::vector<i32> top1(n), slot_token(n * k), slot_pos(n * k);
+  std::vector<std::uint8_t> kept(n * k, 1);
+  std::vector<i64> counts(e), offset = {0, 2, 4, 6, 8, 8};
+  std::vector<double> sum(e * d, 1.0), count(e, 2.0), absdev(e * d, 0.0);
+  for (i32 bad :
+       {static_cast<i32>(e), static_cast<i32>(e + 9), -1, std::numeric_limits<i32>::min()}) {
+    std::vector<i32> choice = {0, 1, 2, 3, 4, bad, 1, 0};
+    std::vector<i32> assign = {0, 2, bad, 1};
+    const std::string what = "index " + std::to_string(bad);
+    expect_data_error(
+        [&] {
+          cpu::topk_gates_forward<T>(s.data(), choice.data(), gates.data(), top1.data(), n, e, k,
+                                     cpu::GateRule::Renormalize);
+        },
+        "topk_gates_forward", "topk_gates_forward " + what);
+    expect_data_error(
+        [&] {
+          cpu::topk_gates_backward<T>(s.data(), choice.data(), gates.data(), dgates.data(),
+                                      ds.data(), n, e, k, cpu::GateRule::SoftmaxOfChosen);
+        },
+        "topk_gates_backward", "topk_gates_backward " + what);
+    expect_data_error([&] { cpu::top1_fraction<T>(assign.data(), frac.data(), n, e); },
+                      "top1_fraction", "top1_fraction " + what);
+    expect_data_error(
+        [&] { cpu::capacity_keep(choice.data(), kept.data(), counts.data(), n, e, k, 3); },
+        "capacity_keep", "capacity_keep " + what);
+    expect_data_error(
+        [&] {
+          cpu::slot_plan<T>(choice.data(), kept.data(), gates.data(), offset.data(),
+                            slot_token.data(), slot_pos.data(), slot_gate.data(), n, e, k);
+        },
+        "slot_plan", "slot_plan " + what);
+    expect_data_error(
+        [&] { cpu::ac_expert_sums<T>(u.data(), assign.data(), sum.data(), count.data(), n, d, e); },
+        "ac_expert_sums", "ac_expert_sums " + what);
+    expect_data_error(
+        [&] {
+          cpu::ac_expert_absdev<T>(u.data(), assign.data(), sum.data(), count.data(), absdev.data(),
+                                   n, d, e);
+        },
+        "ac_expert_absdev", "ac_expert_absdev " + what);
+  }
+}
+
+// top-k needs 1 <= k <= e (a Shape error); a zero row has no direction (a Data error); negative
+// sizes are Shape errors.
+TYPED_TEST(KernelContract, MoeBadSizesThrow) {
+  using T = TypeParam;
+  const ErrorKind S = ErrorKind::Shape;
+  std::vector<T> x(64, T(1)), y(64);
+  std::vector<i32> idx(64);
+  std::vector<std::uint8_t> kept(64);
+  std::vector<i64> counts(64), offset(65, 0);
+  expect_error_kind([&] { cpu::topk_rows<T>(x.data(), idx.data(), 3, 4, 0); }, S,
+                    "topk_rows k = 0");
+  expect_error_kind([&] { cpu::topk_rows<T>(x.data(), idx.data(), 3, 4, 5); }, S,
+                    "topk_rows k > e");
+  std::vector<T> rows = {1, 2, 0, 0, 3, 4};  // row 1 is zero
+  std::vector<T> unit(6), norm(3);
+  expect_data_error([&] { cpu::row_normalize<T>(rows.data(), unit.data(), norm.data(), 3, 2); },
+                    "row_normalize", "row_normalize zero row");
+  expect_error_kind([&] { cpu::mask_future<T>(x.data(), 4, -2); }, S, "mask_future t < 0");
+  expect_error_kind([&] { cpu::head_mean<T>(x.data(), y.data(), 2, -1, 3); }, S,
+                    "head_mean heads < 0");
+  expect_error_kind([&] { cpu::mul<T>(x.data(), x.data(), y.data(), -1); }, S, "mul n < 0");
+  expect_error_kind([&] { cpu::row_logsumexp<T>(x.data(), y.data(), -1, 3); }, S,
+                    "row_logsumexp n < 0");
+  expect_error_kind([&] { cpu::topk_rows<T>(x.data(), idx.data(), -1, 4, 2); }, S,
+                    "topk_rows n < 0");
+  expect_error_kind(
+      [&] { cpu::capacity_keep(idx.data(), kept.data(), counts.data(), 2, -1, 1, 3); }, S,
+      "capacity_keep e < 0");
+  expect_error_kind([&] { cpu::expert_offsets(counts.data(), offset.data(), -1); }, S,
+                    "expert_offsets e < 0");
+  expect_error_kind(
+      [&] {
+        cpu::grouped_linear_forward<T>(x.data(), x.data(), nullptr, y.data(), offset.data(), 2, -3,
+                                       2);
+      },
+      S, "grouped_linear_forward in < 0");
 }
 
 TEST(KernelContract, SetNumThreadsRoundTrip) {
