@@ -48,6 +48,7 @@ void attention_backward(const Exec& ex, const AttentionDims& dims, const Attenti
   const std::int64_t B = dims.batch, Tn = dims.seq, d = dims.d, H = dims.heads, N = dims.tokens();
   const std::int64_t hd = d / H;
   const double fN = static_cast<double>(N), fd = static_cast<double>(d);
+  const Arena::Mark scratch = arena.mark();  // dctx, dqkv: released at the end
   T* dctx = ops::alloc<T>(ex, arena, N * d);
   {
     Phase ph(timers, phase::kQkvProj, 4.0 * fN * fd * fd);
@@ -59,8 +60,11 @@ void attention_backward(const Exec& ex, const AttentionDims& dims, const Attenti
     ops::causal_attention_backward<T>(ex, cache.qkv, cache.probs, dctx, d_avg_probs, dqkv, B, Tn, H,
                                       hd);
   }
-  Phase ph(timers, phase::kQkvProj, 4.0 * fN * fd * 3.0 * fd);
-  ops::linear_backward<T>(ex, dqkv, h, w.qkv_w, dh, g.qkv_w, g.qkv_b, N, d, 3 * d);
+  {
+    Phase ph(timers, phase::kQkvProj, 4.0 * fN * fd * 3.0 * fd);
+    ops::linear_backward<T>(ex, dqkv, h, w.qkv_w, dh, g.qkv_w, g.qkv_b, N, d, 3 * d);
+  }
+  arena.rewind(scratch);
 }
 
 #define RM_INSTANTIATE(T)                                                                      \

@@ -197,6 +197,9 @@ void MoeLayer<T>::backward(const Exec& ex, const MoeWeights<T>& w, const MoeGrad
                            const RouterInputs<T>& in, const MoeLossCoefs& coef, const T* dy, T* du,
                            T* d_attn_avg, Arena& arena) {
   const std::int64_t N = dims_.tokens(), d = dims_.d, S = slots_.slots;
+  // Everything the backward allocates is scratch (its results go to du, d_attn_avg and the
+  // parameter gradients): released at the end, so the blocks' backwards reuse one region.
+  const Arena::Mark scratch = arena.mark();
   T* dslot_gate = ops::alloc<T>(ex, arena, S);
   const T* dy_out = combine_backward(ex, dy, dslot_gate, arena);
   const T* dx_in = experts_backward(ex, w, g, dy_out, arena);
@@ -211,8 +214,11 @@ void MoeLayer<T>::backward(const Exec& ex, const MoeWeights<T>& w, const MoeGrad
     const T* dselect = gates_backward(ex, dslot_gate, arena);
     dr = aux_backward(ex, coef, dselect, arena);
   }
-  Phase ph(timers_, phase::kRouter, 2.0 * router_->flops(dims_.router()));
-  router_->backward(ex, dims_.router(), w.router, g.router, in, dr, du, d_attn_avg, arena);
+  {
+    Phase ph(timers_, phase::kRouter, 2.0 * router_->flops(dims_.router()));
+    router_->backward(ex, dims_.router(), w.router, g.router, in, dr, du, d_attn_avg, arena);
+  }
+  arena.rewind(scratch);
 }
 
 // d y_out[s] = gate_s * dy[token_s]; d gate_s = <dy[token_s], y_out[s]>.
