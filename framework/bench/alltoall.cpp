@@ -47,6 +47,7 @@ struct AlltoallOptions {
   std::int64_t experts = 8;
   std::uint64_t seed = 1;
   std::int64_t d_ff = 0;  // > 0: also time the exchange around real expert FFNs (overlap)
+  std::vector<double> allreduce_mib;  // all-reduce sizes to time as well (latency-bandwidth fit)
 };
 
 // The routing of one rank: slots sorted by global expert, then by token (as the MoE layer
@@ -313,11 +314,36 @@ void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks) {
           .figure("blocking", seq * 1e3, 3, "ms")
           .figure("exchange", exch * 1e3, 3, "ms")
           .figure("experts", comp * 1e3, 3, "ms")
-          .ratio(ovl / (exch + comp), 3, "overlapped/(exchange+experts) time"));
+          .ratio(ovl / (exch + comp), 3, "overlapped/serial time"));
   fmt::print(
-      "  where: overlapped/blocking = {:.3f}; experts = the local expert FFNs (d_ff {}) on their "
+      "  where: serial = exchange + experts, each timed alone; overlapped/blocking = {:.3f}; "
+      "experts = the local expert FFNs (d_ff {}) on their "
       "rows without any exchange; exchange = plan + dispatch + combine alone (as above)\n",
       ovl / seq, o.d_ff);
+}
+
+// One all-reduce (sum, fp32) of `mib` MiB over the world, as reduce_gradients does it for one
+// tensor: the figure for the latency-bandwidth fit of docs/scaling.md.
+void time_allreduce(double mib, comm::ProcessGroups& groups, const Schedule& schedule, Context& ctx,
+                    bool lead) {
+  const auto n = static_cast<std::int64_t>(mib * (1 << 20) / sizeof(float));
+  std::vector<float> buf(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)), 1.0f);
+  std::vector<double> t;
+  run_iterations(schedule, [&](int, bool timed) {
+    groups.world->barrier();
+    Timer tm;
+    groups.world->all_reduce(buf.data(), n, comm::DataType::F32, comm::ReduceOp::Sum);
+    if (timed) t.push_back(tm.seconds());
+  });
+  const Stats st = max_over_ranks(*groups.world, summarize(t));
+  if (!lead) return;
+  const double bytes = static_cast<double>(n) * sizeof(float);
+  print_case(
+      CaseLine("alltoall", "case", fmt::format("allreduce_{}B", static_cast<long long>(bytes)))
+          .field("ranks", std::to_string(groups.world->size()))
+          .figure("time", st.median * 1e3, 3, "ms")
+          .figure("algbw", bytes / st.median * 1e-9, 2, "GB/s"));
+  ctx.json().add_case().str("case", "allreduce").num("bytes", bytes).stats_s("allreduce", st);
 }
 
 void run(const AlltoallOptions& o, Context& ctx) {
@@ -387,6 +413,9 @@ void run(const AlltoallOptions& o, Context& ctx) {
           .stats_s("overlapped", r.fig[kOverlapped]);
     }
   }
+  for (const double mib : o.allreduce_mib) {
+    time_allreduce(mib, groups, schedule, ctx, lead);
+  }
   ctx.json().header().integer("ranks", W).integer("threads", ctx.threads());
 }
 
@@ -425,6 +454,11 @@ Benchmark alltoall_benchmark() {
                    "alone")
         ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 16))
         ->capture_default_str();
+    cmd.add_option("--allreduce-mib", o->allreduce_mib,
+                   "also time an fp32 all-reduce (sum) over the world of these sizes in MiB "
+                   "(comma-separated), as the gradient reduction does per tensor")
+        ->delimiter(',')
+        ->check(CLI::Range(0.0, 4096.0));
     return [o](Context& ctx) { run(*o, ctx); };
   };
   return b;
