@@ -12,6 +12,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
+#include "comm/watchdog.h"
 #include "framework/error.h"
 
 namespace routemoe::comm {
@@ -90,6 +91,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(void* buf, std::int64_t count, DataType type, ReduceOp op) override {
     check_live();
+    const WatchedOp watched("all_reduce");
     const int n = to_mpi_count(count, "all_reduce count");
     if (n == 0) return;  // every rank has the same count, so all of them skip
     RM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(type), mpi_op(op), comm_));
@@ -97,6 +99,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_gather(const void* send, void* recv, std::int64_t count, DataType type) override {
     check_live();
+    const WatchedOp watched("all_gather");
     const int n = to_mpi_count(count, "all_gather count");
     if (n == 0) return;
     RM_MPI_CHECK(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
@@ -104,6 +107,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_to_all(const void* send, void* recv, std::int64_t count, DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all");
     const int n = to_mpi_count(count, "all_to_all count");
     if (n == 0) return;
     RM_MPI_CHECK(MPI_Alltoall(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
@@ -113,6 +117,7 @@ class MpiCommunicator final : public Communicator {
                     const std::int64_t* send_displs, void* recv, const std::int64_t* recv_counts,
                     const std::int64_t* recv_displs, DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all_v");
     const std::vector<int> sc = to_mpi_counts(send_counts, size_, "all_to_all_v send_counts");
     const std::vector<int> sd = to_mpi_counts(send_displs, size_, "all_to_all_v send_displs");
     const std::vector<int> rc = to_mpi_counts(recv_counts, size_, "all_to_all_v recv_counts");
@@ -125,6 +130,7 @@ class MpiCommunicator final : public Communicator {
                          void* recv, const Block* recv_blocks, const std::int64_t* recv_first,
                          DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all_blocks");
     // Blocks correspond one to one (see communicator.h): the k-th block to a peer is matched
     // by that peer's k-th receive block, so each non-empty block travels as its own message,
     // contiguous on both ends (no packing, no datatype engine).
@@ -174,6 +180,7 @@ class MpiCommunicator final : public Communicator {
 
   void wait(std::span<const Request> requests) override {
     check_live();
+    const WatchedOp watched("wait (non-blocking exchange)");
     std::vector<MPI_Request> rs = lookup(requests);
     RM_MPI_CHECK(MPI_Waitall(static_cast<int>(rs.size()), rs.data(), MPI_STATUSES_IGNORE));
     forget(requests);
@@ -191,6 +198,7 @@ class MpiCommunicator final : public Communicator {
 
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     check_live();
+    const WatchedOp watched("broadcast");
     RM_CHECK(root >= 0 && root < size_, "MPI communicator: broadcast root " + std::to_string(root) +
                                             " is not a rank of a size-" + std::to_string(size_) +
                                             " communicator");
@@ -201,11 +209,13 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override {
     check_live();
+    const WatchedOp watched("barrier");
     RM_MPI_CHECK(MPI_Barrier(comm_));
   }
 
   std::unique_ptr<Communicator> split(int color, int key) const override {
     check_live();
+    const WatchedOp watched("communicator split");
     RM_CHECK(color >= 0, "MPI communicator: split color " + std::to_string(color) +
                              " is negative (MPI_UNDEFINED is not supported)");
     MPI_Comm out = MPI_COMM_NULL;

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "framework/error.h"
+#include "framework/stop_signals.h"
 
 namespace routemoe {
 
@@ -81,12 +82,22 @@ void for_each_key(Config& c, Fn&& fn) {
   fn("train.progress", t.progress, "progress bar when stdout is a terminal", kNoRange);
   fn("train.resume", t.resume, "resume from a checkpoint: auto (newest in the run) or a path",
      kNoRange);
+  fn("train.stop_signals", t.stop_signals,
+     "signals that end the run with a checkpoint and exit status 75 (SIGTERM, SIGUSR1, ...)",
+     kNoRange);
+  fn("train.nonfinite", t.nonfinite, "a non-finite loss or gradient norm: skip the step | stop",
+     kNoRange);
+  fn("train.nonfinite_limit", t.nonfinite_limit, "consecutive skipped steps that stop the run",
+     IntRange{1, 1 << 20});
   auto& d = c.data;
   fn("data.path", d.path, "shard directory, or a pattern with {split}", kNoRange);
   fn("data.headerless", d.headerless, "also accept headerless nanoGPT .bin files", kNoRange);
   fn("data.train_split", d.train_split, "split name of the training shards", kNoRange);
   fn("data.val_split", d.val_split, "split name of the validation shards", kNoRange);
   fn("parallel.ep_size", c.parallel.ep_size, "expert-parallel group size", MC::kExperts);
+  fn("parallel.timeout_s", c.parallel.timeout_s,
+     "seconds a collective or file write may wait before the job is ended (0: no timeout)",
+     kNoRange);
   auto& k = c.checkpoint;
   fn("checkpoint.every", k.every, "steps between checkpoints (0: none)", kSteps);
   fn("checkpoint.keep_last", k.keep_last, "checkpoints kept (older are deleted)",
@@ -619,6 +630,16 @@ void RunConfig::validate() const {
   RM_CHECK_KIND(Config, model.n_experts % parallel.ep_size == 0,
                 fmt::format("parallel.ep_size {} does not divide model.n_experts {}",
                             parallel.ep_size, model.n_experts));
+  for (const std::string& s : train.stop_signals) {
+    RM_CHECK_KIND(
+        Config, s.empty() || stop_signal_number(s) != 0,
+        fmt::format("train.stop_signals: unknown signal '{}' (one of {})", s, stop_signal_names()));
+  }
+  RM_CHECK_KIND(Config, train.nonfinite == "skip" || train.nonfinite == "stop",
+                fmt::format("train.nonfinite must be skip or stop, got '{}'", train.nonfinite));
+  RM_CHECK_KIND(
+      Config, parallel.timeout_s >= 0 && parallel.timeout_s <= 1e9,
+      fmt::format("parallel.timeout_s must be in [0, 1e9] (0: off), got {}", parallel.timeout_s));
 }
 
 std::string RunConfig::to_toml() const {

@@ -28,6 +28,9 @@ struct TrainConfig {
   std::string out_dir = "runs/default";  // run directory (must not hold an earlier run)
   bool progress = true;                  // progress bar when stdout is a terminal
   std::string resume;  // "": fresh run; "auto": newest checkpoint of the run; or a path
+  std::vector<std::string> stop_signals = {"SIGTERM", "SIGUSR1"};  // checkpoint, then exit 75
+  std::string nonfinite = "skip";    // a non-finite loss or gradient norm: skip the step | stop
+  std::int64_t nonfinite_limit = 5;  // consecutive skipped steps that stop the run
   bool operator==(const TrainConfig&) const = default;
 };
 
@@ -52,6 +55,7 @@ struct DataConfig {
 
 struct ParallelConfig {
   std::int64_t ep_size = 1;  // expert-parallel group size; divides the world size and n_experts
+  double timeout_s = 300.0;  // a collective or file write waiting longer ends the job (0: off)
   bool operator==(const ParallelConfig&) const = default;
 };
 

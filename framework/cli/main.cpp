@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
 
   routemoe::cli::Runner run_train = routemoe::cli::register_train(app);
   routemoe::cli::Runner run_prepare = routemoe::cli::register_prepare(app);
+  routemoe::cli::Runner run_eval = routemoe::cli::register_eval(app);
   routemoe::cli::Runner run_trace = routemoe::cli::register_trace(app);
   routemoe::cli::Runner run_inspect = routemoe::cli::register_inspect(app);
   routemoe::cli::Runner run_bench = routemoe::cli::register_bench(app);
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
     int rc = 1;
     if (app.got_subcommand("train")) rc = run_train();
     if (app.got_subcommand("prepare")) rc = run_prepare();
+    if (app.got_subcommand("eval")) rc = run_eval();
     if (app.got_subcommand("trace")) rc = run_trace();
     if (app.got_subcommand("inspect")) rc = run_inspect();
     if (app.got_subcommand("bench")) rc = run_bench();  // starts MPI itself where needed

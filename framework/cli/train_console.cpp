@@ -8,6 +8,7 @@
 
 #include "comm/mpi_runtime.h"
 #include "framework/runfile.h"
+#include "framework/train/preempt.h"
 
 namespace routemoe::cli {
 
@@ -64,7 +65,17 @@ void TrainConsole::on_finish(const TrainSummary& s) {
     }
     fmt::print("  expert load, MoE layer {}:{}\n", m, shares);
   }
+  if (s.skipped_steps > 0) {
+    fmt::print("  {} non-finite step(s) skipped, none applied (train.nonfinite)\n",
+               s.skipped_steps);
+  }
   fmt::print("  metrics: {}/metrics.jsonl\n", s.out_dir);
+  if (s.stop_signal != 0) {
+    fmt::print(
+        "stopped by {} after {} step(s): checkpoint {}; exit status {} (resume with "
+        "--resume auto)\n",
+        signal_name(s.stop_signal), s.steps, s.last_checkpoint, kExitPreempted);
+  }
   fmt::print("memory (rank 0):\n{}", s.memory);
 }
 

@@ -26,10 +26,11 @@ class AcRouter final : public Router<T> {
     RM_CHECK(in.prev_top1 != nullptr || in.ac_scale != nullptr,
              "ac router needs the previous layer's assignment");
     T* m = ops::alloc<T>(ex, arena, N * d);
+    expert_ = {};
     if (in.ac_scale != nullptr) {
       ops::copy<T>(ex, in.ac_scale, m, N * d);
     } else {
-      ac_feature_weights<T>(ex, dims, in.u, in.prev_top1, m, arena);
+      ac_feature_weights<T>(ex, dims, in.u, in.prev_top1, m, arena, &expert_);
     }
     T* scaled = ops::alloc<T>(ex, arena, N * d);
     ops::mul<T>(ex, in.u, m, scaled, N * d);
@@ -75,6 +76,7 @@ class AcRouter final : public Router<T> {
   }
 
   const T* feature_weights() const override { return scale_; }
+  AcExpertWeights<T> expert_weights() const override { return expert_; }
 
  private:
   const T* scale_ = nullptr;   // [N, d] M
@@ -82,13 +84,14 @@ class AcRouter final : public Router<T> {
   const T* unit_ = nullptr;    // [E, d] ê
   const T* norm_ = nullptr;    // [E] |e|
   const T* probs_ = nullptr;   // [N, E] softmax(s)
+  AcExpertWeights<T> expert_;  // w [E, d] and token counts [E] (null with fixed ac_scale)
 };
 
 }  // namespace
 
 template <typename T>
 void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
-                        const std::int32_t* prev, T* m, Arena& arena) {
+                        const std::int32_t* prev, T* m, Arena& arena, AcExpertWeights<T>* stats) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
   double* sum = ops::zeros<double>(ex, arena, E * d);
   double* count = ops::zeros<double>(ex, arena, E);
@@ -98,6 +101,7 @@ void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
   ops::ac_expert_absdev<T>(ex, u, prev, sum, count, absdev, N, d, E);
   ops::ac_expert_weights<T>(ex, absdev, count, w, d, E, kAcEpsilon, kAcClipFactor);
   ops::gather_rows_forward<T>(ex, w, prev, m, N, E, d);
+  if (stats != nullptr) *stats = {w, count};
 }
 
 template <typename T>
@@ -106,9 +110,11 @@ std::unique_ptr<Router<T>> make_ac_router(const RouterOptions& /*options*/) {
 }
 
 template void ac_feature_weights<float>(const Exec&, const RouterDims&, const float*,
-                                        const std::int32_t*, float*, Arena&);
+                                        const std::int32_t*, float*, Arena&,
+                                        AcExpertWeights<float>*);
 template void ac_feature_weights<double>(const Exec&, const RouterDims&, const double*,
-                                         const std::int32_t*, double*, Arena&);
+                                         const std::int32_t*, double*, Arena&,
+                                         AcExpertWeights<double>*);
 template std::unique_ptr<Router<float>> make_ac_router<float>(const RouterOptions&);
 template std::unique_ptr<Router<double>> make_ac_router<double>(const RouterOptions&);
 

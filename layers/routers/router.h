@@ -70,6 +70,13 @@ struct RouteOutput {
   const T* lse = nullptr;     // [N] log-sum-exp of the router logits (z-loss)
 };
 
+// Per-expert AC weights w_e of the last forward (docs/model.md, "ac"; arena memory).
+template <typename T>
+struct AcExpertWeights {
+  const T* w = nullptr;           // [E, d] w_e; rows of experts without tokens are not defined
+  const double* count = nullptr;  // [E] tokens c_i = e: expert e has w_e when count[e] > 0
+};
+
 // Gradients arriving at the forward's outputs (each [N, E] or [N]).
 template <typename T>
 struct RouteGrads {
@@ -106,6 +113,9 @@ class Router {
   virtual double flops(const RouterDims& dims) const = 0;
   // AC feature weights M [N, d] of the last forward (ac only, else null).
   virtual const T* feature_weights() const { return nullptr; }
+  // The per-expert weights w [E, d] that M gathers from, and which experts had tokens, of the
+  // last forward (ac computing them from the previous assignment, else both null).
+  virtual AcExpertWeights<T> expert_weights() const { return {}; }
 };
 
 // The factory: one line per router family.
@@ -114,9 +124,11 @@ std::unique_ptr<Router<T>> make_router(const RouterOptions& options);
 
 // AC feature weights M[N, d] = w_{c_i} (docs/model.md, "ac") from u[N, d] and the previous MoE
 // layer's top-1 assignment c = prev[N]; w comes from the tokens of this call only.
+// `stats`, when given, receives w [E, d] and the token counts [E] (arena memory).
 template <typename T>
 void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
-                        const std::int32_t* prev, T* m, Arena& arena);
+                        const std::int32_t* prev, T* m, Arena& arena,
+                        AcExpertWeights<T>* stats = nullptr);
 
 // Shared by the softmax-gated families (topk, graph): logits z = u W_g^T, p = softmax(z).
 template <typename T>
