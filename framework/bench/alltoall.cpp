@@ -323,7 +323,7 @@ void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks) {
 }
 
 // One all-reduce (sum, fp32) of `mib` MiB over the world, as reduce_gradients does it for one
-// tensor: the figure for the latency-bandwidth fit of docs/scaling.md.
+// tensor: the all-reduce term of a latency-bandwidth model of the step (docs/performance.md).
 void time_allreduce(double mib, comm::ProcessGroups& groups, const Schedule& schedule, Context& ctx,
                     bool lead) {
   const auto n = static_cast<std::int64_t>(mib * (1 << 20) / sizeof(float));
