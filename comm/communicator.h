@@ -103,6 +103,29 @@ class Communicator {
                                  DataType type);
   virtual void broadcast(void* buf, std::int64_t count, DataType type, int root) = 0;
   virtual void barrier() = 0;
+
+  // ---- Non-blocking point-to-point: exchanges overlapped with computation ----------------------
+  // isend / irecv start moving `count` elements to / from rank `peer` of this communicator
+  // under `tag` (0 <= tag < kMaxTag) and return a request id; the buffer must not be touched
+  // (sent) or read (received) until the request has completed. Between one pair of ranks,
+  // messages with the same tag match in the order they were started. A request completes in
+  // wait() or in a test() that returns true; completed ids are forgotten. Every request must be
+  // completed before release(). Zero counts are allowed (they still match).
+  //   MPI:  MPI_Isend / MPI_Irecv. MPI moves data only inside its calls (no progress thread), so
+  //         code that overlaps an exchange with computation calls test() between pieces of work.
+  //   self: a send to rank 0 is matched with a receive of the same tag and copied then.
+  //   NCCL: requests are queued and issued together as one group (ncclGroupStart/End) on the
+  //         communicator's stream by the next test() or wait(); completion follows the stream.
+  using Request = std::int64_t;
+  static constexpr int kMaxTag = 1 << 15;  // MPI guarantees tags up to 32767
+  // A backend without them (the base class's versions) throws Error(Check) naming itself.
+  virtual Request isend(const void* buf, std::int64_t count, DataType type, int peer, int tag);
+  virtual Request irecv(void* buf, std::int64_t count, DataType type, int peer, int tag);
+  // Blocks until every request of `requests` has completed.
+  virtual void wait(std::span<const Request> requests);
+  // True (and the requests forgotten) when every request of `requests` has completed; otherwise
+  // false, after moving transfers along. Never blocks.
+  virtual bool test(std::span<const Request> requests);
   // A new communicator over the ranks with the same `color`, ordered by `key` (MPI_Comm_split).
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
   // Collective: frees the backend handle now (see "Lifetime" above). Idempotent; after it only

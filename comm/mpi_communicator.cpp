@@ -5,7 +5,9 @@
 #include <mpi.h>
 
 #include <climits>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -158,6 +160,42 @@ class MpiCommunicator final : public Communicator {
     RM_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
   }
 
+  Request isend(const void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    check_live();
+    check_peer_tag("isend", peer, tag);
+    MPI_Request r = MPI_REQUEST_NULL;
+    RM_MPI_CHECK(
+        MPI_Isend(buf, to_mpi_count(count, "isend count"), mpi_type(type), peer, tag, comm_, &r));
+    return remember(r);
+  }
+
+  Request irecv(void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    check_live();
+    check_peer_tag("irecv", peer, tag);
+    MPI_Request r = MPI_REQUEST_NULL;
+    RM_MPI_CHECK(
+        MPI_Irecv(buf, to_mpi_count(count, "irecv count"), mpi_type(type), peer, tag, comm_, &r));
+    return remember(r);
+  }
+
+  void wait(std::span<const Request> requests) override {
+    check_live();
+    const WatchedOp watched("wait (non-blocking exchange)");
+    std::vector<MPI_Request> rs = lookup(requests);
+    RM_MPI_CHECK(MPI_Waitall(static_cast<int>(rs.size()), rs.data(), MPI_STATUSES_IGNORE));
+    forget(requests);
+  }
+
+  bool test(std::span<const Request> requests) override {
+    check_live();
+    std::vector<MPI_Request> rs = lookup(requests);
+    int done = 0;
+    // On false MPI_Testall leaves every request as it was (still pending in pending_).
+    RM_MPI_CHECK(MPI_Testall(static_cast<int>(rs.size()), rs.data(), &done, MPI_STATUSES_IGNORE));
+    if (done != 0) forget(requests);
+    return done != 0;
+  }
+
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     check_live();
     const WatchedOp watched("broadcast");
@@ -188,6 +226,9 @@ class MpiCommunicator final : public Communicator {
 
   void release() override {
     if (comm_ == MPI_COMM_NULL) return;
+    RM_CHECK(pending_.empty(), "MPI communicator: release() with " +
+                                   std::to_string(pending_.size()) +
+                                   " non-blocking request(s) not completed");
     if (owned_ && mpi_active()) RM_MPI_CHECK(MPI_Comm_free(&comm_));
     comm_ = MPI_COMM_NULL;
   }
@@ -198,8 +239,38 @@ class MpiCommunicator final : public Communicator {
     RM_CHECK_KIND(Mpi, mpi_active(), "MPI communicator used while MPI is not active");
   }
 
+  void check_peer_tag(const char* what, int peer, int tag) const {
+    RM_CHECK(peer >= 0 && peer < size_, std::string("MPI communicator: ") + what + " peer " +
+                                            std::to_string(peer) + " is not a rank of a size-" +
+                                            std::to_string(size_) + " communicator");
+    RM_CHECK(tag >= 0 && tag < kMaxTag, std::string("MPI communicator: ") + what + " tag " +
+                                            std::to_string(tag) + " is outside [0, " +
+                                            std::to_string(kMaxTag) + ")");
+  }
+  Request remember(MPI_Request r) {
+    const Request id = next_request_++;
+    pending_.emplace(id, r);
+    return id;
+  }
+  std::vector<MPI_Request> lookup(std::span<const Request> requests) const {
+    std::vector<MPI_Request> rs;
+    rs.reserve(requests.size());
+    for (const Request id : requests) {
+      const auto it = pending_.find(id);
+      RM_CHECK(it != pending_.end(), "MPI communicator: request " + std::to_string(id) +
+                                         " is not pending (completed already, or never started)");
+      rs.push_back(it->second);
+    }
+    return rs;
+  }
+  void forget(std::span<const Request> requests) {
+    for (const Request id : requests) pending_.erase(id);
+  }
+
   MPI_Comm comm_;
   bool owned_;
+  std::unordered_map<Request, MPI_Request> pending_;  // non-blocking requests in flight
+  Request next_request_ = 1;
   int rank_ = 0;
   int size_ = 1;
 };

@@ -22,7 +22,10 @@
 #include <nccl.h>
 
 #include <cstdio>
+#include <memory>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -176,6 +179,42 @@ class NcclCommunicator final : public Communicator {
     end();
   }
 
+  Request isend(const void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    return queue(true, buf, nullptr, count, type, peer, tag);
+  }
+
+  Request irecv(void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    return queue(false, nullptr, buf, count, type, peer, tag);
+  }
+
+  void wait(std::span<const Request> requests) override {
+    flush();
+    for (const Request id : requests) {
+      const auto it = issued_.find(id);
+      RM_CHECK(it != issued_.end(),
+               "NCCL communicator: request " + std::to_string(id) + " is not pending");
+      if (it->second != nullptr) RM_CUDA_CHECK(cudaEventSynchronize(it->second->event));
+    }
+    check_async();
+    for (const Request id : requests) issued_.erase(id);
+  }
+
+  bool test(std::span<const Request> requests) override {
+    flush();
+    for (const Request id : requests) {
+      const auto it = issued_.find(id);
+      RM_CHECK(it != issued_.end(),
+               "NCCL communicator: request " + std::to_string(id) + " is not pending");
+      if (it->second == nullptr) continue;
+      const cudaError_t rc = cudaEventQuery(it->second->event);
+      if (rc == cudaErrorNotReady) return false;
+      RM_CUDA_CHECK(rc);
+    }
+    check_async();
+    for (const Request id : requests) issued_.erase(id);
+    return true;
+  }
+
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     RM_CHECK(root >= 0 && root < size_, "NCCL communicator: broadcast root " +
                                             std::to_string(root) + " is not a rank of a size-" +
@@ -202,6 +241,8 @@ class NcclCommunicator final : public Communicator {
 
   void release() override {
     if (comm_ == nullptr) return;
+    RM_CHECK(queued_.empty() && issued_.empty(),
+             "NCCL communicator: release() with non-blocking requests not completed");
     RM_CUDA_CHECK(cudaSetDevice(device_));
     RM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     RM_NCCL_CHECK(ncclCommFinalize(comm_));
@@ -234,6 +275,76 @@ class NcclCommunicator final : public Communicator {
     RM_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
     RM_NCCL_CHECK(async);
   }
+
+  // Non-blocking point-to-point: requests wait in queued_ until the next test() or wait() issues
+  // them as one group; issued requests map to the event recorded after their group (null: a
+  // zero-count request, complete at once).
+  struct Queued {
+    Request id;
+    bool send;
+    const void* src;  // send
+    void* dst;        // receive
+    std::size_t count;
+    DataType type;
+    int peer;
+  };
+  struct GroupEvent {
+    cudaEvent_t event = nullptr;
+    ~GroupEvent() {
+      if (event != nullptr) cudaEventDestroy(event);
+    }
+  };
+
+  Request queue(bool send, const void* src, void* dst, std::int64_t count, DataType type, int peer,
+                int tag) {
+    check_live();
+    const char* what = send ? "isend" : "irecv";
+    RM_CHECK(peer >= 0 && peer < size_, std::string("NCCL communicator: ") + what + " peer " +
+                                            std::to_string(peer) + " is not a rank of a size-" +
+                                            std::to_string(size_) + " communicator");
+    RM_CHECK(tag >= 0 && tag < kMaxTag, std::string("NCCL communicator: ") + what + " tag " +
+                                            std::to_string(tag) + " is outside [0, " +
+                                            std::to_string(kMaxTag) + ")");
+    const Request id = next_request_++;
+    const std::size_t n = to_count(count, "isend/irecv count");
+    if (n == 0) {
+      issued_.emplace(id, nullptr);
+    } else {
+      queued_.push_back({id, send, src, dst, n, type, peer});
+    }
+    return id;
+  }
+
+  // Issues the queued requests as one group and records their completion event.
+  void flush() {
+    check_live();
+    if (queued_.empty()) return;
+    begin();
+    auto group = std::make_shared<GroupEvent>();
+    RM_CUDA_CHECK(cudaEventCreateWithFlags(&group->event, cudaEventDisableTiming));
+    RM_NCCL_CHECK(ncclGroupStart());
+    for (const Queued& q : queued_) {
+      if (q.send) {
+        RM_NCCL_CHECK(ncclSend(q.src, q.count, nccl_type(q.type), q.peer, comm_, stream_));
+      } else {
+        RM_NCCL_CHECK(ncclRecv(q.dst, q.count, nccl_type(q.type), q.peer, comm_, stream_));
+      }
+    }
+    RM_NCCL_CHECK(ncclGroupEnd());
+    RM_CUDA_CHECK(cudaEventRecord(group->event, stream_));
+    for (const Queued& q : queued_) issued_.emplace(q.id, group);
+    queued_.clear();
+  }
+
+  void check_async() {
+    ncclResult_t async = ncclSuccess;
+    RM_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+    RM_NCCL_CHECK(async);
+  }
+
+  std::vector<Queued> queued_;
+  std::unordered_map<Request, std::shared_ptr<GroupEvent>> issued_;
+  Request next_request_ = 1;
 
   std::unique_ptr<Communicator> control_;
   int device_;

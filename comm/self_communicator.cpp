@@ -2,7 +2,11 @@
 // exchange and does nothing where they reduce or synchronise. Needs no MPI. Also holds the
 // backend-independent helpers of comm/communicator.h.
 
+#include <algorithm>
 #include <cstring>
+#include <list>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,17 +92,110 @@ class SelfCommunicator final : public Communicator {
 
   void barrier() override {}
 
+  Request isend(const void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    check_p2p("isend", count, peer, tag);
+    const Request id = next_++;
+    sends_.push_back({id, buf, nullptr, count, type, tag});
+    match();
+    return id;
+  }
+
+  Request irecv(void* buf, std::int64_t count, DataType type, int peer, int tag) override {
+    check_p2p("irecv", count, peer, tag);
+    const Request id = next_++;
+    recvs_.push_back({id, nullptr, buf, count, type, tag});
+    match();
+    return id;
+  }
+
+  void wait(std::span<const Request> requests) override {
+    for (const Request id : requests) {
+      RM_CHECK(done_.count(id) > 0,
+               "self communicator: wait on request " + std::to_string(id) +
+                   " that has no matching send or receive (it would never complete)");
+    }
+    for (const Request id : requests) done_.erase(id);
+  }
+
+  bool test(std::span<const Request> requests) override {
+    for (const Request id : requests) {
+      if (done_.count(id) == 0) return false;
+    }
+    for (const Request id : requests) done_.erase(id);
+    return true;
+  }
+
   std::unique_ptr<Communicator> split(int color, int) const override {
     RM_CHECK(color >= 0,
              "self communicator: split color " + std::to_string(color) + " is negative");
     return std::make_unique<SelfCommunicator>();
   }
+
+ private:
+  struct Message {
+    Request id;
+    const void* src;  // sends
+    void* dst;        // receives
+    std::int64_t count;
+    DataType type;
+    int tag;
+  };
+
+  static void check_p2p(const char* what, std::int64_t count, int peer, int tag) {
+    check_count(count, what);
+    RM_CHECK(peer == 0, std::string("self communicator: ") + what + " peer " +
+                            std::to_string(peer) + " is not a rank of a size-1 communicator");
+    RM_CHECK(tag >= 0 && tag < kMaxTag, std::string("self communicator: ") + what + " tag " +
+                                            std::to_string(tag) + " is outside [0, " +
+                                            std::to_string(kMaxTag) + ")");
+  }
+
+  // Pairs the oldest send and receive of each tag (MPI's matching order) and copies.
+  void match() {
+    for (auto s = sends_.begin(); s != sends_.end();) {
+      auto r = std::find_if(recvs_.begin(), recvs_.end(),
+                            [&](const Message& m) { return m.tag == s->tag; });
+      if (r == recvs_.end()) {
+        ++s;
+        continue;
+      }
+      RM_CHECK(s->count <= r->count && s->type == r->type,
+               "self communicator: a send of " + std::to_string(s->count) +
+                   " elements matched a receive of " + std::to_string(r->count) +
+                   " (or of another type) under tag " + std::to_string(s->tag));
+      copy_elements(r->dst, s->src, s->count, s->type);
+      done_.insert(s->id);
+      done_.insert(r->id);
+      recvs_.erase(r);
+      s = sends_.erase(s);
+    }
+  }
+
+  std::list<Message> sends_, recvs_;  // started, not yet matched
+  std::set<Request> done_;            // matched, not yet waited for
+  Request next_ = 1;
 };
 
 }  // namespace
 
 std::unique_ptr<Communicator> make_self() {
   return std::make_unique<SelfCommunicator>();
+}
+
+Communicator::Request Communicator::isend(const void*, std::int64_t, DataType, int, int) {
+  RM_FAIL(Check, backend() + " communicator: isend is not implemented");
+}
+
+Communicator::Request Communicator::irecv(void*, std::int64_t, DataType, int, int) {
+  RM_FAIL(Check, backend() + " communicator: irecv is not implemented");
+}
+
+void Communicator::wait(std::span<const Request>) {
+  RM_FAIL(Check, backend() + " communicator: wait is not implemented");
+}
+
+bool Communicator::test(std::span<const Request>) {
+  RM_FAIL(Check, backend() + " communicator: test is not implemented");
 }
 
 void Communicator::all_to_all_blocks(const void* send, const Block* send_blocks,

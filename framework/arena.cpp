@@ -64,6 +64,20 @@ void Arena::reset() {
   allocations_ = 0;
 }
 
+Arena::Mark Arena::mark() const {
+  return {blocks_.size(), blocks_.empty() ? 0 : blocks_.back().used, used_};
+}
+
+void Arena::rewind(const Mark& m) {
+  RM_CHECK(m.blocks <= blocks_.size() && m.used <= used_ &&
+               (m.blocks == 0 || m.block_used <= blocks_[m.blocks - 1].used),
+           "Arena::rewind: a mark taken after this point or before a reset");
+  // Blocks added since the mark stay (empty) and take the next allocations; reset() merges.
+  for (std::size_t i = m.blocks; i < blocks_.size(); ++i) blocks_[i].used = 0;
+  if (m.blocks > 0) blocks_[m.blocks - 1].used = m.block_used;
+  used_ = m.used;
+}
+
 ArenaStats Arena::stats() const {
   ArenaStats s;
   s.name = name_;

@@ -42,6 +42,17 @@ class Arena {
   // Releases every allocation; merges blocks into one of the peak size when there were several.
   void reset();
 
+  // Stack-like release within a step: rewind(mark()) releases everything allocated after the
+  // mark (later allocations reuse that memory; pointers into it become invalid), so that scratch
+  // of one stage does not add to the peak of the next. A mark is valid until the next reset().
+  struct Mark {
+    std::size_t blocks = 0;      // blocks held at the mark
+    std::size_t block_used = 0;  // bytes used in the last of them
+    std::size_t used = 0;        // used_ at the mark
+  };
+  Mark mark() const;
+  void rewind(const Mark& m);
+
   ArenaStats stats() const;
   Device device() const noexcept { return device_; }
 

@@ -47,39 +47,48 @@ std::int64_t router_floats(RouterKind r, std::int64_t B, std::int64_t N, const M
 
 // Floats of one pass of the model (layers/model.cpp, layers/moe.cpp, layers/attention.cpp
 // allocate these from the activation arena, which is reset once per pass) over `rows`
-// sequences: the forward's saved activations, plus the backward's scratch when `backward`.
+// sequences: the forward's saved activations, plus, when `backward`, what the backward keeps
+// (the residual-stream gradients, the attention router's d_avg) and the largest scratch of one
+// block's attention or MoE backward (each releases its scratch when it ends: Arena::rewind).
 std::int64_t pass_floats(const ModelConfig& m, std::int64_t rows, bool backward, bool exchanges,
                          const Sizes& s) {
   const std::int64_t T = m.seq_len, d = m.d_model, F = m.d_ff, E = m.n_experts, V = m.vocab_size;
   const std::int64_t H = m.n_heads, B = rows, N = s.mul(B, T), slots = s.mul(N, m.top_k);
   const std::int64_t Nd = s.mul(N, d), NE = s.mul(N, E), T2 = s.mul(T, T);
-  // Embeddings, final LayerNorm, logits, per-token losses; backward: their gradients.
+  // Embeddings, final LayerNorm, logits, per-token losses; backward: the loss gradients, dlnf
+  // and the residual-stream gradients (a training pass overwrites the logits with their
+  // gradient: cross_entropy_fused).
   std::int64_t total = s.add(s.mul(3, Nd), s.add(s.mul(N, V), s.mul(4, N)));
-  if (backward) total = s.add(total, s.add(s.mul(N, V), s.add(s.mul(3, Nd), N)));
+  if (backward) total = s.add(total, s.add(s.mul(4, Nd), N));
   const std::int64_t ex_rows = exchanges ? 2 : 0;  // slot-order copies sent and received
+  std::int64_t scratch = 0;                        // the largest backward scratch of one block
   std::int64_t moe_index = 0;
   for (std::int64_t l = 0; l < m.n_layers; ++l) {
     // LayerNorms, qkv, context, attention output, residuals; probabilities [B,H,T,T].
     std::int64_t block = s.add(s.add(s.mul(10, Nd), s.mul(4, N)), s.mul(B, H, T2));
-    if (backward) block = s.add(block, s.add(s.mul(4, Nd), s.mul(H, T2)));
+    if (backward) scratch = std::max(scratch, s.mul(4, Nd));  // attention: dctx, dqkv
     if (!m.is_moe_block(l)) {
       block = s.add(block, s.mul(backward ? 3 : 2, N, F));
     } else {
       const RouterKind r = m.effective_router(moe_index++);
-      // Gate logits and probabilities, choices, gates, slot arrays; backward: their gradients.
+      // Gate logits and probabilities, choices, gates, slot arrays.
       block = s.add(block, s.add(s.mul(2, NE), s.mul(6, slots)));
-      // Expert inputs and outputs in slot order [S,d], hidden pre/post GELU [S,F].
-      block = s.add(block, s.mul(slots, s.add(s.mul(2 + ex_rows, d), s.mul(2, F))));
+      // Expert inputs and outputs in slot order [S,d], hidden before GELU [S,F] (the GELU
+      // output is recomputed in the backward).
+      block = s.add(block, s.mul(slots, s.add(s.mul(2 + ex_rows, d), F)));
       block = s.add(block, router_floats(r, B, N, m, false, s));
       if (backward) {
-        block = s.add(block, s.add(s.mul(2, NE), slots));
-        block = s.add(block, s.mul(slots, s.add(s.mul(2 + ex_rows, d), F)));
-        block = s.add(block, router_floats(r, B, N, m, true, s));
+        // Gradients of the gates and routing, of the expert outputs and inputs [S,d].
+        const std::int64_t moe =
+            s.add(s.add(s.mul(2, NE), s.mul(3, slots)),
+                  s.add(s.mul(slots, s.mul(2 + ex_rows, d)), router_floats(r, B, N, m, true, s)));
+        scratch = std::max(scratch, moe);
+        if (r == RouterKind::Attention) block = s.add(block, s.mul(B, T2));  // d_avg
       }
     }
     total = s.add(total, block);
   }
-  return total;
+  return s.add(total, scratch);
 }
 
 std::int64_t read_int_file(const std::string& path) {

@@ -186,6 +186,12 @@ void cross_entropy_backward(const Exec& ex, const T* logits, const std::int32_t*
 }
 
 template <typename T>
+void cross_entropy_fused(const Exec& ex, T* logits, const std::int32_t* targets, const T* dloss,
+                         T* losses, T* lse, std::int64_t n, std::int64_t v) {
+  RM_OP_CPU(cross_entropy_fused, logits, targets, dloss, losses, lse, n, v);
+}
+
+template <typename T>
 void adamw_update(const Exec& ex, T* param, const T* grad, T* m, T* v, std::int64_t n,
                   const AdamWHyper& h) {
   RM_OP(adamw_update, param, grad, m, v, n, h);
@@ -244,6 +250,19 @@ void sum_rows(const Exec& ex, const T* x, T* out, std::int64_t rows, std::int64_
 template <typename T>
 void mask_future(const Exec& ex, T* x, std::int64_t rows, std::int64_t t) {
   RM_OP_CPU(mask_future, x, rows, t);
+}
+
+template <typename T>
+void causal_attention_forward(const Exec& ex, const T* qkv, T* probs, T* ctx, std::int64_t batch,
+                              std::int64_t t, std::int64_t heads, std::int64_t dh) {
+  RM_OP_CPU(causal_attention_forward, qkv, probs, ctx, batch, t, heads, dh);
+}
+
+template <typename T>
+void causal_attention_backward(const Exec& ex, const T* qkv, const T* probs, const T* dctx,
+                               const T* d_avg, T* dqkv, std::int64_t batch, std::int64_t t,
+                               std::int64_t heads, std::int64_t dh) {
+  RM_OP_CPU(causal_attention_backward, qkv, probs, dctx, d_avg, dqkv, batch, t, heads, dh);
 }
 
 template <typename T>
@@ -358,6 +377,22 @@ void grouped_linear_backward(const Exec& ex, const T* dy, const T* x, const T* w
 }
 
 template <typename T>
+void grouped_ffn_forward(const Exec& ex, const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, T* h_pre, T* y, const std::int64_t* offset,
+                         std::int64_t groups, std::int64_t d, std::int64_t f) {
+  RM_OP_CPU(grouped_ffn_forward, x, w1, b1, w2, b2, h_pre, y, offset, groups, d, f);
+}
+
+template <typename T>
+void grouped_ffn_backward(const Exec& ex, const T* dy, const T* x, const T* h_pre, const T* w1,
+                          const T* w2, T* dx, T* dw1, T* db1, T* dw2, T* db2,
+                          const std::int64_t* offset, std::int64_t groups, std::int64_t d,
+                          std::int64_t f) {
+  RM_OP_CPU(grouped_ffn_backward, dy, x, h_pre, w1, w2, dx, dw1, db1, dw2, db2, offset, groups, d,
+            f);
+}
+
+template <typename T>
 double sum_squares(const Exec& ex, const T* x, std::int64_t n) {
   RM_OP(sum_squares, x, n);
 }
@@ -455,7 +490,20 @@ double mean_square(const Exec& ex, const T* x, std::int64_t n) {
                                            std::int64_t);                                          \
   template double sum_squares<T>(const Exec&, const T*, std::int64_t);                             \
   template double switch_loss<T>(const Exec&, const T*, const T*, std::int64_t, std::int64_t);     \
-  template double mean_square<T>(const Exec&, const T*, std::int64_t);
+  template double mean_square<T>(const Exec&, const T*, std::int64_t);                             \
+  template void cross_entropy_fused<T>(const Exec&, T*, const std::int32_t*, const T*, T*, T*,     \
+                                       std::int64_t, std::int64_t);                                \
+  template void causal_attention_forward<T>(const Exec&, const T*, T*, T*, std::int64_t,           \
+                                            std::int64_t, std::int64_t, std::int64_t);             \
+  template void causal_attention_backward<T>(const Exec&, const T*, const T*, const T*, const T*,  \
+                                             T*, std::int64_t, std::int64_t, std::int64_t,         \
+                                             std::int64_t);                                        \
+  template void grouped_ffn_forward<T>(const Exec&, const T*, const T*, const T*, const T*,        \
+                                       const T*, T*, T*, const std::int64_t*, std::int64_t,        \
+                                       std::int64_t, std::int64_t);                                \
+  template void grouped_ffn_backward<T>(const Exec&, const T*, const T*, const T*, const T*,       \
+                                        const T*, T*, T*, T*, T*, T*, const std::int64_t*,         \
+                                        std::int64_t, std::int64_t, std::int64_t);
 
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)

@@ -88,6 +88,9 @@ void cross_entropy_backward(const Exec& ex, const T* logits, const std::int32_t*
                             const T* lse, const T* dloss, T* dlogits, std::int64_t n,
                             std::int64_t v);
 template <typename T>
+void cross_entropy_fused(const Exec& ex, T* logits, const std::int32_t* targets, const T* dloss,
+                         T* losses, T* lse, std::int64_t n, std::int64_t v);
+template <typename T>
 void adamw_update(const Exec& ex, T* param, const T* grad, T* m, T* v, std::int64_t n,
                   const AdamWHyper& h);
 template <typename T>
@@ -120,6 +123,13 @@ double sum_squares(const Exec& ex, const T* x, std::int64_t n);
 // framework/cpu/moe_kernels.h
 template <typename T>
 void mask_future(const Exec& ex, T* x, std::int64_t rows, std::int64_t t);
+template <typename T>
+void causal_attention_forward(const Exec& ex, const T* qkv, T* probs, T* ctx, std::int64_t batch,
+                              std::int64_t t, std::int64_t heads, std::int64_t dh);
+template <typename T>
+void causal_attention_backward(const Exec& ex, const T* qkv, const T* probs, const T* dctx,
+                               const T* d_avg, T* dqkv, std::int64_t batch, std::int64_t t,
+                               std::int64_t heads, std::int64_t dh);
 template <typename T>
 void head_mean(const Exec& ex, const T* p, T* avg, std::int64_t batch, std::int64_t heads,
                std::int64_t m);
@@ -186,5 +196,14 @@ template <typename T>
 void grouped_linear_backward(const Exec& ex, const T* dy, const T* x, const T* w, T* dx, T* dw,
                              T* db, const std::int64_t* offset, std::int64_t groups,
                              std::int64_t in, std::int64_t out);
+template <typename T>
+void grouped_ffn_forward(const Exec& ex, const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, T* h_pre, T* y, const std::int64_t* offset,
+                         std::int64_t groups, std::int64_t d, std::int64_t f);
+template <typename T>
+void grouped_ffn_backward(const Exec& ex, const T* dy, const T* x, const T* h_pre, const T* w1,
+                          const T* w2, T* dx, T* dw1, T* db1, T* dw2, T* db2,
+                          const std::int64_t* offset, std::int64_t groups, std::int64_t d,
+                          std::int64_t f);
 
 }  // namespace routemoe::ops

@@ -8,6 +8,7 @@
 
 #include "framework/arena.h"
 #include "framework/exec.h"
+#include "framework/timer.h"
 
 namespace routemoe::layers {
 
@@ -46,13 +47,16 @@ struct AttentionCache {
 // avg_probs [B, T, T] (optional, may be null) = mean over heads of the probabilities.
 template <typename T>
 void attention_forward(const Exec& ex, const AttentionDims& dims, const AttentionWeights<T>& w,
-                       const T* h, T* out, T* avg_probs, AttentionCache<T>& cache, Arena& arena);
+                       const T* h, T* out, T* avg_probs, AttentionCache<T>& cache, Arena& arena,
+                       TimerSet* timers = nullptr);
 
 // dh[N, d] overwritten; parameter gradients +=. d_avg_probs [B, T, T] (optional) is the
 // gradient arriving at the head-averaged probabilities.
+// `timers` (may be null): the phases (framework/timer.h) of the work, for a step profile.
 template <typename T>
 void attention_backward(const Exec& ex, const AttentionDims& dims, const AttentionWeights<T>& w,
                         const AttentionGrads<T>& g, const T* h, const AttentionCache<T>& cache,
-                        const T* dout, const T* d_avg_probs, T* dh, Arena& arena);
+                        const T* dout, const T* d_avg_probs, T* dh, Arena& arena,
+                        TimerSet* timers = nullptr);
 
 }  // namespace routemoe::layers

@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <vector>
+
 #include "framework/error.h"
+#include "framework/timer.h"
 
 namespace routemoe::layers {
 
@@ -88,9 +91,81 @@ void combine_rows(const DispatchPlan& plan, comm::Communicator& ep, const T* own
                        plan.block_first, comm::datatype_of<T>());
 }
 
-#define RM_INSTANTIATE(T)                                                                 \
-  template void dispatch_rows<T>(const DispatchPlan&, comm::Communicator&, const T*, T*); \
-  template void combine_rows<T>(const DispatchPlan&, comm::Communicator&, const T*, T*);
+namespace {
+
+using Requests = std::vector<comm::Communicator::Request>;
+
+// Requests of the blocks of `blocks` (indexed peer * L + l) of local expert l (irecv into `buf`
+// or isend from it), skipping empty ones (both sides skip the same blocks: counts match).
+template <typename T>
+void post_expert(comm::Communicator& ep, const DispatchPlan& plan,
+                 const comm::Communicator::Block* blocks, std::int64_t l, int tag, T* recv_buf,
+                 const T* send_buf, Requests& out) {
+  const int P = plan.ep_size, me = ep.rank();
+  const std::int64_t L = plan.local_experts;
+  for (int k = 1; k <= P; ++k) {  // start with the next rank: spreads the load
+    const int peer = (me + k) % P;
+    const comm::Communicator::Block& b = blocks[peer * L + l];
+    if (b.count == 0) continue;
+    if (recv_buf != nullptr) {
+      out.push_back(ep.irecv(recv_buf + b.displ, b.count, comm::datatype_of<T>(), peer, tag));
+    } else {
+      out.push_back(ep.isend(send_buf + b.displ, b.count, comm::datatype_of<T>(), peer, tag));
+    }
+  }
+}
+
+// Completes `reqs` if they already have (test), forgetting them; keeps them otherwise.
+void test_drop(comm::Communicator& ep, Requests& reqs) {
+  if (!reqs.empty() && ep.test(reqs)) reqs.clear();
+}
+
+}  // namespace
+
+template <typename T>
+double exchange_overlapped(const DispatchPlan& plan, comm::Communicator& ep, const T* slot_in,
+                           T* owner_in, T* owner_out, T* slot_out,
+                           const std::function<void(std::int64_t)>& compute) {
+  RM_CHECK(plan.exchanges(), "exchange_overlapped on a local plan");
+  const std::int64_t L = plan.local_experts;
+  RM_CHECK(2 * L <= comm::Communicator::kMaxTag,
+           fmt::format("exchange_overlapped: {} local experts need more tags than a "
+                       "communicator has",
+                       L));
+  // Tags: l for the rows of local expert l on the way out, L + l on the way back.
+  std::vector<Requests> arrive(static_cast<std::size_t>(L));
+  Requests back_in, out, back_out;
+  for (std::int64_t l = 0; l < L; ++l) {
+    post_expert<T>(ep, plan, plan.owner_blocks, l, static_cast<int>(l), owner_in, nullptr,
+                   arrive[static_cast<std::size_t>(l)]);
+    post_expert<T>(ep, plan, plan.slot_blocks, l, static_cast<int>(L + l), slot_out, nullptr,
+                   back_in);
+  }
+  for (std::int64_t l = 0; l < L; ++l) {
+    post_expert<T>(ep, plan, plan.slot_blocks, l, static_cast<int>(l), nullptr, slot_in, out);
+  }
+  double compute_s = 0.0;
+  for (std::int64_t l = 0; l < L; ++l) {
+    ep.wait(arrive[static_cast<std::size_t>(l)]);
+    Timer t;
+    compute(l);
+    compute_s += t.seconds();
+    post_expert<T>(ep, plan, plan.owner_blocks, l, static_cast<int>(L + l), nullptr, owner_out,
+                   back_out);
+    test_drop(ep, out);
+    test_drop(ep, back_out);
+  }
+  ep.wait(back_in);
+  ep.wait(out);
+  ep.wait(back_out);
+  return compute_s;
+}
+
+#define RM_INSTANTIATE(T)                                                                        \
+  template void dispatch_rows<T>(const DispatchPlan&, comm::Communicator&, const T*, T*);        \
+  template void combine_rows<T>(const DispatchPlan&, comm::Communicator&, const T*, T*);         \
+  template double exchange_overlapped<T>(const DispatchPlan&, comm::Communicator&, const T*, T*, \
+                                         T*, T*, const std::function<void(std::int64_t)>&);
 RM_INSTANTIATE(float)
 RM_INSTANTIATE(double)
 #undef RM_INSTANTIATE

@@ -14,12 +14,16 @@
 //   2. dispatch_rows: one block all-to-all (Communicator::all_to_all_blocks) that lands every
 //      row directly in its expert-major place (MPI derived datatypes: no packing copies).
 //   3. combine_rows: the reverse exchange, straight back into slot order.
+// or, with the experts' computation in between and overlapped with both exchanges,
+// exchange_overlapped (the MoE layer's way: chunked by local expert, expert l computes while the
+// rows of l + 1 arrive and the outputs of l - 1 leave).
 // The plan and its block lists live in the step's activation arena and serve the forward and
 // backward exchanges; steady-state steps allocate nothing here. Without expert parallelism
 // (no communicator, or one rank) the plan is local: every expert is local, the expert-major
 // rows are the slot-order rows, and nothing is exchanged.
 
 #include <cstdint>
+#include <functional>
 
 #include "comm/communicator.h"
 #include "framework/arena.h"
@@ -60,5 +64,25 @@ void dispatch_rows(const DispatchPlan& plan, comm::Communicator& ep, const T* sl
 template <typename T>
 void combine_rows(const DispatchPlan& plan, comm::Communicator& ep, const T* owner_rows,
                   T* slot_rows);
+
+// The way out, the experts' computation and the way back in one call, with the exchange
+// overlapped with the computation (chunked by local expert):
+//   1. every (peer, local expert) block of slot_in goes out at once (non-blocking point-to-point,
+//      Communicator::isend / irecv), local expert 0's blocks first;
+//   2. local expert l's `compute(l)` runs as soon as all P of its blocks have landed in owner_in
+//      (expert-major, as dispatch_rows lays them out), while later experts' blocks are still on
+//      their way; compute(l) reads owner rows [local_offset[l], local_offset[l + 1]) of owner_in
+//      and writes the same rows of owner_out;
+//   3. expert l's output blocks go back at once, into slot_out (slot order, as combine_rows),
+//      while expert l + 1 computes.
+// Between experts Communicator::test moves the transfers along (MPI progresses only inside its
+// calls). The rows delivered are those of dispatch_rows, compute(0), ..., compute(L - 1),
+// combine_rows; experts with no rows (empty blocks) are computed too (compute(l) sees an empty
+// range). Collective over `ep`; `plan` must exchange. Returns the seconds spent in compute, so
+// that a profile can split the call into computation and waiting.
+template <typename T>
+double exchange_overlapped(const DispatchPlan& plan, comm::Communicator& ep, const T* slot_in,
+                           T* owner_in, T* owner_out, T* slot_out,
+                           const std::function<void(std::int64_t)>& compute);
 
 }  // namespace routemoe::layers

@@ -100,6 +100,8 @@ struct Model::Pass {
   float* x = nullptr;  // [N, d] residual stream at the current point
   const std::int32_t* prev_top1 = nullptr;
   LayerNormOut lnf;
+  bool want_logits = false;  // the caller takes the logits (forward with logits_out)
+  bool fused_ce = false;     // the forward left dlogits in `logits` (cross_entropy_fused)
   float* logits = nullptr;   // [N, V]
   float* lse = nullptr;      // [N]
   std::int64_t counted = 0;  // non-ignored targets
@@ -117,8 +119,14 @@ bool is_no_decay(const std::string& name) {
          name.find("ln2.") != std::string::npos || name.starts_with("ln_f.");
 }
 
+// Bytes a pass over `elems` floats reads or writes (the profile's GB/s).
+double fbytes(std::int64_t elems) {
+  return static_cast<double>(elems) * sizeof(float);
+}
+
 LayerNormOut layernorm_forward(const Exec& ex, Arena& a, const LayerNormParams& ln, const float* x,
-                               std::int64_t n, std::int64_t d, float eps) {
+                               std::int64_t n, std::int64_t d, float eps, TimerSet* timers) {
+  Phase ph(timers, phase::kLayerNorm, 0.0, fbytes(2 * n * d));
   LayerNormOut o{ops::alloc<float>(ex, a, n * d), ops::alloc<float>(ex, a, n),
                  ops::alloc<float>(ex, a, n)};
   ops::layernorm_forward<float>(ex, x, value(ln.w), value(ln.b), o.y, o.mean, o.rstd, n, d, eps);
@@ -128,10 +136,25 @@ LayerNormOut layernorm_forward(const Exec& ex, Arena& a, const LayerNormParams& 
 // dx += LayerNorm backward of dy (scratch: dln [n, d]).
 void layernorm_backward_add(const Exec& ex, const LayerNormParams& ln, const LayerNormOut& o,
                             const float* x, const float* dy, float* dln, float* dx, std::int64_t n,
-                            std::int64_t d) {
+                            std::int64_t d, TimerSet* timers) {
+  Phase ph(timers, phase::kLayerNorm, 0.0, fbytes(6 * n * d));
   ops::layernorm_backward<float>(ex, dy, x, value(ln.w), o.mean, o.rstd, dln, grad(ln.w),
                                  grad(ln.b), n, d);
   ops::add<float>(ex, dx, dln, dx, n * d);
+}
+
+// d loss / d losses[i] on the device: grad_scale / counted for counted targets, else 0.
+float* loss_gradients(const Exec& ex, Arena& a, const std::vector<std::int32_t>& targets,
+                      std::int64_t counted, double grad_scale) {
+  const float gs = static_cast<float>(grad_scale);
+  std::vector<float> host(targets.size());
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    host[i] = targets[i] >= 0 && counted > 0 ? gs / static_cast<float>(counted) : 0.0f;
+  }
+  const auto n = static_cast<std::int64_t>(host.size());
+  float* dloss = ops::alloc<float>(ex, a, n);
+  ops::to_device<float>(ex, host.data(), dloss, n);
+  return dloss;
 }
 
 }  // namespace
@@ -240,6 +263,13 @@ StepStats Model::forward(const std::int32_t* inputs, const std::int32_t* targets
   return run(inputs, targets, batch, seq, false, 0.0, logits, dropless);
 }
 
+void Model::set_timers(TimerSet* timers) {
+  timers_ = timers;
+  for (auto& b : blocks_) {
+    if (b->moe != nullptr) b->moe->set_timers(timers);
+  }
+}
+
 std::vector<RoutingView> Model::last_routing() const {
   return routing_;
 }
@@ -285,6 +315,7 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
   pass.backward = backward;
   pass.dropless = dropless;
   pass.grad_scale = grad_scale;
+  pass.want_logits = logits_out != nullptr;
   pass.host_targets.assign(targets, targets + pass.tokens);
   pass.inputs = ops::alloc<std::int32_t>(exec_, activations_, pass.tokens);
   pass.targets = ops::alloc<std::int32_t>(exec_, activations_, pass.tokens);
@@ -326,6 +357,7 @@ void Model::embed_forward(Pass& p) {
   ops::to_device<std::int32_t>(ex, pos.data(), p.positions, N);
   p.x = ops::alloc<float>(ex, activations_, N * d);
   float* tmp = ops::alloc<float>(ex, activations_, N * d);
+  Phase ph(timers_, phase::kElementwise, 0.0, fbytes(5 * N * d));
   ops::gather_rows_forward<float>(ex, value(embed_->wte), p.inputs, p.x, N, config_.vocab_size, d);
   ops::gather_rows_forward<float>(ex, value(embed_->wpe), p.positions, tmp, N, config_.seq_len, d);
   ops::add<float>(ex, p.x, tmp, p.x, N * d);
@@ -339,15 +371,19 @@ void Model::block_forward(Block& b, Pass& p) {
   const std::int64_t N = p.tokens, d = c.d_model, F = c.d_ff;
   const float eps = static_cast<float>(c.ln_eps);
   b.x_in = p.x;
-  b.ln1_out = layernorm_forward(ex, A, b.ln1, p.x, N, d, eps);
+  b.ln1_out = layernorm_forward(ex, A, b.ln1, p.x, N, d, eps, timers_);
   const bool want_avg = b.moe != nullptr && b.moe->router().needs_attention();
   b.avg_probs = want_avg ? ops::alloc<float>(ex, A, p.batch * p.seq * p.seq) : nullptr;
   float* attn_out = ops::alloc<float>(ex, A, N * d);
   layers::attention_forward<float>(ex, AttentionDims{p.batch, p.seq, d, c.n_heads},
-                                   b.attn_weights(), b.ln1_out.y, attn_out, b.avg_probs, b.attn, A);
+                                   b.attn_weights(), b.ln1_out.y, attn_out, b.avg_probs, b.attn, A,
+                                   timers_);
   b.x_mid = ops::alloc<float>(ex, A, N * d);
-  ops::add<float>(ex, p.x, attn_out, b.x_mid, N * d);
-  b.ln2_out = layernorm_forward(ex, A, b.ln2, b.x_mid, N, d, eps);
+  {
+    Phase ph(timers_, phase::kElementwise, 0.0, fbytes(3 * N * d));
+    ops::add<float>(ex, p.x, attn_out, b.x_mid, N * d);
+  }
+  b.ln2_out = layernorm_forward(ex, A, b.ln2, b.x_mid, N, d, eps, timers_);
   float* branch = ops::alloc<float>(ex, A, N * d);
   if (b.moe != nullptr) {
     b.prev_top1 = p.prev_top1;
@@ -371,11 +407,13 @@ void Model::block_forward(Block& b, Pass& p) {
   } else {
     b.fc_pre = ops::alloc<float>(ex, A, N * F);
     b.fc_act = ops::alloc<float>(ex, A, N * F);
+    Phase ph(timers_, phase::kExperts, 4.0 * static_cast<double>(N * d * F));
     ops::linear_forward<float>(ex, b.ln2_out.y, value(b.fc_w), value(b.fc_b), b.fc_pre, N, d, F);
     ops::gelu_forward<float>(ex, b.fc_pre, b.fc_act, N * F);
     ops::linear_forward<float>(ex, b.fc_act, value(b.fcp_w), value(b.fcp_b), branch, N, F, d);
   }
   p.x = ops::alloc<float>(ex, A, N * d);
+  Phase ph(timers_, phase::kElementwise, 0.0, fbytes(3 * N * d));
   ops::add<float>(ex, b.x_mid, branch, p.x, N * d);
 }
 
@@ -384,19 +422,32 @@ void Model::head_forward(Pass& p, StepStats& stats) {
   const Exec& ex = exec_;
   const std::int64_t N = p.tokens, d = config_.d_model, V = config_.vocab_size;
   p.lnf = layernorm_forward(ex, activations_, embed_->ln_f, p.x, N, d,
-                            static_cast<float>(config_.ln_eps));
+                            static_cast<float>(config_.ln_eps), timers_);
   p.logits = ops::alloc<float>(ex, activations_, N * V);
-  ops::linear_forward<float>(ex, p.lnf.y, value(embed_->wte), nullptr, p.logits, N, d, V);
+  {
+    Phase ph(timers_, phase::kLmHead, 2.0 * static_cast<double>(N * d * V));
+    ops::linear_forward<float>(ex, p.lnf.y, value(embed_->wte), nullptr, p.logits, N, d, V);
+  }
+  for (const std::int32_t t : p.host_targets) p.counted += t >= 0 ? 1 : 0;
   float* losses = ops::alloc<float>(ex, activations_, N);
   p.lse = ops::alloc<float>(ex, activations_, N);
-  ops::cross_entropy_forward<float>(ex, p.logits, p.targets, losses, p.lse, N, V);
+  {
+    Phase ph(timers_, phase::kCrossEntropy, 0.0, fbytes(2 * N * V));
+    // A training step that does not return the logits takes their gradient in the same pass
+    // (into the logits' memory); otherwise the backward computes it from the saved lse.
+    p.fused_ce = p.backward && !p.want_logits;
+    if (p.fused_ce) {
+      float* dloss = loss_gradients(ex, activations_, p.host_targets, p.counted, p.grad_scale);
+      ops::cross_entropy_fused<float>(ex, p.logits, p.targets, dloss, losses, p.lse, N, V);
+    } else {
+      ops::cross_entropy_forward<float>(ex, p.logits, p.targets, losses, p.lse, N, V);
+    }
+  }
   std::vector<float> host(static_cast<std::size_t>(N));
   ops::to_host<float>(ex, losses, host.data(), N);
   double ce = 0;
   for (std::int64_t i = 0; i < N; ++i) {
-    if (p.host_targets[static_cast<std::size_t>(i)] < 0) continue;
-    ce += host[static_cast<std::size_t>(i)];
-    ++p.counted;
+    if (p.host_targets[static_cast<std::size_t>(i)] >= 0) ce += host[static_cast<std::size_t>(i)];
   }
   stats.tokens = p.counted;
   stats.ce_loss = p.counted > 0 ? ce / static_cast<double>(p.counted) : 0.0;
@@ -409,23 +460,23 @@ void Model::head_backward(Pass& p) {
   const Exec& ex = exec_;
   Arena& A = activations_;
   const std::int64_t N = p.tokens, d = config_.d_model, V = config_.vocab_size;
-  const float gs = static_cast<float>(p.grad_scale);
-  std::vector<float> host(static_cast<std::size_t>(N));
-  for (std::int64_t i = 0; i < N; ++i) {
-    const bool counted = p.host_targets[static_cast<std::size_t>(i)] >= 0 && p.counted > 0;
-    host[static_cast<std::size_t>(i)] = counted ? gs / static_cast<float>(p.counted) : 0.0f;
+  float* dlogits = p.logits;  // fused: the forward left the gradient there
+  if (!p.fused_ce) {
+    float* dloss = loss_gradients(ex, A, p.host_targets, p.counted, p.grad_scale);
+    dlogits = ops::alloc<float>(ex, A, N * V);
+    Phase ph(timers_, phase::kCrossEntropy, 0.0, fbytes(2 * N * V));
+    ops::cross_entropy_backward<float>(ex, p.logits, p.targets, p.lse, dloss, dlogits, N, V);
   }
-  float* dloss = ops::alloc<float>(ex, A, N);
-  ops::to_device<float>(ex, host.data(), dloss, N);
-  float* dlogits = ops::alloc<float>(ex, A, N * V);
-  ops::cross_entropy_backward<float>(ex, p.logits, p.targets, p.lse, dloss, dlogits, N, V);
   float* dlnf = ops::alloc<float>(ex, A, N * d);
-  ops::linear_backward<float>(ex, dlogits, p.lnf.y, value(embed_->wte), dlnf, grad(embed_->wte),
-                              nullptr, N, d, V);
+  {
+    Phase ph(timers_, phase::kLmHead, 4.0 * static_cast<double>(N * d * V));
+    ops::linear_backward<float>(ex, dlogits, p.lnf.y, value(embed_->wte), dlnf, grad(embed_->wte),
+                                nullptr, N, d, V);
+  }
   p.dx = ops::zeros<float>(ex, A, N * d);
   p.du = ops::alloc<float>(ex, A, N * d);
   p.dln = ops::alloc<float>(ex, A, N * d);
-  layernorm_backward_add(ex, embed_->ln_f, p.lnf, p.x, dlnf, p.dln, p.dx, N, d);
+  layernorm_backward_add(ex, embed_->ln_f, p.lnf, p.x, dlnf, p.dln, p.dx, N, d, timers_);
 }
 
 // dx (gradient of the block output) -> gradient of the block input, in place.
@@ -442,22 +493,26 @@ void Model::block_backward(Block& b, Pass& p) {
                     A);
   } else {
     float* dact = ops::alloc<float>(ex, A, N * F);
+    Phase ph(timers_, phase::kExperts, 8.0 * static_cast<double>(N * d * F));
     ops::linear_backward<float>(ex, p.dx, b.fc_act, value(b.fcp_w), dact, grad(b.fcp_w),
                                 grad(b.fcp_b), N, F, d);
     ops::gelu_backward<float>(ex, b.fc_pre, dact, dact, N * F);
     ops::linear_backward<float>(ex, dact, b.ln2_out.y, value(b.fc_w), p.du, grad(b.fc_w),
                                 grad(b.fc_b), N, d, F);
   }
-  layernorm_backward_add(ex, b.ln2, b.ln2_out, b.x_mid, p.du, p.dln, p.dx, N, d);  // d(x_mid)
+  layernorm_backward_add(ex, b.ln2, b.ln2_out, b.x_mid, p.du, p.dln, p.dx, N, d,
+                         timers_);  // d(x_mid)
   layers::attention_backward<float>(ex, AttentionDims{p.batch, p.seq, d, c.n_heads},
                                     b.attn_weights(), b.attn_grads(), b.ln1_out.y, b.attn, p.dx,
-                                    d_avg, p.du, A);
-  layernorm_backward_add(ex, b.ln1, b.ln1_out, b.x_in, p.du, p.dln, p.dx, N, d);  // d(x_in)
+                                    d_avg, p.du, A, timers_);
+  layernorm_backward_add(ex, b.ln1, b.ln1_out, b.x_in, p.du, p.dln, p.dx, N, d,
+                         timers_);  // d(x_in)
 }
 
 void Model::embed_backward(Pass& p) {
   const Exec& ex = exec_;
   const std::int64_t N = p.tokens, d = config_.d_model;
+  Phase ph(timers_, phase::kElementwise, 0.0, fbytes(4 * N * d));
   ops::gather_rows_backward<float>(ex, p.dx, p.inputs, grad(embed_->wte), N, config_.vocab_size, d);
   ops::gather_rows_backward<float>(ex, p.dx, p.positions, grad(embed_->wpe), N, config_.seq_len, d);
 }

@@ -11,6 +11,7 @@
 #include "framework/exec.h"
 #include "framework/model_config.h"
 #include "framework/params.h"
+#include "framework/timer.h"
 
 namespace routemoe {
 
@@ -72,6 +73,10 @@ class Model {
   StepStats forward(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
                     std::int64_t seq, float* logits = nullptr, bool dropless = false);
 
+  // Profile: the phases (framework/timer.h, namespace phase) of every later forward/backward
+  // are added to `timers`, which must outlive its use; null (the default) turns it off.
+  void set_timers(TimerSet* timers);
+
   // Routing of each MoE layer in the last forward (in MoE-layer order).
   std::vector<RoutingView> last_routing() const;
   std::vector<ArenaStats> memory_report() const;
@@ -104,6 +109,7 @@ class Model {
   std::vector<std::unique_ptr<Block>> blocks_;
   Arena activations_;
   std::vector<RoutingView> routing_;
+  TimerSet* timers_ = nullptr;
 };
 
 }  // namespace routemoe

@@ -10,6 +10,16 @@
 
 namespace routemoe::layers {
 
+namespace {
+
+// p + i, or null for a null p (optional bias arrays).
+template <typename P>
+P* at(P* p, std::int64_t i) {
+  return p != nullptr ? p + i : nullptr;
+}
+
+}  // namespace
+
 template <typename T>
 MoeLayer<T>::MoeLayer(const RouterOptions& router, comm::Communicator* ep)
     : router_(make_router<T>(router)), ep_(ep) {}
@@ -34,11 +44,20 @@ void MoeLayer<T>::forward(const Exec& ex, const MoeDims& dims, const MoeWeights<
   RM_CHECK(dims.top_k >= 1 && dims.top_k <= dims.experts,
            fmt::format("top_k {} with {} experts", dims.top_k, dims.experts));
   dims_ = dims;
-  route_ = router_->forward(ex, dims.router(), w.router, in, arena);
-  select_and_gate(ex, arena);
-  aux_losses(ex, arena);
-  capacity(ex, arena);
-  slot_plan(ex, arena);
+  {
+    Phase ph(timers_, phase::kRouter, router_->flops(dims.router()));
+    route_ = router_->forward(ex, dims.router(), w.router, in, arena);
+  }
+  {
+    Phase ph(timers_, phase::kGates);
+    select_and_gate(ex, arena);
+    aux_losses(ex, arena);
+  }
+  {
+    Phase ph(timers_, phase::kSlots);
+    capacity(ex, arena);
+    slot_plan(ex, arena);
+  }
   dispatch(ex, in.u, arena);
   experts(ex, w, arena);
   combine(ex, y, arena);
@@ -94,43 +113,78 @@ void MoeLayer<T>::slot_plan(const Exec& ex, Arena& arena) {
                     slots_.slot_token, slots_.slot_pos, slots_.slot_gate, N, E, K);
 }
 
-// Permutation into slot order, then the exchange to the experts' owners.
+// Permutation into slot order and the dispatch plan; without overlap, the exchange to the
+// experts' owners.
 template <typename T>
 void MoeLayer<T>::dispatch(const Exec& ex, const T* u, Arena& arena) {
   const std::int64_t N = dims_.tokens(), d = dims_.d, S = slots_.slots;
   act_.x_in = ops::alloc<T>(ex, arena, S * d);
-  ops::gather_rows_forward<T>(ex, u, slots_.slot_token, act_.x_in, S, N, d);
+  {
+    Phase ph(timers_, phase::kSlots, 0.0, 2.0 * static_cast<double>(S * d * sizeof(T)));
+    ops::gather_rows_forward<T>(ex, u, slots_.slot_token, act_.x_in, S, N, d);
+  }
+  Phase ph(timers_, phase::kExchange);
   plan_ = plan_dispatch(slots_.expert_offset, dims_.experts, d, ep_, arena);
   act_.ex_in = act_.x_in;
+  act_.y_out = nullptr;
   if (plan_.exchanges()) {
     act_.ex_in = ops::alloc<T>(ex, arena, plan_.owner_rows * d);
-    dispatch_rows<T>(plan_, *ep_, act_.x_in, act_.ex_in);
+    if (!dims_.overlap_exchange) dispatch_rows<T>(plan_, *ep_, act_.x_in, act_.ex_in);
   }
 }
 
-// The local experts over their contiguous row blocks: fc -> GELU -> proj.
+// The local experts over their contiguous row blocks: fc -> GELU -> proj (one fused call). With
+// expert parallelism and overlap, expert by expert as their rows arrive, each one's outputs
+// going back while the next computes (exchange_overlapped).
 template <typename T>
 void MoeLayer<T>::experts(const Exec& ex, const MoeWeights<T>& w, Arena& arena) {
   const std::int64_t d = dims_.d, F = dims_.d_ff, R = plan_.owner_rows, L = plan_.local_experts;
   act_.h_pre = ops::alloc<T>(ex, arena, R * F);
-  act_.h_act = ops::alloc<T>(ex, arena, R * F);
   act_.ex_out = ops::alloc<T>(ex, arena, R * d);
-  ops::grouped_linear_forward<T>(ex, act_.ex_in, w.w1, w.b1, act_.h_pre, plan_.local_offset, L, d,
-                                 F);
-  ops::gelu_forward<T>(ex, act_.h_pre, act_.h_act, R * F);
-  ops::grouped_linear_forward<T>(ex, act_.h_act, w.w2, w.b2, act_.ex_out, plan_.local_offset, L, F,
-                                 d);
+  const double flops =
+      4.0 * static_cast<double>(R) * static_cast<double>(d) * static_cast<double>(F);
+  if (!plan_.exchanges() || !dims_.overlap_exchange) {
+    Phase ph(timers_, phase::kExperts, flops);
+    ops::grouped_ffn_forward<T>(ex, act_.ex_in, w.w1, w.b1, w.w2, w.b2, act_.h_pre, act_.ex_out,
+                                plan_.local_offset, L, d, F);
+    return;
+  }
+  act_.y_out = ops::alloc<T>(ex, arena, slots_.slots * d);
+  const auto expert = [&](std::int64_t l) {
+    ops::grouped_ffn_forward<T>(ex, act_.ex_in, w.w1 + l * F * d, at(w.b1, l * F), w.w2 + l * d * F,
+                                at(w.b2, l * d), act_.h_pre, act_.ex_out, plan_.local_offset + l, 1,
+                                d, F);
+  };
+  overlapped(act_.x_in, act_.ex_in, act_.ex_out, act_.y_out, flops, expert);
 }
 
-// The exchange back to slot order, then y[token] += gate * expert output.
+// exchange_overlapped with its time split between the experts' phase (the computation) and the
+// exchange's (the rest: posting, waiting, the transfers the computation did not hide).
+template <typename T>
+void MoeLayer<T>::overlapped(const T* slot_in, T* owner_in, T* owner_out, T* slot_out, double flops,
+                             const std::function<void(std::int64_t)>& expert) {
+  Timer wall;
+  const double compute_s =
+      exchange_overlapped<T>(plan_, *ep_, slot_in, owner_in, owner_out, slot_out, expert);
+  if (timers_ != nullptr) {
+    timers_->add(phase::kExperts, compute_s, flops);
+    timers_->add(phase::kExchange, wall.seconds() - compute_s);
+  }
+}
+
+// The exchange back to slot order (unless the experts' stage overlapped it), then
+// y[token] += gate * expert output.
 template <typename T>
 void MoeLayer<T>::combine(const Exec& ex, T* y, Arena& arena) {
   const std::int64_t N = dims_.tokens(), d = dims_.d, S = slots_.slots;
-  act_.y_out = act_.ex_out;
-  if (plan_.exchanges()) {
+  if (!plan_.exchanges()) {
+    act_.y_out = act_.ex_out;
+  } else if (act_.y_out == nullptr) {
+    Phase ph(timers_, phase::kExchange);
     act_.y_out = ops::alloc<T>(ex, arena, S * d);
     combine_rows<T>(plan_, *ep_, act_.ex_out, act_.y_out);
   }
+  Phase ph(timers_, phase::kSlots, 0.0, static_cast<double>((S + 2 * N) * d * sizeof(T)));
   ops::fill<T>(ex, y, T(0), N * d);
   ops::scatter_add_rows_forward<T>(ex, act_.y_out, slots_.slot_token, slots_.slot_gate, y, S, N, d);
 }
@@ -143,14 +197,28 @@ void MoeLayer<T>::backward(const Exec& ex, const MoeWeights<T>& w, const MoeGrad
                            const RouterInputs<T>& in, const MoeLossCoefs& coef, const T* dy, T* du,
                            T* d_attn_avg, Arena& arena) {
   const std::int64_t N = dims_.tokens(), d = dims_.d, S = slots_.slots;
+  // Everything the backward allocates is scratch (its results go to du, d_attn_avg and the
+  // parameter gradients): released at the end, so the blocks' backwards reuse one region.
+  const Arena::Mark scratch = arena.mark();
   T* dslot_gate = ops::alloc<T>(ex, arena, S);
   const T* dy_out = combine_backward(ex, dy, dslot_gate, arena);
   const T* dx_in = experts_backward(ex, w, g, dy_out, arena);
-  ops::fill<T>(ex, du, T(0), N * d);
-  ops::gather_rows_backward<T>(ex, dx_in, slots_.slot_token, du, S, N, d);
-  const T* dselect = gates_backward(ex, dslot_gate, arena);
-  const RouteGrads<T> dr = aux_backward(ex, coef, dselect, arena);
-  router_->backward(ex, dims_.router(), w.router, g.router, in, dr, du, d_attn_avg, arena);
+  {
+    Phase ph(timers_, phase::kSlots, 0.0, static_cast<double>((S + 2 * N) * d * sizeof(T)));
+    ops::fill<T>(ex, du, T(0), N * d);
+    ops::gather_rows_backward<T>(ex, dx_in, slots_.slot_token, du, S, N, d);
+  }
+  RouteGrads<T> dr;
+  {
+    Phase ph(timers_, phase::kGates);
+    const T* dselect = gates_backward(ex, dslot_gate, arena);
+    dr = aux_backward(ex, coef, dselect, arena);
+  }
+  {
+    Phase ph(timers_, phase::kRouter, 2.0 * router_->flops(dims_.router()));
+    router_->backward(ex, dims_.router(), w.router, g.router, in, dr, du, d_attn_avg, arena);
+  }
+  arena.rewind(scratch);
 }
 
 // d y_out[s] = gate_s * dy[token_s]; d gate_s = <dy[token_s], y_out[s]>.
@@ -158,30 +226,48 @@ template <typename T>
 T* MoeLayer<T>::combine_backward(const Exec& ex, const T* dy, T* dslot_gate, Arena& arena) {
   const std::int64_t N = dims_.tokens(), d = dims_.d, S = slots_.slots;
   T* dy_out = ops::alloc<T>(ex, arena, S * d);
+  Phase ph(timers_, phase::kSlots, 0.0, static_cast<double>(3 * S * d * sizeof(T)));
   ops::scatter_add_rows_backward<T>(ex, dy, slots_.slot_token, act_.y_out, slots_.slot_gate, dy_out,
                                     dslot_gate, S, N, d);
   return dy_out;
 }
 
-// Output gradients to the owners, the experts' backward there, input gradients back.
+// Output gradients to the owners, the experts' backward there, input gradients back (with
+// expert parallelism and overlap, expert by expert as in the forward).
 template <typename T>
 T* MoeLayer<T>::experts_backward(const Exec& ex, const MoeWeights<T>& w, const MoeGrads<T>& g,
                                  const T* dy_out, Arena& arena) {
   const std::int64_t d = dims_.d, F = dims_.d_ff, R = plan_.owner_rows, L = plan_.local_experts;
+  const double flops =
+      8.0 * static_cast<double>(R) * static_cast<double>(d) * static_cast<double>(F);
+  if (plan_.exchanges() && dims_.overlap_exchange) {
+    T* dex_out = ops::alloc<T>(ex, arena, R * d);
+    T* dex_in = ops::alloc<T>(ex, arena, R * d);
+    T* dx_in = ops::alloc<T>(ex, arena, slots_.slots * d);
+    const auto expert = [&](std::int64_t l) {
+      ops::grouped_ffn_backward<T>(ex, dex_out, act_.ex_in, act_.h_pre, w.w1 + l * F * d,
+                                   w.w2 + l * d * F, dex_in, g.w1 + l * F * d, at(g.b1, l * F),
+                                   g.w2 + l * d * F, at(g.b2, l * d), plan_.local_offset + l, 1, d,
+                                   F);
+    };
+    overlapped(dy_out, dex_out, dex_in, dx_in, flops, expert);
+    return dx_in;
+  }
   const T* dex_out = dy_out;
   if (plan_.exchanges()) {
+    Phase ph(timers_, phase::kExchange);
     T* recv = ops::alloc<T>(ex, arena, R * d);
     dispatch_rows<T>(plan_, *ep_, dy_out, recv);
     dex_out = recv;
   }
-  T* dh = ops::alloc<T>(ex, arena, R * F);
   T* dex_in = ops::alloc<T>(ex, arena, R * d);
-  ops::grouped_linear_backward<T>(ex, dex_out, act_.h_act, w.w2, dh, g.w2, g.b2, plan_.local_offset,
-                                  L, F, d);
-  ops::gelu_backward<T>(ex, act_.h_pre, dh, dh, R * F);
-  ops::grouped_linear_backward<T>(ex, dh, act_.ex_in, w.w1, dex_in, g.w1, g.b1, plan_.local_offset,
-                                  L, d, F);
+  {
+    Phase ph(timers_, phase::kExperts, flops);
+    ops::grouped_ffn_backward<T>(ex, dex_out, act_.ex_in, act_.h_pre, w.w1, w.w2, dex_in, g.w1,
+                                 g.b1, g.w2, g.b2, plan_.local_offset, L, d, F);
+  }
   if (!plan_.exchanges()) return dex_in;
+  Phase ph(timers_, phase::kExchange);
   T* dx_in = ops::alloc<T>(ex, arena, slots_.slots * d);
   combine_rows<T>(plan_, *ep_, dex_in, dx_in);
   return dx_in;

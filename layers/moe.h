@@ -3,6 +3,8 @@
 //
 //   forward:  route -> select_and_gate -> aux_losses -> capacity -> slot_plan -> dispatch
 //             -> experts -> combine
+// (with expert parallelism the exchange to the owners and back is overlapped with the experts'
+// computation, expert by expert, inside `experts`; MoeDims::overlap_exchange)
 //   backward: combine_backward -> dispatch (gradients out) -> experts_backward -> combine
 //             (gradients back) -> gates_backward -> aux_backward -> router backward
 //
@@ -15,12 +17,14 @@
 // scratch and saved activations come from an Arena (valid until it resets).
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "framework/arena.h"
 #include "framework/exec.h"
+#include "framework/timer.h"
 #include "layers/dispatch.h"
 #include "layers/routers/router.h"
 
@@ -34,6 +38,10 @@ struct MoeDims {
   std::int64_t experts = 1;      // E
   std::int64_t top_k = 1;        // k
   double capacity_factor = 0.0;  // <= 0: dropless
+  // With expert parallelism: overlap the exchange with the experts' computation, expert by
+  // expert (layers/dispatch.h, exchange_overlapped); false: one blocking exchange each way
+  // around all experts. The results are the same.
+  bool overlap_exchange = true;
   std::int64_t tokens() const { return batch * seq; }
   RouterDims router() const { return {batch, seq, d, experts}; }
 };
@@ -101,8 +109,7 @@ struct ExpertActivations {
   T* x_in = nullptr;    // [S, d] expert inputs in slot order
   T* y_out = nullptr;   // [S, d] expert outputs in slot order
   T* ex_in = nullptr;   // [R, d]
-  T* h_pre = nullptr;   // [R, d_ff] before GELU
-  T* h_act = nullptr;   // [R, d_ff] after GELU
+  T* h_pre = nullptr;   // [R, d_ff] before GELU (the backward recomputes the GELU from it)
   T* ex_out = nullptr;  // [R, d]
 };
 
@@ -114,6 +121,10 @@ class MoeLayer {
   MoeLayer(const RouterOptions& router, comm::Communicator* ep);
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;
+
+  // Phases of the layer's work go to `timers` (framework/timer.h) from now on; null (the
+  // default) turns the profile off.
+  void set_timers(TimerSet* timers) { timers_ = timers; }
 
   Router<T>& router() { return *router_; }
   const Router<T>& router() const { return *router_; }
@@ -146,6 +157,8 @@ class MoeLayer {
   void dispatch(const Exec& ex, const T* u, Arena& arena);
   void experts(const Exec& ex, const MoeWeights<T>& w, Arena& arena);
   void combine(const Exec& ex, T* y, Arena& arena);
+  void overlapped(const T* slot_in, T* owner_in, T* owner_out, T* slot_out, double flops,
+                  const std::function<void(std::int64_t)>& expert);
   // Backward stages; each returns the gradient it produces (arena memory).
   T* combine_backward(const Exec& ex, const T* dy, T* dslot_gate, Arena& arena);
   T* experts_backward(const Exec& ex, const MoeWeights<T>& w, const MoeGrads<T>& g, const T* dy_out,
@@ -156,6 +169,7 @@ class MoeLayer {
 
   std::unique_ptr<Router<T>> router_;
   comm::Communicator* ep_ = nullptr;
+  TimerSet* timers_ = nullptr;
   MoeDims dims_;
   RouteOutput<T> route_;
   Selection<T> sel_;

@@ -9,6 +9,11 @@
 //   bare: two MPI_Alltoallv calls (there and back) with the same per-peer counts.
 // Iterations alternate ours/bare after a barrier; each rank takes the median of its iterations
 // and the figure is the maximum of those medians over the ranks (the engine's max_over_ranks).
+// With --d-ff F the "experts" are real FFNs (d -> F -> d, random weights, ops::grouped_ffn_forward)
+// and three more variants are timed: the experts alone on rows already in place, the blocking
+// path (dispatch_rows, all experts, combine_rows) and the overlapped one
+// (layers::exchange_overlapped: expert l computes while the rows of l + 1 arrive and the outputs
+// of l - 1 leave); the overlap line compares the overlapped time with exchange + experts.
 
 #include <fmt/format.h>
 #include <mpi.h>
@@ -16,6 +21,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -25,6 +31,7 @@
 #include "framework/arena.h"
 #include "framework/bench/benchmarks.h"
 #include "framework/error.h"
+#include "framework/ops.h"
 #include "framework/rng.h"
 #include "framework/timer.h"
 #include "layers/dispatch.h"
@@ -39,6 +46,8 @@ struct AlltoallOptions {
   std::int64_t top_k = 2;
   std::int64_t experts = 8;
   std::uint64_t seed = 1;
+  std::int64_t d_ff = 0;  // > 0: also time the exchange around real expert FFNs (overlap)
+  std::vector<double> allreduce_mib;  // all-reduce sizes to time as well (latency-bandwidth fit)
 };
 
 // The routing of one rank: slots sorted by global expert, then by token (as the MoE layer
@@ -85,8 +94,36 @@ Routing make_routing(std::int64_t n, std::int64_t k, std::int64_t e, std::uint64
   return r;
 }
 
-// Figures of one case, each the maximum over ranks of the per-rank statistics (seconds).
-enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kFigs };
+// Figures of one case, each the maximum over ranks of the per-rank statistics (seconds). With
+// --d-ff: the experts' computation alone, and exchange + experts blocking (one exchange each way
+// around all experts) and overlapped (exchange_overlapped).
+enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kCompute, kSequential, kOverlapped, kFigs };
+
+// Random expert FFNs over the owner rows of a plan (the MoE layer's experts' forward).
+struct Experts {
+  std::int64_t d = 0, f = 0, local = 0;
+  std::vector<float> w1, b1, w2, b2, h_pre;
+  Experts(std::int64_t d_, std::int64_t f_, std::int64_t local_, std::int64_t max_rows, int rank)
+      : d(d_), f(f_), local(local_) {
+    Philox rng(99, 3000 + static_cast<std::uint64_t>(rank));
+    auto fill = [&](std::vector<float>& v, std::int64_t n, float scale) {
+      v.resize(static_cast<std::size_t>(n));
+      for (float& x : v) x = scale * (rng.next_uniform() - 0.5f);
+    };
+    fill(w1, local * f * d, 0.1f);
+    fill(b1, local * f, 0.1f);
+    fill(w2, local * d * f, 0.1f);
+    fill(b2, local * d, 0.1f);
+    h_pre.resize(static_cast<std::size_t>(std::max<std::int64_t>(max_rows, 1) * f));
+  }
+  // Local experts [l0, l0 + n) of `plan` on owner rows `in` -> `out`.
+  void run(const layers::DispatchPlan& plan, std::int64_t l0, std::int64_t n, const float* in,
+           float* out) {
+    ops::grouped_ffn_forward<float>(Exec::cpu(), in, w1.data() + l0 * f * d, b1.data() + l0 * f,
+                                    w2.data() + l0 * d * f, b2.data() + l0 * d, h_pre.data(), out,
+                                    plan.local_offset + l0, n, d, f);
+  }
+};
 
 struct CaseResult {
   std::int64_t tokens, d;
@@ -183,25 +220,71 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
   RM_CHECK(std::equal(x_in.begin(), x_in.end(), bare_back.begin()),
            "bench alltoall: bare round trip did not return the rows unchanged");
 
+  // With --d-ff: real expert FFNs between the two exchanges, blocking and overlapped.
+  std::unique_ptr<Experts> experts;
+  std::vector<float> owner_in, owner_out, y_seq, y_ovl;
+  auto sequential = [&]() {
+    Timer t;
+    arena.reset();
+    c = layers::plan_dispatch(expert_offset.data(), E, d, &ep, arena);
+    float* in = alloc_array<float>(arena, c.owner_rows * d);
+    layers::dispatch_rows<float>(c, ep, x_in.data(), in);
+    experts->run(c, 0, c.local_experts, in, owner_out.data());
+    layers::combine_rows<float>(c, ep, owner_out.data(), y_seq.data());
+    return t.seconds();
+  };
+  auto overlapped = [&]() {
+    Timer t;
+    arena.reset();
+    c = layers::plan_dispatch(expert_offset.data(), E, d, &ep, arena);
+    float* in = alloc_array<float>(arena, c.owner_rows * d);
+    layers::exchange_overlapped<float>(
+        c, ep, x_in.data(), in, owner_out.data(), y_ovl.data(),
+        [&](std::int64_t l) { experts->run(c, l, 1, in, owner_out.data()); });
+    return t.seconds();
+  };
+  auto compute = [&]() {  // the experts alone, on rows already in place
+    Timer t;
+    experts->run(c, 0, c.local_experts, owner_in.data(), owner_out.data());
+    return t.seconds();
+  };
+  if (o.d_ff > 0) {
+    experts = std::make_unique<Experts>(d, o.d_ff, c.local_experts, R, rank);
+    owner_in.assign(static_cast<std::size_t>(R * d), 0.0f);
+    owner_out.assign(owner_in.size(), 0.0f);
+    y_seq.assign(x_in.size(), 0.0f);
+    y_ovl.assign(x_in.size(), 1.0f);
+    layers::dispatch_rows<float>(c, ep, x_in.data(), owner_in.data());
+    sequential();
+    overlapped();
+    RM_CHECK(std::equal(y_seq.begin(), y_seq.end(), y_ovl.begin()),
+             "bench alltoall: the overlapped exchange gave other rows than the blocking one");
+  }
+
+  // Each iteration runs every variant once, after a barrier each, starting with a different one
+  // each time so that drift in the machine's load hits them alike.
+  std::vector<std::pair<Fig, std::function<double()>>> variants = {{kOurs, [&] { return 0.0; }},
+                                                                   {kBare, bare}};
+  if (o.d_ff > 0) {
+    variants.emplace_back(kCompute, compute);
+    variants.emplace_back(kSequential, sequential);
+    variants.emplace_back(kOverlapped, overlapped);
+  }
   std::vector<double> times[kFigs];
   run_iterations(schedule, [&](int it, bool timed) {
     double plan_s = 0, dispatch_s = 0, combine_s = 0;
-    // Alternate which one goes first so that drift in the machine's load hits both alike.
-    double t_ours = 0, t_bare = 0;
-    for (int half = 0; half < 2; ++half) {
+    double t[kFigs] = {};
+    const std::size_t nv = variants.size();
+    for (std::size_t k = 0; k < nv; ++k) {
+      const auto& [fig, run] = variants[(k + static_cast<std::size_t>(it)) % nv];
       groups.world->barrier();
-      if ((half == 0) == (it % 2 == 0)) {
-        t_ours = ours(&plan_s, &dispatch_s, &combine_s);
-      } else {
-        t_bare = bare();
-      }
+      t[fig] = fig == kOurs ? ours(&plan_s, &dispatch_s, &combine_s) : run();
     }
     if (!timed) return;
-    times[kOurs].push_back(t_ours);
-    times[kBare].push_back(t_bare);
-    times[kPlan].push_back(plan_s);
-    times[kDispatch].push_back(dispatch_s);
-    times[kCombine].push_back(combine_s);
+    t[kPlan] = plan_s;
+    t[kDispatch] = dispatch_s;
+    t[kCombine] = combine_s;
+    for (int f = 0; f < kFigs; ++f) times[f].push_back(t[f]);
   });
 
   CaseResult r{};
@@ -215,6 +298,52 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
   r.min_rows = comm::all_reduce_value<std::int64_t>(*groups.world, R, comm::ReduceOp::Min);
   r.max_rows = comm::all_reduce_value<std::int64_t>(*groups.world, R, comm::ReduceOp::Max);
   return r;
+}
+
+// The overlap line: the exchange around real experts, overlapped, against the exchange alone
+// plus the experts alone (what they cost in sequence) and against the blocking exchange around
+// the same experts.
+void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks) {
+  const double ovl = r.fig[kOverlapped].median, seq = r.fig[kSequential].median;
+  const double exch = r.fig[kOurs].median, comp = r.fig[kCompute].median;
+  print_case(
+      CaseLine("alltoall", "case",
+               fmt::format("n{}_d{}_k{}_e{}_ff{}", r.tokens, r.d, o.top_k, o.experts, o.d_ff))
+          .field("ranks", std::to_string(ranks))
+          .figure("overlapped", ovl * 1e3, 3, "ms")
+          .figure("blocking", seq * 1e3, 3, "ms")
+          .figure("exchange", exch * 1e3, 3, "ms")
+          .figure("experts", comp * 1e3, 3, "ms")
+          .ratio(ovl / (exch + comp), 3, "overlapped/serial time"));
+  fmt::print(
+      "  where: serial = exchange + experts, each timed alone; overlapped/blocking = {:.3f}; "
+      "experts = the local expert FFNs (d_ff {}) on their "
+      "rows without any exchange; exchange = plan + dispatch + combine alone (as above)\n",
+      ovl / seq, o.d_ff);
+}
+
+// One all-reduce (sum, fp32) of `mib` MiB over the world, as reduce_gradients does it for one
+// tensor: the all-reduce term of a latency-bandwidth model of the step (docs/performance.md).
+void time_allreduce(double mib, comm::ProcessGroups& groups, const Schedule& schedule, Context& ctx,
+                    bool lead) {
+  const auto n = static_cast<std::int64_t>(mib * (1 << 20) / sizeof(float));
+  std::vector<float> buf(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)), 1.0f);
+  std::vector<double> t;
+  run_iterations(schedule, [&](int, bool timed) {
+    groups.world->barrier();
+    Timer tm;
+    groups.world->all_reduce(buf.data(), n, comm::DataType::F32, comm::ReduceOp::Sum);
+    if (timed) t.push_back(tm.seconds());
+  });
+  const Stats st = max_over_ranks(*groups.world, summarize(t));
+  if (!lead) return;
+  const double bytes = static_cast<double>(n) * sizeof(float);
+  print_case(
+      CaseLine("alltoall", "case", fmt::format("allreduce_{}B", static_cast<long long>(bytes)))
+          .field("ranks", std::to_string(groups.world->size()))
+          .figure("time", st.median * 1e3, 3, "ms")
+          .figure("algbw", bytes / st.median * 1e-9, 2, "GB/s"));
+  ctx.json().add_case().str("case", "allreduce").num("bytes", bytes).stats_s("allreduce", st);
 }
 
 void run(const AlltoallOptions& o, Context& ctx) {
@@ -260,6 +389,7 @@ void run(const AlltoallOptions& o, Context& ctx) {
           "combine {:.3f} ms; {:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
           r.fig[kPlan].median * 1e3, r.fig[kDispatch].median * 1e3, r.fig[kCombine].median * 1e3,
           r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
+      if (o.d_ff > 0) print_overlap(o, r, W);
       std::fflush(stdout);
       ctx.json()
           .add_case()
@@ -276,8 +406,15 @@ void run(const AlltoallOptions& o, Context& ctx) {
           .stats_s("combine", r.fig[kCombine])
           .num("bytes_per_rank", r.bytes_per_rank)
           .integer("min_rows", r.min_rows)
-          .integer("max_rows", r.max_rows);
+          .integer("max_rows", r.max_rows)
+          .integer("d_ff", o.d_ff)
+          .stats_s("compute", r.fig[kCompute])
+          .stats_s("sequential", r.fig[kSequential])
+          .stats_s("overlapped", r.fig[kOverlapped]);
     }
+  }
+  for (const double mib : o.allreduce_mib) {
+    time_allreduce(mib, groups, schedule, ctx, lead);
   }
   ctx.json().header().integer("ranks", W).integer("threads", ctx.threads());
 }
@@ -311,6 +448,17 @@ Benchmark alltoall_benchmark() {
         ->check(CLI::Range(1, 4096))
         ->capture_default_str();
     cmd.add_option("--seed", o->seed, "routing seed")->capture_default_str();
+    cmd.add_option("--d-ff", o->d_ff,
+                   "> 0: also time dispatch + expert FFNs of this hidden width + combine, "
+                   "blocking and overlapped (chunked by expert), against exchange + experts "
+                   "alone")
+        ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 16))
+        ->capture_default_str();
+    cmd.add_option("--allreduce-mib", o->allreduce_mib,
+                   "also time an fp32 all-reduce (sum) over the world of these sizes in MiB "
+                   "(comma-separated), as the gradient reduction does per tensor")
+        ->delimiter(',')
+        ->check(CLI::Range(0.0, 4096.0));
     return [o](Context& ctx) { run(*o, ctx); };
   };
   return b;

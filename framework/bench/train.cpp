@@ -27,11 +27,15 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
+#include "framework/arena.h"
 #include "framework/bench/benchmarks.h"
 #include "framework/error.h"
 #include "framework/optim.h"
 #include "framework/params.h"
 #include "framework/rng.h"
+#include "framework/timer.h"
+#include "framework/train/step.h"
 #include "layers/model.h"
 
 #ifndef ROUTEMOE_BENCH_SHARE_REL
@@ -55,26 +59,187 @@ struct TrainOptions {
   std::uint64_t seed = 1;
   std::int64_t square = 2048;
   std::int64_t batch = 8;
+  int ep = 0;             // under mpirun: expert-parallel size (0: all ranks)
+  int profile_steps = 2;  // profiled steps after the timed ones (0: no profile table)
   ModelShape shape;  // reference config; every block is an MoE block with the router under test
 };
 
-// Median (min, max) seconds of our training step for the model `mc`.
-Stats time_ours(const TrainOptions& o, const ModelConfig& mc, const Schedule& schedule) {
-  Model model(mc);
-  ParamStore& params = model.params();
-  const OptimConfig oc;
-  AdamW opt(params, oc);
-  const std::int64_t n = o.batch * mc.seq_len;
-  std::vector<std::int32_t> inputs(static_cast<std::size_t>(n)), targets(inputs.size());
-  Philox rng(o.seed, 0);
-  for (std::int32_t& t : inputs) t = static_cast<std::int32_t>(rng.next_below(mc.vocab_size));
-  for (std::int32_t& t : targets) t = static_cast<std::int32_t>(rng.next_below(mc.vocab_size));
-  return time_case(schedule, [&] {
-    params.zero_grads();
-    model.forward_backward(inputs.data(), targets.data(), o.batch, mc.seq_len, 1.0);
-    clip_grads(params, oc.grad_clip, std::sqrt(local_grad_sq_norm(params)));
-    opt.step(oc.lr);
-  });
+// Our side of the benchmark: a model of config `mc` with its optimiser and random tokens.
+class OursStep {
+ public:
+  // `groups`: the process groups under mpirun (the model's experts sharded over groups->ep, the
+  // gradients reduced over the replicas), null for one process.
+  OursStep(const TrainOptions& o, const ModelConfig& mc, comm::ProcessGroups* groups)
+      : o_(o),
+        mc_(mc),
+        groups_(groups),
+        model_(mc, groups != nullptr ? groups->ep.get() : nullptr) {
+    opt_ = std::make_unique<AdamW>(model_.params(), oc_);
+    const std::int64_t n = o.batch * mc.seq_len;
+    inputs_.resize(static_cast<std::size_t>(n));
+    targets_.resize(inputs_.size());
+    Philox rng(o.seed, groups != nullptr ? static_cast<std::uint64_t>(groups->world->rank()) : 0);
+    for (std::int32_t& t : inputs_) t = static_cast<std::int32_t>(rng.next_below(mc.vocab_size));
+    for (std::int32_t& t : targets_) t = static_cast<std::int32_t>(rng.next_below(mc.vocab_size));
+  }
+
+  Model& model() { return model_; }
+
+  // One training step; its phases go to `timers` when not null (framework/timer.h).
+  void step(TimerSet* timers) {
+    model_.set_timers(timers);
+    ParamStore& params = model_.params();
+    const double pbytes = static_cast<double>(params.numel()) * sizeof(float);
+    {
+      Phase ph(timers, phase::kZeroGrad, 0.0, pbytes);
+      params.zero_grads();
+    }
+    model_.forward_backward(inputs_.data(), targets_.data(), o_.batch, mc_.seq_len, 1.0);
+    if (groups_ != nullptr) {
+      double norm = 0.0;
+      {
+        Phase ph(timers, phase::kGradReduce, 0.0, pbytes);
+        norm = reduce_gradients(params, *groups_);
+      }
+      Phase ph(timers, phase::kGradNorm, 0.0, 2.0 * pbytes);
+      clip_grads(params, oc_.grad_clip, norm);
+    } else {
+      Phase ph(timers, phase::kGradNorm, 0.0, 3.0 * pbytes);
+      clip_grads(params, oc_.grad_clip, std::sqrt(local_grad_sq_norm(params)));
+    }
+    Phase ph(timers, phase::kOptimizer, 0.0, 7.0 * pbytes);
+    opt_->step(oc_.lr);
+  }
+
+ private:
+  const TrainOptions& o_;
+  ModelConfig mc_;
+  OptimConfig oc_;
+  comm::ProcessGroups* groups_;
+  Model model_;
+  std::unique_ptr<AdamW> opt_;
+  std::vector<std::int32_t> inputs_, targets_;
+};
+
+// What bench train measured of our step for one router.
+struct OursResult {
+  Stats step;                  // unprofiled steps (seconds)
+  TimerSet profile;            // phases summed over `profiled` steps
+  int profiled = 0;            // profiled steps
+  double profiled_s = 0;       // wall time of the profiled steps (mean per step)
+  std::size_t peak_bytes = 0;  // activation arena peak
+};
+
+OursResult time_ours(const TrainOptions& o, const ModelConfig& mc, const Schedule& schedule,
+                     comm::ProcessGroups* groups) {
+  OursStep ours(o, mc, groups);
+  OursResult r;
+  if (groups == nullptr) {
+    r.step = time_case(schedule, [&] { ours.step(nullptr); });
+  } else {  // every rank the same number of steps, each after a barrier; max over ranks
+    std::vector<double> t;
+    run_iterations(schedule, [&](int, bool timed) {
+      groups->world->barrier();
+      Timer step;
+      ours.step(nullptr);
+      if (timed) t.push_back(step.seconds());
+    });
+    r.step = max_over_ranks(*groups->world, summarize(t));
+  }
+  if (groups != nullptr) groups->world->barrier();
+  Timer wall;
+  for (int i = 0; i < o.profile_steps; ++i) ours.step(&r.profile);
+  r.profiled = o.profile_steps;
+  r.profiled_s = o.profile_steps > 0 ? wall.seconds() / o.profile_steps : 0.0;
+  for (const ArenaStats& a : ours.model().memory_report()) {
+    if (a.name == "activations") r.peak_bytes = a.peak;
+  }
+  return r;
+}
+
+// The rows of the profile table, in the order a step runs them.
+constexpr const char* kPhaseOrder[] = {
+    phase::kZeroGrad,     phase::kElementwise,     phase::kLayerNorm, phase::kQkvProj,
+    phase::kAttnCore,     phase::kAttnElementwise, phase::kRouter,    phase::kGates,
+    phase::kSlots,        phase::kExchange,        phase::kExperts,   phase::kLmHead,
+    phase::kCrossEntropy, phase::kGradReduce,      phase::kGradNorm,  phase::kOptimizer};
+
+// Where the time of one step goes: one row per phase (ms per step, share of the profiled step,
+// GFLOP/s of the matrix products or GB/s of the bytes it moves), plus what no phase covered.
+void print_profile(const std::string& router, const OursResult& r, double ceiling) {
+  if (r.profiled <= 0) return;
+  const double steps = r.profiled, step_ms = r.profiled_s * 1e3;
+  fmt::print(
+      "bench train profile router={}: {} profiled step(s), {:.1f} ms/step (unprofiled "
+      "median {:.1f} ms)\n",
+      router, r.profiled, step_ms, r.step.median * 1e3);
+  fmt::print("  {:<34} {:>9} {:>7} {:>9} {:>11}\n", "phase", "ms/step", "share", "GFLOP", "rate");
+  double covered = 0, gemm_ms = 0, gemm_flop = 0;
+  const auto& st = r.profile.stats();
+  for (const char* name : kPhaseOrder) {
+    const auto it = st.find(name);
+    if (it == st.end()) continue;
+    const TimerStats& t = it->second;
+    const double ms = t.total_s * 1e3 / steps;
+    covered += ms;
+    std::string rate = "-";
+    if (t.flops > 0 && t.total_s > 0) {
+      rate = fmt::format("{:.1f} GFLOP/s", t.flops / t.total_s * 1e-9);
+      gemm_ms += ms;
+      gemm_flop += t.flops / steps;
+    } else if (t.bytes > 0 && t.total_s > 0) {
+      rate = fmt::format("{:.1f} GB/s", t.bytes / t.total_s * 1e-9);
+    }
+    fmt::print("  {:<34} {:>9.2f} {:>6.1f}% {:>9.2f} {:>11}\n", name, ms, 100.0 * ms / step_ms,
+               t.flops / steps * 1e-9, rate);
+  }
+  fmt::print("  {:<34} {:>9.2f} {:>6.1f}%\n", "(not in any phase)", step_ms - covered,
+             100.0 * (step_ms - covered) / step_ms);
+  if (gemm_ms > 0) {
+    fmt::print(
+        "  phases with matrix products: {:.1f} ms/step ({:.0f}% of the step) at {:.1f} "
+        "GFLOP/s = {:.0f}% of the {:.1f} GFLOP/s ceiling; the rest {:.1f} ms\n",
+        gemm_ms, 100.0 * gemm_ms / step_ms, gemm_flop / gemm_ms * 1e-6,
+        100.0 * gemm_flop / gemm_ms * 1e-6 / ceiling, ceiling, step_ms - gemm_ms);
+  }
+}
+
+// A lower bound of the activation memory of one step, in floats per token: what the backward
+// reads, each tensor once, leaving out whatever an elementwise function or a row gather of
+// other kept tensors gives back (LayerNorm outputs, GELU outputs, expert inputs). Per block:
+// the block input x (d) and the LayerNorm statistics (2 + 2), q, k, v (3d), the causal half of
+// the attention probabilities (H (T + 1) / 2), the heads' context (d), the residual after
+// attention (d); per MoE block also the routing probabilities and log-sum-exp (E + 1), gates and
+// choices (2k), the similarity matrix (similarity router: (T + 1) / 2), the expert hidden layer
+// before GELU (k d_ff) and the expert outputs (k d, for the gate gradients); per dense block the
+// hidden layer before GELU (d_ff). The head: the final residual (d), its statistics (2) and the
+// logits' gradient (V).
+double activation_floor_floats(const ModelConfig& c, const std::string& router) {
+  const double d = static_cast<double>(c.d_model), T = static_cast<double>(c.seq_len);
+  const double H = static_cast<double>(c.n_heads), E = static_cast<double>(c.n_experts);
+  const double k = static_cast<double>(c.top_k), F = static_cast<double>(c.d_ff);
+  double per_token = d + 2.0 + static_cast<double>(c.vocab_size);
+  for (std::int64_t l = 0; l < c.n_layers; ++l) {
+    per_token += d + 4.0 + 3.0 * d + H * (T + 1.0) / 2.0 + d + d;
+    if (!c.is_moe_block(l)) {
+      per_token += F;
+      continue;
+    }
+    per_token += E + 1.0 + 2.0 * k + k * F + k * d;
+    if (router == "similarity") per_token += (T + 1.0) / 2.0;
+  }
+  return per_token;
+}
+
+void print_memory(const std::string& router, const ModelConfig& mc, std::int64_t batch,
+                  const OursResult& r) {
+  const double tokens = static_cast<double>(batch * mc.seq_len);
+  const double peak = static_cast<double>(r.peak_bytes) / tokens / 1024.0;
+  const double floor = activation_floor_floats(mc, router) * sizeof(float) / 1024.0;
+  fmt::print(
+      "bench train memory router={}: activation arena peak {} = {:.1f} KiB/token; lower "
+      "bound (kept for backward) {:.1f} KiB/token; ratio={:.2f} (peak/bound)\n",
+      router, format_bytes(r.peak_bytes), peak, floor, peak / floor);
 }
 
 // ---- the PyTorch side (a subprocess) ----------------------------------------------------------
@@ -250,13 +415,28 @@ struct CaseResult {
   double flops = 0;
   Stats ours;
   TorchResult torch;
+  std::shared_ptr<OursResult> detail;
 };
 
-void run(const TrainOptions& o, Context& ctx) {
+void run(const TrainOptions& given, Context& ctx) {
   const int threads = ctx.threads();
   const Schedule schedule = ctx.schedule();
-  const ModelShape& m = o.shape;
-  for (const std::string& router : o.routers) (void)model_config(m, router, o.seed);  // validate
+  const ModelShape& m = given.shape;
+  for (const std::string& router : given.routers) (void)model_config(m, router, given.seed);
+  // Under mpirun: every rank trains its own micro-batch, experts sharded over the ep group,
+  // gradients reduced over the replicas; the single-process PyTorch side is not run.
+  const int W = ctx.size();
+  comm::ProcessGroups* groups = nullptr;
+  TrainOptions o = given;
+  if (W > 1) {
+    const int ep = o.ep > 0 ? o.ep : W;
+    RM_CHECK_KIND(Config, W % ep == 0 && m.n_experts % ep == 0,
+                  fmt::format("bench train: --ep {} must divide the {} ranks and the {} experts",
+                              ep, W, m.n_experts));
+    groups = &ctx.groups(ep);
+    o.no_reference = true;
+  }
+  const bool lead = ctx.lead();
 
   // The torch side: found and probed before anything is timed.
   std::string script, torch_version;
@@ -265,13 +445,28 @@ void run(const TrainOptions& o, Context& ctx) {
     torch_version = probe_torch(o, script, threads);
   }
 
+  if (!lead) {
+    // The other ranks run the same steps and collectives, and print nothing.
+    (void)square_gemm_gflops(o.square);
+    for (const std::string& router : o.routers) {
+      (void)time_ours(o, model_config(m, router, o.seed), schedule, groups);
+    }
+    (void)square_gemm_gflops(o.square);
+    return;
+  }
   fmt::print(
       "routemoe bench train: B={} T={} vocab={} d={} heads={} layers={} (moe_every={}) "
       "experts={} top_k={} d_ff={}; {} threads both sides; {} warm-up + {} timed steps, "
       "median; step = zero_grad + forward/backward + clip + AdamW\n",
       o.batch, m.seq_len, m.vocab, m.d_model, m.n_heads, m.n_layers, m.moe_every, m.n_experts,
       m.top_k, m.d_ff, threads, schedule.warmup, schedule.iters);
-  if (o.no_reference) {
+  if (W > 1) {
+    fmt::print(
+        "bench train: {} ranks, ep {} (B={} sequences per rank; tok/s over all ranks; step = "
+        "the slowest rank's median, + gradient reduction; GFLOP/s and ceiling per rank); torch "
+        "side not run under mpirun\n",
+        W, groups->ep_size, o.batch);
+  } else if (o.no_reference) {
     fmt::print(
         "bench train torch side: skipped (--no-reference); reporting ours only (ratio n/a)\n");
   } else {
@@ -281,14 +476,15 @@ void run(const TrainOptions& o, Context& ctx) {
   const double ceiling_start = square_gemm_gflops(o.square);
   std::fflush(stdout);
 
-  const double tokens = static_cast<double>(o.batch * m.seq_len);
+  const double tokens = static_cast<double>(W * o.batch * m.seq_len);
   std::vector<CaseResult> results;
   for (const std::string& router : o.routers) {
     CaseResult r;
     r.router = router;
     const ModelConfig mc = model_config(m, router, o.seed);
     r.flops = Model(mc).step_flops(o.batch, mc.seq_len);
-    r.ours = time_ours(o, mc, schedule);
+    r.detail = std::make_shared<OursResult>(time_ours(o, mc, schedule, groups));
+    r.ours = r.detail->step;
     fmt::print(stderr, "bench train: router={} ours {:.1f} ms/step\n", router, r.ours.median * 1e3);
     if (!o.no_reference) {
       const std::string args = fmt::format(
@@ -338,6 +534,11 @@ void run(const TrainOptions& o, Context& ctx) {
         .field("torch", r.torch.ok ? fmt::format("{:.1f} ms", r.torch.median_s * 1e3) : "n/a");
     print_case(line);
   }
+  for (const CaseResult& r : results) {
+    const ModelConfig mc = model_config(m, r.router, o.seed);
+    print_profile(r.router, *r.detail, ceiling);
+    print_memory(r.router, mc, o.batch, *r.detail);
+  }
 
   const CaseResult* topk = nullptr;
   for (const CaseResult& r : results) {
@@ -377,6 +578,10 @@ void run(const TrainOptions& o, Context& ctx) {
         .num("ours_tok_s", tokens / r.ours.median)
         .num("ratio_ours_over_torch", torch(r.torch.median_s / r.ours.median))
         .num("step_gflop", r.flops * 1e-9)
+        .integer("activation_peak_bytes", static_cast<std::int64_t>(r.detail->peak_bytes))
+        .num("activation_floor_bytes",
+             activation_floor_floats(model_config(m, r.router, o.seed), r.router) *
+                 static_cast<double>(sizeof(float)) * tokens)
         .num("gflops", r.flops / r.ours.median * 1e-9)
         .num("overhead_vs_topk", topk != nullptr
                                      ? std::optional<double>(r.ours.median / topk->ours.median - 1)
@@ -391,7 +596,7 @@ Benchmark train_benchmark() {
   b.name = "train";
   b.description =
       "training step tokens/s vs the PyTorch reference (same run, same threads), per router";
-  b.ranks = Ranks::One;
+  b.ranks = Ranks::Any;
   b.defaults.warmup = 2;
   b.defaults.iters = 5;
   b.iters_help = "timed steps per side and router (median reported)";
@@ -415,6 +620,15 @@ Benchmark train_benchmark() {
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
     add_model_options(cmd, o->shape);
+    cmd.add_option("--ep", o->ep,
+                   "under mpirun: expert-parallel group size (0: all ranks; the rest data "
+                   "parallel)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+    cmd.add_option("--profile-steps", o->profile_steps,
+                   "profiled steps after the timed ones, for the per-phase table (0: none)")
+        ->check(CLI::Range(0, 1000))
+        ->capture_default_str();
     cmd.add_option("--square", o->square, "size of the square GEMM that sets the ceiling")
         ->check(CLI::Range(16, 16384))
         ->capture_default_str();

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "framework/cpu/check_sizes.h"
+#include "framework/cpu/detail.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
@@ -63,10 +64,14 @@ void scale_c(std::int64_t m, std::int64_t n, T beta, T* c, std::int64_t ldc) {
   }
 }
 
+}  // namespace
+
+namespace detail {
+
 template <typename T>
-void gemm_unchecked(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
-                    T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta,
-                    T* c, std::int64_t ldc) {
+void gemm_nocheck(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                  T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+                  std::int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     scale_c(m, n, beta, c, ldc);
@@ -88,14 +93,27 @@ void gemm_unchecked(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, 
   }
 }
 
-}  // namespace
+template void gemm_nocheck<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float,
+                                  const float*, std::int64_t, const float*, std::int64_t, float,
+                                  float*, std::int64_t);
+template void gemm_nocheck<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double,
+                                   const double*, std::int64_t, const double*, std::int64_t, double,
+                                   double*, std::int64_t);
+
+void check_blas_size(const char* kernel, const char* what, std::int64_t value) {
+  RM_CHECK_KIND(Shape, value >= 0 && value <= INT_MAX,
+                fmt::format("{}: {} = {} is outside [0, {}] (CBLAS takes int)", kernel, what, value,
+                            INT_MAX));
+}
+
+}  // namespace detail
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
           const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
           std::int64_t ldc) {
   check_gemm_args(trans_a, trans_b, m, n, k, lda, ldb, ldc);
-  gemm_unchecked(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  detail::gemm_nocheck(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <typename T>
@@ -108,8 +126,8 @@ void gemm_strided_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64
                 fmt::format("gemm_strided_batched: batch = {} is negative", batch));
   check_gemm_args(trans_a, trans_b, m, n, k, lda, ldb, ldc);
   for (std::int64_t i = 0; i < batch; ++i) {
-    gemm_unchecked(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb,
-                   beta, c + i * stride_c, ldc);
+    detail::gemm_nocheck(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b,
+                         ldb, beta, c + i * stride_c, ldc);
   }
 }
 

@@ -98,6 +98,14 @@ template <typename T>
 void cross_entropy_backward(const T* logits, const std::int32_t* targets, const T* lse,
                             const T* dloss, T* dlogits, std::int64_t n, std::int64_t v);
 
+// Forward and backward in one pass, for a training step whose loss gradient is known before the
+// forward (the LM head): losses[n] and lse[n] (skipped when null) as cross_entropy_forward, then
+// logits[n, v] overwritten by dlogits as cross_entropy_backward gives them for dloss[n], from
+// the lse as stored (rounded to T). Saves the backward's pass over the logits and the buffer.
+template <typename T>
+void cross_entropy_fused(T* logits, const std::int32_t* targets, const T* dloss, T* losses, T* lse,
+                         std::int64_t n, std::int64_t v);
+
 // ----------------------------------------------------------------------------------------------
 // AdamW (Loshchilov & Hutter) with decoupled weight decay, over n elements:
 //   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2

@@ -24,6 +24,26 @@ template <typename T>
 void head_mean_backward(const T* davg, T* dp, std::int64_t batch, std::int64_t heads,
                         std::int64_t m);
 
+// Causal self-attention core of B sequences of T tokens and H heads of width dh (d = H dh), with
+// scale = 1 / sqrt(dh) (rounded to T): for every sequence b and head h, with Q, K, V the [T, dh]
+// column blocks h dh.. of the q, k, v thirds of qkv[B T, 3d],
+//   probs[b, h] = softmax over j <= i of scale Q K^T (entries j > i are 0; softmax rounding as
+//                 softmax_forward's),   ctx[b T + i, h dh + c] = (probs[b, h] V)[i, c].
+// probs[B, H, T, T] and ctx[B T, d] are overwritten. Only the causal half is computed: row
+// blocks of 64 queries against the keys up to the block's end. (b, h) pairs run in parallel,
+// one thread each (single-threaded GEMMs), so the result does not depend on the thread count.
+template <typename T>
+void causal_attention_forward(const T* qkv, T* probs, T* ctx, std::int64_t batch, std::int64_t t,
+                              std::int64_t heads, std::int64_t dh);
+// Backward of causal_attention_forward: dqkv[B T, 3d] overwritten from dctx[B T, d] and the
+// saved probs; d_avg[B, T, T] (may be null) is a gradient arriving at the head average of the
+// probabilities (head_mean), added to every head's with weight 1/H (rounded to T) before the
+// softmax backward. Causal half only; parallel over (b, h) as the forward.
+template <typename T>
+void causal_attention_backward(const T* qkv, const T* probs, const T* dctx, const T* d_avg, T* dqkv,
+                               std::int64_t batch, std::int64_t t, std::int64_t heads,
+                               std::int64_t dh);
+
 // ----------------------------------------------------------------------------------------------
 // Elementwise product y[n] = a[n] * b[n] (y may alias a or b).
 template <typename T>
@@ -128,5 +148,27 @@ template <typename T>
 void grouped_linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db,
                              const std::int64_t* offset, std::int64_t groups, std::int64_t in,
                              std::int64_t out);
+
+// The expert FFN over all local experts in one call (fc -> GELU -> proj, grouped as
+// grouped_linear): for g < groups, rows [offset[g], offset[g + 1]) of x[R, d] give
+//   h_pre = x w1[g]^T + b1[g]            ([R, f], saved for the backward)
+//   y     = gelu(h_pre) w2[g]^T + b2[g]  ([R, d])
+// with w1[groups, f, d], b1[groups, f], w2[groups, d, f], b2[groups, d] (biases may be null).
+// h_pre and y are overwritten; gelu(h_pre) is not kept (the backward recomputes it). The values
+// are those of grouped_linear_forward, gelu_forward, grouped_linear_forward in sequence. With at
+// least as many non-empty groups as threads, groups run in parallel, one thread each with its
+// GEMMs single-threaded and its GELU cache-warm; otherwise one after another with all threads.
+// The result does not depend on the thread count.
+template <typename T>
+void grouped_ffn_forward(const T* x, const T* w1, const T* b1, const T* w2, const T* b2, T* h_pre,
+                         T* y, const std::int64_t* offset, std::int64_t groups, std::int64_t d,
+                         std::int64_t f);
+// Backward of grouped_ffn_forward from dy[R, d], x and h_pre (GELU recomputed from h_pre):
+// dx[R, d] overwritten (skipped when null); dw1, db1, dw2, db2 += (biases skipped when null). The
+// values are those of grouped_linear_backward (proj), gelu_backward, grouped_linear_backward (fc).
+template <typename T>
+void grouped_ffn_backward(const T* dy, const T* x, const T* h_pre, const T* w1, const T* w2, T* dx,
+                          T* dw1, T* db1, T* dw2, T* db2, const std::int64_t* offset,
+                          std::int64_t groups, std::int64_t d, std::int64_t f);
 
 }  // namespace routemoe::cpu

@@ -8,8 +8,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "framework/cpu/check_sizes.h"
+#include "framework/cpu/detail.h"
 #include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
@@ -118,35 +121,93 @@ void softmax_backward(const T* y, const T* dy, T* dx, std::int64_t rows, std::in
 }
 
 // ----------------------------------------------------------------------------------------------
-// LayerNorm
+// LayerNorm. Per row: the mean, the biased variance and the normalised output in double; the
+// row sums are vectorised (a fixed lane order, so the result depends on the ISA the loop runs
+// with, never on the thread count).
+
+namespace {
+
+template <typename T>
+[[gnu::always_inline]] inline void layernorm_row(const T* xr, const T* gamma, const T* beta, T* yr,
+                                                 T* mean, T* rstd, std::int64_t cols, T eps) {
+  double mu = 0.0;
+#pragma omp simd reduction(+ : mu)
+  for (std::int64_t j = 0; j < cols; ++j) mu += static_cast<double>(xr[j]);
+  mu = cols > 0 ? mu / static_cast<double>(cols) : 0.0;
+  double var = 0.0;
+#pragma omp simd reduction(+ : var)
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const double c = static_cast<double>(xr[j]) - mu;
+    var += c * c;
+  }
+  var = cols > 0 ? var / static_cast<double>(cols) : 0.0;
+  const double rs = 1.0 / std::sqrt(var + static_cast<double>(eps));
+#pragma omp simd
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
+    yr[j] = static_cast<T>(xhat * static_cast<double>(gamma[j]) + static_cast<double>(beta[j]));
+  }
+  if (mean != nullptr) *mean = static_cast<T>(mu);
+  if (rstd != nullptr) *rstd = static_cast<T>(rs);
+}
+
+RM_SIMD_CLONES void layernorm_row_f32(const float* xr, const float* gamma, const float* beta,
+                                      float* yr, float* mean, float* rstd, std::int64_t cols,
+                                      float eps) {
+  layernorm_row(xr, gamma, beta, yr, mean, rstd, cols, eps);
+}
+
+// dx of one row.
+template <typename T>
+[[gnu::always_inline]] inline void layernorm_dx_row(const T* dyr, const T* xr, const T* gamma,
+                                                    double mu, double rs, T* dxr,
+                                                    std::int64_t cols) {
+  double sum_g = 0.0;
+  double sum_gx = 0.0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const double g = static_cast<double>(dyr[j]) * static_cast<double>(gamma[j]);
+    const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
+    sum_g += g;
+    sum_gx += g * xhat;
+  }
+  const double mean_g = sum_g / static_cast<double>(cols);
+  const double mean_gx = sum_gx / static_cast<double>(cols);
+#pragma omp simd
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const double g = static_cast<double>(dyr[j]) * static_cast<double>(gamma[j]);
+    const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
+    dxr[j] = static_cast<T>(rs * (g - mean_g - xhat * mean_gx));
+  }
+}
+
+RM_SIMD_CLONES void layernorm_dx_row_f32(const float* dyr, const float* xr, const float* gamma,
+                                         double mu, double rs, float* dxr, std::int64_t cols) {
+  layernorm_dx_row(dyr, xr, gamma, mu, rs, dxr, cols);
+}
+
+}  // namespace
 
 template <typename T>
 void layernorm_forward(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* rstd,
                        std::int64_t rows, std::int64_t cols, T eps) {
   detail::check_sizes("layernorm_forward", {{"rows", rows}, {"cols", cols}});
   if (rows <= 0) return;
+  // A null gamma (beta) is ones (zeros): the same loop with explicit arrays, so that the results
+  // are bitwise those of passing ones (zeros).
+  std::vector<T> ones, zeros;
+  if (gamma == nullptr)
+    gamma = (ones = std::vector<T>(static_cast<std::size_t>(cols), T(1))).data();
+  if (beta == nullptr) beta = (zeros = std::vector<T>(static_cast<std::size_t>(cols), T(0))).data();
 #pragma omp parallel for if (rows * cols > kParallelElems)
   for (std::int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * cols;
-    T* yr = y + r * cols;
-    double mu = 0.0;
-    for (std::int64_t j = 0; j < cols; ++j) mu += static_cast<double>(xr[j]);
-    mu = cols > 0 ? mu / static_cast<double>(cols) : 0.0;
-    double var = 0.0;
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const double c = static_cast<double>(xr[j]) - mu;
-      var += c * c;
+    T* mr = mean != nullptr ? mean + r : nullptr;
+    T* sr = rstd != nullptr ? rstd + r : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      layernorm_row_f32(x + r * cols, gamma, beta, y + r * cols, mr, sr, cols, eps);
+    } else {
+      layernorm_row(x + r * cols, gamma, beta, y + r * cols, mr, sr, cols, eps);
     }
-    var = cols > 0 ? var / static_cast<double>(cols) : 0.0;
-    const double rs = 1.0 / std::sqrt(var + static_cast<double>(eps));
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
-      const double g = gamma != nullptr ? static_cast<double>(gamma[j]) : 1.0;
-      const double b = beta != nullptr ? static_cast<double>(beta[j]) : 0.0;
-      yr[j] = static_cast<T>(xhat * g + b);
-    }
-    if (mean != nullptr) mean[r] = static_cast<T>(mu);
-    if (rstd != nullptr) rstd[r] = static_cast<T>(rs);
   }
 }
 
@@ -156,29 +217,18 @@ void layernorm_backward(const T* dy, const T* x, const T* gamma, const T* mean, 
   detail::check_sizes("layernorm_backward", {{"rows", rows}, {"cols", cols}});
   if (rows <= 0 || cols <= 0) return;
   if (dx != nullptr) {
+    std::vector<T> ones;
+    if (gamma == nullptr) {
+      gamma = (ones = std::vector<T>(static_cast<std::size_t>(cols), T(1))).data();
+    }
 #pragma omp parallel for if (rows * cols > kParallelElems)
     for (std::int64_t r = 0; r < rows; ++r) {
-      const T* dyr = dy + r * cols;
-      const T* xr = x + r * cols;
-      T* dxr = dx + r * cols;
       const double mu = static_cast<double>(mean[r]);
       const double rs = static_cast<double>(rstd[r]);
-      double sum_g = 0.0;
-      double sum_gx = 0.0;
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const double g =
-            static_cast<double>(dyr[j]) * (gamma != nullptr ? static_cast<double>(gamma[j]) : 1.0);
-        const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
-        sum_g += g;
-        sum_gx += g * xhat;
-      }
-      const double mean_g = sum_g / static_cast<double>(cols);
-      const double mean_gx = sum_gx / static_cast<double>(cols);
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const double g =
-            static_cast<double>(dyr[j]) * (gamma != nullptr ? static_cast<double>(gamma[j]) : 1.0);
-        const double xhat = (static_cast<double>(xr[j]) - mu) * rs;
-        dxr[j] = static_cast<T>(rs * (g - mean_g - xhat * mean_gx));
+      if constexpr (std::is_same_v<T, float>) {
+        layernorm_dx_row_f32(dy + r * cols, x + r * cols, gamma, mu, rs, dx + r * cols, cols);
+      } else {
+        layernorm_dx_row(dy + r * cols, x + r * cols, gamma, mu, rs, dx + r * cols, cols);
       }
     }
   }
@@ -196,6 +246,7 @@ void layernorm_backward(const T* dy, const T* x, const T* gamma, const T* mean, 
       const T* xr = x + r * cols;
       const double mu = static_cast<double>(mean[r]);
       const double rs = static_cast<double>(rstd[r]);
+#pragma omp simd
       for (std::int64_t j = j0; j < j1; ++j) {
         const double d = static_cast<double>(dyr[j]);
         acc_g[j - j0] += d * ((static_cast<double>(xr[j]) - mu) * rs);
@@ -210,40 +261,52 @@ void layernorm_backward(const T* dy, const T* x, const T* gamma, const T* mean, 
 }
 
 // ----------------------------------------------------------------------------------------------
-// GELU (tanh form)
+// GELU (tanh form), through detail::gelu_value / gelu_sigmoid / gelu_slope (detail.h)
 
 namespace {
-constexpr double kSqrt2OverPi = 0.79788456080286535587989211986876;
-constexpr double kGeluCoef = 0.044715;
+
+// Elements per parallel chunk of the GELU loops.
+constexpr std::int64_t kGeluChunk = 4096;
+
+RM_SIMD_CLONES void gelu_forward_f32(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = detail::gelu_value(x[i]);
+}
+RM_SIMD_CLONES void gelu_backward_f32(const float* x, const float* dy, float* dx, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    dx[i] = dy[i] * detail::gelu_slope(v, detail::gelu_sigmoid(v));
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void gelu_forward(const T* x, T* y, std::int64_t n) {
   detail::check_sizes("gelu_forward", {{"n", n}});
-  // 0.5 (1 + tanh(z)) = sigmoid(2z): one exp instead of a tanh (several times cheaper in libm),
-  // the same function up to rounding. Large |z| saturates to 0 or 1 (exp overflow gives 1/inf).
-  const T c2 = static_cast<T>(2 * kSqrt2OverPi);
-  const T a = static_cast<T>(kGeluCoef);
 #pragma omp parallel for if (n > kParallelElems)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    const T s = T(1) / (T(1) + std::exp(-c2 * (v + a * v * v * v)));
-    y[i] = v * s;
+  for (std::int64_t c = 0; c < n; c += kGeluChunk) {
+    const std::int64_t e = std::min(n, c + kGeluChunk);
+    if constexpr (std::is_same_v<T, float>) {
+      gelu_forward_f32(x + c, y + c, e - c);
+    } else {
+      for (std::int64_t i = c; i < e; ++i) y[i] = detail::gelu_value(x[i]);
+    }
   }
 }
 
 template <typename T>
 void gelu_backward(const T* x, const T* dy, T* dx, std::int64_t n) {
   detail::check_sizes("gelu_backward", {{"n", n}});
-  // With s = sigmoid(2z): d/dx [x s] = s + 2 x s (1 - s) z'(x), z' = c (1 + 3 a x^2).
-  const T c = static_cast<T>(kSqrt2OverPi);
-  const T a = static_cast<T>(kGeluCoef);
 #pragma omp parallel for if (n > kParallelElems)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    const T s = T(1) / (T(1) + std::exp(T(-2) * c * (v + a * v * v * v)));
-    const T dz = c * (T(1) + T(3) * a * v * v);
-    dx[i] = dy[i] * (s + T(2) * v * s * (T(1) - s) * dz);
+  for (std::int64_t c = 0; c < n; c += kGeluChunk) {
+    const std::int64_t e = std::min(n, c + kGeluChunk);
+    if constexpr (std::is_same_v<T, float>) {
+      gelu_backward_f32(x + c, dy + c, dx + c, e - c);
+    } else {
+      for (std::int64_t i = c; i < e; ++i) {
+        dx[i] = dy[i] * detail::gelu_slope(x[i], detail::gelu_sigmoid(x[i]));
+      }
+    }
   }
 }
 
@@ -299,22 +362,19 @@ void cross_entropy_backward(const T* logits, const std::int32_t* targets, const 
 }
 
 // ----------------------------------------------------------------------------------------------
-// AdamW
+// AdamW (in double per element; vectorised)
+
+namespace {
+
+struct AdamWConsts {
+  double b1, b2, bc1, bc2, lr, eps, wd;
+};
 
 template <typename T>
-void adamw_update(T* param, const T* grad, T* m, T* v, std::int64_t n, const AdamWHyper& h) {
-  detail::check_sizes("adamw_update", {{"n", n}});
-  if (n <= 0) return;
-  RM_CHECK_KIND(Config, h.step >= 1,
-                fmt::format("adamw_update: step = {} must be at least 1", h.step));
-  const double b1 = h.beta1;
-  const double b2 = h.beta2;
-  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(h.step));
-  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(h.step));
-  const double lr = h.lr;
-  const double eps = h.eps;
-  const double wd = h.weight_decay;
-#pragma omp parallel for if (n > kParallelElems)
+[[gnu::always_inline]] inline void adamw_chunk(T* param, const T* grad, T* m, T* v, std::int64_t n,
+                                               const AdamWConsts& k) {
+  const double b1 = k.b1, b2 = k.b2, bc1 = k.bc1, bc2 = k.bc2, lr = k.lr, eps = k.eps, wd = k.wd;
+#pragma omp simd
   for (std::int64_t i = 0; i < n; ++i) {
     const double g = static_cast<double>(grad[i]);
     const double mi = b1 * static_cast<double>(m[i]) + (1.0 - b1) * g;
@@ -324,6 +384,39 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::int64_t n, const Ada
     const double p = static_cast<double>(param[i]);
     const double upd = (mi / bc1) / (std::sqrt(vi / bc2) + eps) + wd * p;
     param[i] = static_cast<T>(p - lr * upd);
+  }
+}
+
+RM_SIMD_CLONES void adamw_chunk_f32(float* param, const float* grad, float* m, float* v,
+                                    std::int64_t n, const AdamWConsts& k) {
+  adamw_chunk(param, grad, m, v, n, k);
+}
+
+constexpr std::int64_t kAdamChunk = 8192;
+
+}  // namespace
+
+template <typename T>
+void adamw_update(T* param, const T* grad, T* m, T* v, std::int64_t n, const AdamWHyper& h) {
+  detail::check_sizes("adamw_update", {{"n", n}});
+  if (n <= 0) return;
+  RM_CHECK_KIND(Config, h.step >= 1,
+                fmt::format("adamw_update: step = {} must be at least 1", h.step));
+  const AdamWConsts k{h.beta1,
+                      h.beta2,
+                      1.0 - std::pow(h.beta1, static_cast<double>(h.step)),
+                      1.0 - std::pow(h.beta2, static_cast<double>(h.step)),
+                      h.lr,
+                      h.eps,
+                      h.weight_decay};
+#pragma omp parallel for if (n > kParallelElems)
+  for (std::int64_t c = 0; c < n; c += kAdamChunk) {
+    const std::int64_t len = std::min(kAdamChunk, n - c);
+    if constexpr (std::is_same_v<T, float>) {
+      adamw_chunk_f32(param + c, grad + c, m + c, v + c, len, k);
+    } else {
+      adamw_chunk(param + c, grad + c, m + c, v + c, len, k);
+    }
   }
 }
 

@@ -6,7 +6,8 @@
 # The figures themselves are not checked (this is not a measurement).
 #
 #   bench_smoke.sh <case> <routemoe> <mpiexec> <work dir>
-#   cases: gemm train train_reference train_errors alltoall checkpoint checkpoint_np2
+#   cases: gemm train train_np2 train_reference train_errors alltoall alltoall_overlap checkpoint
+#          checkpoint_np2
 # Exit 77 (skipped) when the case needs something this machine lacks (torch for
 # train_reference).
 set -uo pipefail
@@ -139,6 +140,29 @@ case $case_name in
       2>"$work/err3" && fail "a missing bench_step.py did not fail"
     check_one_line_error "$work/err3" "ROUTEMOE_BENCH_STEP" "--no-reference"
     grep -q '^bench train router=' "$work/out1" "$work/out3" && fail "timed before failing"
+    ;;
+  train_np2)
+    # Under mpirun: experts sharded over the 2 ranks, gradient reduction and exchange in the
+    # profile, no torch side.
+    run "$work/out" "$mpiexec" -n 2 --oversubscribe "${train[@]}" --routers topk --ep 2 \
+      --profile-steps 1 --json "$work/train.json"
+    check_case_lines "$work/out" train router
+    expect_lines "$work/out" '^bench train: 2 ranks, ep 2 ' 1
+    expect_lines "$work/out" '^bench train router=topk +ours=[0-9]+ tok/s torch=n/a ratio=n/a \(ours/torch\) ' 1
+    expect_lines "$work/out" '^  (exchange \(dispatch/combine\)|gradient reduction) +[0-9.]+ ' 2
+    expect_lines "$work/out" '^bench train memory router=topk: activation arena peak .* ratio=[0-9.]+ \(peak/bound\)$' 1
+    check_load_line "$work/out" train
+    check_json "$work/train.json" train 1
+    ;;
+  alltoall_overlap)
+    run "$work/out" "$mpiexec" -n 2 --oversubscribe "$routemoe" bench alltoall --tokens 64 \
+      --d 16 --d-ff 32 --allreduce-mib 0.01 --warmup 1 --iters 2 --threads 1 \
+      --json "$work/alltoall.json"
+    check_case_lines "$work/out" alltoall case
+    expect_lines "$work/out" '^bench alltoall case=n64_d16_k2_e8_ff32 ranks=2 overlapped=[0-9.]+ ms blocking=[0-9.]+ ms exchange=[0-9.]+ ms experts=[0-9.]+ ms ratio=[0-9.]+ \(overlapped/serial time\)$' 1
+    expect_lines "$work/out" '^bench alltoall case=allreduce_[0-9]+B ranks=2 time=[0-9.]+ ms algbw=[0-9.]+ GB/s$' 1
+    check_load_line "$work/out" alltoall
+    check_json "$work/alltoall.json" alltoall 2
     ;;
   alltoall)
     "$routemoe" bench alltoall >"$work/out0" 2>"$work/err0" && fail "ran without mpirun"

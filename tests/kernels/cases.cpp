@@ -1650,6 +1650,7 @@ Table build() {
   adamw_cases(t);
   elementwise_cases(t);
   moe_cases(t);
+  fused_cases(t);
   // A shape listed twice (a reference shape that is also a gradient-check shape) is one case
   // with the flags of both: names spell out every option that changes the case.
   Table unique;

@@ -242,6 +242,9 @@ void moe_cases(std::vector<Case>& t);
 // reference); " word" when `on` (for case names).
 void set_noop(Case& c);
 std::string flag(bool on, const char* word);
+// The cases of the fused kernels (framework/cpu/fused.cpp; no CUDA twins), appended to `t`
+// (cases_fused.cpp; part of the table).
+void fused_cases(std::vector<Case>& t);
 // The distinct kernel names of the cases that satisfy `pred`, in table order.
 std::vector<std::string> kernels(const std::function<bool(const Case&)>& pred);
 

@@ -101,13 +101,14 @@ TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
                                            "fill",          "axpy",
                                            "scale",         "add",
                                            "sum_rows",      "sum_squares"};
-  // ... and framework/cpu/moe_kernels.h, without one (yet).
+  // ... and framework/cpu/moe_kernels.h and the fused kernels, without one (yet).
   const std::set<std::string> moe = {
-      "mask_future",          "head_mean",         "mul",           "row_logsumexp",
-      "softmax_lse_backward", "row_normalize",     "broadcast_row", "topk_rows",
-      "topk_gates",           "top1_fraction",     "switch_loss",   "mean_square",
-      "capacity_keep",        "expert_offsets",    "slot_plan",     "ac_expert_sums",
-      "ac_expert_absdev",     "ac_expert_weights", "grouped_linear"};
+      "mask_future", "head_mean", "mul", "row_logsumexp", "softmax_lse_backward", "row_normalize",
+      "broadcast_row", "topk_rows", "topk_gates", "top1_fraction", "switch_loss", "mean_square",
+      "capacity_keep", "expert_offsets", "slot_plan", "ac_expert_sums", "ac_expert_absdev",
+      "ac_expert_weights", "grouped_linear",
+      // the fused kernels (framework/cpu/fused.cpp, cases_fused.cpp)
+      "causal_attention", "grouped_ffn", "cross_entropy_fused"};
   std::set<std::string> expected = with_twin;
   expected.insert(moe.begin(), moe.end());
   const auto listed = kernels([](const Case&) { return true; });
@@ -124,7 +125,7 @@ TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
             (std::set<std::string>{"linear", "softmax", "layernorm", "gelu", "gather_rows",
                                    "scatter_add_rows", "cross_entropy", "head_mean",
                                    "softmax_lse_backward", "row_normalize", "topk_gates",
-                                   "grouped_linear"}));
+                                   "grouped_linear", "causal_attention", "grouped_ffn"}));
   EXPECT_EQ(std::set<std::string>(checked.begin(), checked.end()),
             std::set<std::string>(with_backward.begin(), with_backward.end()));
 }

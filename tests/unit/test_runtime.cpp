@@ -145,6 +145,31 @@ TEST(Arena, AlignsCountsAndMergesOnReset) {
   EXPECT_NE(format_arena_report({arena.stats()}).find("activations"), std::string::npos);
 }
 
+// rewind(mark()) releases what was allocated since the mark: the next allocation reuses the
+// memory, the logical peak does not grow, and a mark from before a rewind's point cannot be
+// rewound to afterwards in the wrong direction.
+TEST(Arena, RewindReleasesScratchAboveAMark) {
+  Arena arena("activations", Device::CPU, 4096);
+  Tensor kept = arena.alloc({16});
+  const Arena::Mark m = arena.mark();
+  Tensor scratch = arena.alloc({200});
+  const std::size_t peak = arena.stats().peak;
+  arena.rewind(m);
+  EXPECT_EQ(arena.stats().used, Arena::kAlignment);  // `kept` only
+  Tensor again = arena.alloc({200});
+  EXPECT_EQ(again.raw(), scratch.raw());  // the same memory, reused
+  EXPECT_EQ(arena.stats().peak, peak);
+  // Across a block added after the mark: rewound too; reset merges to the peak.
+  const Arena::Mark m2 = arena.mark();
+  arena.alloc({8192});
+  EXPECT_EQ(arena.stats().blocks, 2u);
+  arena.rewind(m2);
+  EXPECT_EQ(arena.stats().used, Arena::kAlignment + 1024u);  // kept + again (800 B -> 1024)
+  EXPECT_THROW(arena.rewind(Arena::Mark{5, 0, 0}), Error);   // not a mark of this arena's past
+  arena.reset();
+  EXPECT_EQ(arena.stats().blocks, 1u);
+}
+
 // Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
 TEST(Philox, KnownAnswers) {
   PhiloxBlock z = philox4x32_10(0, 0, 0, 0, 0, 0);
