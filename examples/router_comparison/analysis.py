@@ -193,3 +193,52 @@ def summarize_run_dir(run_dir, total_steps, evals):
         bpb = res.get("bits_per_byte")
         out[f"{name}_bpb"] = float(bpb) if bpb is not None else float(res["loss"]) / math.log(2)
     return out
+
+
+# ---- the papers' claims ----
+
+def routed_layers(run):
+    """The MoE layers where a run's router is not plain top-k (ac's first layer is)."""
+    return [m for m, r in enumerate(run["layer_routers"]) if r != "topk"]
+
+
+def paired_claim(runs, variant, baseline, value):
+    """The paired comparison of one variant with the baseline: value(run, baseline_run) gives
+    the variant's and the baseline's number for one seed as a pair (a, b). Returns {"mean",
+    "std" of a - b over seeds, "lower": seeds with a < b, "n"}."""
+    base = {r["seed"]: r for r in runs if r["variant"] == baseline}
+    diffs = []
+    for r in runs:
+        if r["variant"] == variant and r["seed"] in base:
+            a, b = value(r, base[r["seed"]])
+            diffs.append(a - b)
+    mean, std = mean_std(diffs)
+    return {"mean": mean, "std": std, "lower": int(sum(d < 0 for d in diffs)), "n": len(diffs)}
+
+
+def claims(runs, variants, baseline, corrupted):
+    """The three claims as paired comparisons with the baseline (negative = the claim's
+    direction):
+    - fluctuation: the late top-1 flip rate averaged over the layers the variant routes
+      itself, minus the baseline's over the same layers (similarity, attention, ac);
+    - convergence: steps to the target loss minus the baseline's (ac);
+    - robustness: the corruption penalty (corrupted minus clean test bits/byte) minus the
+      baseline's, per corrupted set (every variant but the baseline)."""
+    out = {"fluctuation": {}, "convergence": {}, "robustness": {}}
+
+    def late(r, b):
+        ms = routed_layers(r)
+        return float(np.mean([r["late_top1"][m] for m in ms])), float(np.mean([b["late_top1"][m] for m in ms]))
+
+    for v in variants:
+        if v == baseline:
+            continue
+        if routed_layers(next(r for r in runs if r["variant"] == v)):
+            out["fluctuation"][v] = paired_claim(runs, v, baseline, late)
+        out["convergence"][v] = paired_claim(
+            runs, v, baseline, lambda r, b: (r["steps_to_target"], b["steps_to_target"]))
+        for c in corrupted:
+            out["robustness"][f"{v} {c}"] = paired_claim(
+                runs, v, baseline, lambda r, b, c=c: (r[f"{c}_bpb"] - r["test_bpb"],
+                                                      b[f"{c}_bpb"] - b["test_bpb"]))
+    return out

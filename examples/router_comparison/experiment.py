@@ -116,7 +116,7 @@ def prepare_data(args, size, out):
         if not os.path.exists(os.path.join(kjv, "meta.json")) and not args.no_download:
             log("router_comparison: fetching the King James Bible (examples/corpora/get-corpus.sh)")
             rc = subprocess.call([os.path.join(ROOT, "examples/corpora/get-corpus.sh"), "kjv",
-                                  "--routemoe", args.routemoe, "--out", kjv])
+                                  "--routemoe", args.routemoe, "--out", kjv], cwd=ROOT)
             if rc != 0:
                 log("router_comparison: could not obtain the corpus; using the shipped text")
         if os.path.exists(os.path.join(kjv, "meta.json")):

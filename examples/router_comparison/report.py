@@ -117,7 +117,7 @@ def heat_maps(rows, n_experts, title):
     """rows: list of (label, shares [E]) drawn as one row of cells each (share 0 white, 1/E x 2
     and above full colour), the share written in each cell."""
     cw, ch, L, T = 70, 24, 260, 50
-    W, H = L + cw * n_experts + 20, T + ch * len(rows) + 40
+    W, H = max(L + cw * n_experts + 20, 620), T + ch * len(rows) + 40
     body = [f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{html.escape(title)}</text>\n']
     for e in range(n_experts):
         body.append(f'<text x="{L + cw * e + cw / 2}" y="{T - 8}" text-anchor="middle">expert {e}</text>\n')
@@ -131,7 +131,7 @@ def heat_maps(rows, n_experts, title):
                         f'fill-opacity="{a:.3f}" stroke="white"/><text x="{L + cw * e + cw / 2}" '
                         f'y="{y + ch / 2 + 4}" text-anchor="middle" fill="{"white" if a > 0.6 else "black"}">'
                         f'{float(s):.3f}</text>\n')
-    body.append(f'<text x="{L}" y="{H - 12}">share of probe tokens whose first choice is the expert, '
+    body.append(f'<text x="10" y="{H - 12}">share of probe tokens whose first choice is the expert, '
                 f'mean over seeds; uniform = {1.0 / n_experts:.3f}</text>\n')
     return _svg(W, H, body, title)
 
@@ -243,6 +243,18 @@ def write(out, runs, meta, baseline):
             cells += [pm(t[f"{k}[{m}]"]) for k, _ in LAYER_METRICS]
             cells.append(pm(t[f"late_top1[{m}]"], delta=True))
             md.append("| " + " | ".join(cells) + " |")
+    cl = analysis.claims(runs, variants, baseline, meta["corrupted"])
+    md += ["", "## The papers' claims, paired by seed", "",
+           f"Each row: the variant's number minus `{baseline}`'s for the same seed, mean ± std over "
+           "seeds, and in how many seeds the difference is negative (the claim's direction).", "",
+           "| claim | variant | Δ (mean ± std) | seeds in the claimed direction |", "|---|---|---|---|"]
+    heads = {"fluctuation": "lower late top-1 flip rate (layers it routes)",
+             "convergence": f"fewer steps to {baseline}'s final val loss",
+             "robustness": "smaller corruption penalty (bits/byte)"}
+    for kind, rows in cl.items():
+        for v, c in rows.items():
+            md.append(f"| {heads[kind]} | {v} | {c['mean']:+.4g} ± {fmt(c['std'], 2)} | "
+                      f"{c['lower']}/{c['n']} |")
     recs = byv[variants[0]][0]
     md += ["", f"From the routing trace ({recs['records']} records of {recs['probe_tokens']} probe "
            "tokens per run; definitions in docs/analysis.md and docs/results.md).", "",
@@ -257,7 +269,7 @@ def write(out, runs, meta, baseline):
                   + f" | {', '.join(fmt(x, 3) for x in r['late_top1'])} |")
     md.append("")
     results = {"meta": meta, "baseline": baseline, "table": table, "reached": reached,
-               "corruption_penalty": penalty, "runs": runs}
+               "corruption_penalty": penalty, "claims": cl, "runs": runs}
     # allow_nan=False: a non-finite number anywhere is an error, not a silent NaN in the report
     text = json.dumps(results, indent=1, allow_nan=False, default=float)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:

@@ -103,6 +103,31 @@ class Aggregate(unittest.TestCase):
         self.assertAlmostEqual(t["ac"]["steps_to_target"]["delta_std"], math.sqrt(100 / 3),
                                delta=TOL)
 
+    def test_claims(self):
+        for r in self.runs:
+            r["layer_routers"] = ["topk", "topk"] if r["variant"] == "topk" else ["topk", "ac"]
+            pen = 0.1 if r["variant"] == "topk" else {1: 0.05, 2: 0.12, 3: 0.13}[r["seed"]]
+            r["wordswap_bpb"] = r["test_bpb"] + pen
+        runs = analysis.add_steps_to_target(self.runs, "topk")
+        c = analysis.claims(runs, ["topk", "ac"], "topk", ["wordswap"])
+        # fluctuation over the layers ac routes itself (layer 1 only): ac 0.1, 0.6, 0.5 against
+        # topk's 0.3 -> -0.2, 0.3, 0.2: mean 0.1, std sqrt(0.07), negative in 1 of 3 seeds
+        f = c["fluctuation"]["ac"]
+        self.assertAlmostEqual(f["mean"], 0.1, delta=TOL)
+        self.assertAlmostEqual(f["std"], math.sqrt(0.07), delta=TOL)
+        self.assertEqual((f["lower"], f["n"]), (1, 3))
+        self.assertNotIn("topk", c["fluctuation"])
+        # convergence: -10, 0, -10 (test_steps_to_target_paired_by_seed) -> 2 of 3 lower
+        g = c["convergence"]["ac"]
+        self.assertAlmostEqual(g["mean"], -20 / 3, delta=TOL)
+        self.assertEqual(g["lower"], 2)
+        # robustness: penalties 0.05, 0.12, 0.13 against 0.1 -> -0.05, 0.02, 0.03: mean 0,
+        # squares 0.0025 + 0.0004 + 0.0009 = 0.0038, / 2 -> std sqrt(0.0019)
+        rb = c["robustness"]["ac wordswap"]
+        self.assertAlmostEqual(rb["mean"], 0.0, delta=TOL)
+        self.assertAlmostEqual(rb["std"], math.sqrt(0.0019), delta=TOL)
+        self.assertEqual(rb["lower"], 1)
+
     def test_missing_baseline_seed_is_an_error(self):
         runs = [r for r in self.runs if not (r["variant"] == "topk" and r["seed"] == 2)]
         with self.assertRaises(ValueError):
