@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -226,10 +227,13 @@ def train_run(args, cmd, run_dir, steps, progress, label):
             except subprocess.TimeoutExpired:
                 progress.show(f"{label}: step {steps_done(run_dir)}/{steps}",
                               steps_done(run_dir))
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C or SIGTERM (see main): stop the run cleanly
                 proc.terminate()  # a stop signal: the run checkpoints and exits 75
                 proc.wait()
                 raise
+    if rc == 75:
+        raise SystemExit(f"router_comparison: {label} was stopped (it wrote a checkpoint); "
+                         "run the same command again to resume")
     if rc != 0 or not os.path.exists(final_ckpt(run_dir, steps)):
         with open(logfile, encoding="utf-8", errors="replace") as f:
             tail = "".join(f.readlines()[-15:])
@@ -260,6 +264,9 @@ def main(argv=None):
                    "these small models ran up to 10x slower with 2 threads on a loaded machine)")
     p.add_argument("--no-download", action="store_true", help="never run get-corpus.sh")
     args = p.parse_args(argv)
+    # SIGTERM ends the experiment like Ctrl-C: the running training gets a stop signal, writes a
+    # checkpoint, and the next invocation resumes it
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.quick:
         args.size = "quick"
     size = SIZES[args.size]
@@ -323,4 +330,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("router_comparison: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
