@@ -44,8 +44,8 @@ SIZES = {
         optim=dict(lr=3e-3, lr_min=3e-4, warmup=6),
         checkpoint=dict(every=20, record_every=4, probe_tokens=512),
         taus=[1.0], seeds=2, corpus="shipped", corruptions=["wordswap"], test_batches=8),
-    # The size run for docs/results.md on the shared 2-core machine (18 runs, about 25 min
-    # there with 1 thread at a load of ~12).
+    # The size run for docs/results.md on the shared 2-core machine (18 runs, 16 min there
+    # with 1 thread at a load of ~12).
     "small": dict(
         model=dict(seq_len=64, d_model=64, n_heads=4, n_layers=2, d_ff=128, n_experts=4,
                    top_k=2),
