@@ -106,7 +106,7 @@ struct LayerRouting {
 struct RoutingRecord {
   std::int64_t step = 0;     // optimiser steps completed
   std::int64_t epoch = 0;    // epoch of the last step taken
-  std::string reason;        // checkpoint | epoch_end | final | interval ("" when absent)
+  std::string reason;        // initial | checkpoint | epoch_end | final | interval ("" when absent)
   std::int64_t tokens = 0;   // P
   std::int64_t top_k = 0;    // k
   std::int64_t d_model = 0;  // d: row width of ac_scale (read: 0 when no layer has ac_scale)
@@ -164,9 +164,9 @@ struct TraceInfo {
   std::vector<std::string> routers;  // configured router per MoE layer
   std::string config;                // resolved configuration (TOML)
   std::int64_t probe_tokens = 0;     // P (read: the length of probe/tokens)
-  std::string run_id;  // the run that wrote it (root attribute `run_id`; "" when absent)
-  std::int64_t d_model = 0;          // d (version 2; read as 0 from a version-1 trace)
-  std::int64_t version = 0;          // read: the file's format_version
+  std::string run_id;        // the run that wrote it (root attribute `run_id`; "" when absent)
+  std::int64_t d_model = 0;  // d (version 2; read as 0 from a version-1 trace)
+  std::int64_t version = 0;  // read: the file's format_version
 };
 
 // Creates a trace's root: header, model facts, router list, configuration and the probe tokens

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The README's main command. On a fresh Debian/Ubuntu machine: installs what is missing,
 # builds, prepares the shipped public-domain text (Newton's Opticks) and trains a small MoE
-# language model with its experts split over 2 MPI ranks, then prints a summary.
+# language model with its experts split over 2 MPI ranks. The probe set's routing is recorded
+# about 30 times (every steps/30 steps, and at step 0), so even a short run has a fluctuation
+# curve; the run ends with the summary, the `routemoe trace` table of those records, the paths
+# of the plots (<run>/plots) and the commands to try next.
 #
 #   launch/quickstart.sh                 about 600 steps (a few minutes on 2 CPU cores)
 #   QUICKSTART_STEPS=30 launch/quickstart.sh    a short run (CI)
@@ -32,7 +35,11 @@ mkdir -p runs
 
 mpi=(mpirun -np "$ranks" --oversubscribe)
 if [[ $(id -u) -eq 0 ]]; then mpi+=(--allow-run-as-root); fi
+record_every=$(( steps >= 60 ? steps / 30 : 1 ))
+ckpt_every=$(( steps >= 3 ? steps / 3 : 1 ))
 echo "== train: $ranks MPI ranks, experts split over them (ep_size $ranks), $steps steps -> $run"
 "${mpi[@]}" "$bin" train --config examples/configs/quickstart.toml \
   --parallel.ep_size="$ranks" --train.steps="$steps" --train.out_dir="$run" \
-  --train.eval_every="$(( steps < 100 ? steps : 100 ))"
+  --train.eval_every="$(( steps < 100 ? steps : 100 ))" \
+  --checkpoint.record_every="$record_every" --checkpoint.every="$ckpt_every"
+echo "(routemoe is $bin: export PATH=\"$root/build/release:\$PATH\" to run the commands above)"

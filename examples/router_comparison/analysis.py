@@ -176,8 +176,7 @@ def summarize_run_dir(run_dir, total_steps, evals):
                        for m in range(tr.n_moe_layers)])
     out = {
         "layer_routers": list(tr.layer_routers),
-        # metrics.jsonl counts steps from 0, the trace counts steps done: step s -> s + 1
-        "val_steps": [int(r["step"]) + 1 for r in val],
+        "val_steps": [int(r["step"]) for r in val],  # steps completed, as in the trace
         "val_losses": [float(r["val_loss"]) for r in val],
         "flip_steps": [int(s) for s in steps[1:]],
         "flip_top1": flips1.tolist(),

@@ -12,7 +12,8 @@
 //     (median, min, max; for several ranks, the maximum over the ranks of each rank's figure);
 //   - the machine-load check: the cores other processes took during the run, printed as the
 //     last line of every benchmark and written to the JSON file;
-//   - the summary line of a case (docs/architecture.md, "Conventions": `bench <name> <key>=<case> ...` with each
+//   - the summary line of a case (docs/architecture.md, "Conventions": `bench <name> <key>=<case>
+//   ...` with each
 //     figure and its unit and, where there is a comparison, `ratio=<r> (<a>/<b>...)`);
 //   - the JSON file: {"bench": ..., <header fields>, "cases": [...], <load fields>}.
 // Each benchmark only builds its cases, times them with the engine, and prints them.

@@ -5,9 +5,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 
 #include "comm/mpi_runtime.h"
+#include "framework/error.h"
 #include "framework/runfile.h"
+#include "framework/trace/analysis.h"
+#include "framework/trace/svg.h"
 #include "framework/train/preempt.h"
 
 namespace routemoe::cli {
@@ -15,8 +19,19 @@ namespace routemoe::cli {
 TrainConsole::TrainConsole(bool progress)
     : bar_(progress && isatty(STDOUT_FILENO) == 1 && !comm::launched_by_mpi()) {}
 
+namespace {
+
+// An expert with less than this share of the uniform load 1/E is called (nearly) idle: with 4
+// experts, below 2.5% of the tokens.
+constexpr double kIdleShareOfUniform = 0.1;
+
+}  // namespace
+
 void TrainConsole::on_start(const RunConfig& cfg, const RunInfo& info) {
   const ModelConfig& mc = cfg.model;
+  routers_ = mc.expanded_routers();
+  world_size_ = info.world_size;
+  total_steps_ = cfg.train.steps;
   if (!info.resumed_from.empty()) {
     fmt::print("resumed from {} at step {}\n", info.resumed_from, info.start_step);
   }
@@ -54,29 +69,102 @@ void TrainConsole::on_finish(const TrainSummary& s) {
   fmt::print("  train loss {:.4f} (step 1: {:.4f})\n", s.final_loss, s.first_loss);
   fmt::print("  val loss   {:.4f} (best {:.4f}); unigram entropy {:.4f} nats\n", s.final_val_loss,
              s.best_val_loss, s.unigram_entropy);
-  for (std::size_t m = 0; m < s.expert_load.size(); ++m) {
-    std::int64_t total = 0;
-    for (std::int64_t v : s.expert_load[m]) total += v;
-    std::string shares;
-    for (std::int64_t v : s.expert_load[m]) {
-      shares += fmt::format(
-          " {:4.1f}%",
-          total > 0 ? 100.0 * static_cast<double>(v) / static_cast<double>(total) : 0.0);
-    }
-    fmt::print("  expert load, MoE layer {}:{}\n", m, shares);
-  }
+  print_expert_load(s);
   if (s.skipped_steps > 0) {
     fmt::print("  {} non-finite step(s) skipped, none applied (train.nonfinite)\n",
                s.skipped_steps);
   }
-  fmt::print("  metrics: {}/metrics.jsonl\n", s.out_dir);
+  fmt::print("memory (rank 0):\n{}", s.memory);
+  print_routing(s);
   if (s.stop_signal != 0) {
     fmt::print(
-        "stopped by {} after {} step(s): checkpoint {}; exit status {} (resume with "
+        "\nstopped by {} after {} step(s): checkpoint {}; exit status {} (resume with "
         "--resume auto)\n",
         signal_name(s.stop_signal), s.steps, s.last_checkpoint, kExitPreempted);
   }
-  fmt::print("memory (rank 0):\n{}", s.memory);
+  print_next(s);
+  std::fflush(stdout);
+}
+
+// One line per MoE layer, named by its router: the share of the last step's tokens per expert,
+// and a remark when an expert gets (nearly) none of them (the layer is collapsing).
+void TrainConsole::print_expert_load(const TrainSummary& s) const {
+  for (std::size_t m = 0; m < s.expert_load.size(); ++m) {
+    const std::vector<std::int64_t>& load = s.expert_load[m];
+    std::int64_t total = 0;
+    for (std::int64_t v : load) total += v;
+    std::string shares;
+    std::vector<std::size_t> idle;
+    for (std::size_t e = 0; e < load.size(); ++e) {
+      const double share =
+          total > 0 ? static_cast<double>(load[e]) / static_cast<double>(total) : 0.0;
+      shares += fmt::format(" {:4.1f}%", 100.0 * share);
+      if (total > 0 && share < kIdleShareOfUniform / static_cast<double>(load.size())) {
+        idle.push_back(e);
+      }
+    }
+    const std::string router = m < routers_.size() ? routers_[m] : "?";
+    std::string remark;
+    if (!idle.empty()) {
+      remark = fmt::format("  <- collapsing: expert{} {} (nearly) idle", idle.size() > 1 ? "s" : "",
+                           fmt::join(idle, ", "));
+    }
+    fmt::print("  expert load, MoE layer {} ({}):{}{}\n", m, router, shares, remark);
+  }
+}
+
+// The run's routing records as `routemoe trace` reports them, and their plots in
+// <out_dir>/plots. A run without records (checkpoint.trace = false and no checkpoints) or a
+// failure here only leaves a note: the training itself has succeeded.
+void TrainConsole::print_routing(const TrainSummary& s) const {
+  try {
+    const std::vector<trace::Run> runs = trace::load_runs({s.out_dir}, {});
+    std::vector<trace::RunMetrics> metrics;
+    for (const trace::Run& run : runs) metrics.push_back(trace::analyse(run));
+    fmt::print("\nrouting of the probe set (as `routemoe trace {}` reports it):\n{}", s.out_dir,
+               trace::format_table(metrics));
+    const std::string dir = (std::filesystem::path(s.out_dir) / "plots").string();
+    std::vector<std::string> written = trace::write_svg_dir(dir, metrics);
+    const std::string html = dir + "/report.html";
+    trace::write_text_file(html, trace::html_report(metrics));
+    written.push_back(html);
+    fmt::print("\nplots:\n");
+    for (const std::string& p : written) fmt::print("  {}\n", p);
+  } catch (const Error& e) {
+    fmt::print("\nrouting: no report ({})\n", e.detail());
+  }
+}
+
+// The run's files and the commands a user tries next.
+void TrainConsole::print_next(const TrainSummary& s) const {
+  const std::string& d = s.out_dir;
+  const std::string mpi = world_size_ > 1 ? fmt::format("mpirun -np {} ", world_size_) : "";
+  const bool trace = std::filesystem::exists(std::filesystem::path(d) / "trace.h5");
+  fmt::print("\nfiles: {}/metrics.jsonl (one line per step and per validation){}, {}/config.toml\n",
+             d, trace ? fmt::format(", {}/trace.h5", d) : "", d);
+  if (!s.last_checkpoint.empty()) fmt::print("  last checkpoint: {}\n", s.last_checkpoint);
+  fmt::print("next:\n");
+  if (!s.last_checkpoint.empty()) {
+    fmt::print("  {}routemoe train --config {}/config.toml --resume auto --train.steps={}\n", mpi,
+               d, 2 * total_steps_);
+    fmt::print("      continue this run from its last checkpoint\n");
+    fmt::print("  routemoe inspect {}\n", s.last_checkpoint);
+    fmt::print("      what the checkpoint holds, its routing record included\n");
+  }
+  if (trace) {
+    fmt::print(
+        "  {}routemoe train --config {}/config.toml --model.routers=topk --train.out_dir={}-topk\n"
+        "  routemoe trace {} {}-topk --svg {}-vs-topk\n"
+        "      the same run with top-k routing everywhere, and the two runs' routing compared\n",
+        mpi, d, d, d, d, d);
+    fmt::print("  routemoe inspect {}/trace.h5\n      the routing records, one line each\n", d);
+  } else {
+    fmt::print(
+        "  {}routemoe train --config {}/config.toml --checkpoint.trace=true "
+        "--checkpoint.record_every=10 --train.out_dir={}-traced\n"
+        "      the same run with its routing recorded, for `routemoe trace`\n",
+        mpi, d, d);
+  }
 }
 
 void TrainConsole::draw_bar(std::int64_t done, std::int64_t total, const std::string& text) const {

@@ -1,9 +1,13 @@
 #pragma once
 // What `routemoe train` prints on rank 0: the banner, a progress bar on terminals, one console
-// line per log interval, and the summary at the end.
+// line per log interval, and the summary at the end: losses, each MoE layer's expert load with
+// its router (a layer with a (nearly) idle expert is remarked on), the `routemoe trace` table of
+// the run's routing records, the plots written from them (<out_dir>/plots), the run's files and
+// the commands to try next (docs/analysis.md, "After a run").
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "framework/train/trainer.h"
 
@@ -23,8 +27,14 @@ class TrainConsole final : public TrainObserver {
  private:
   void draw_bar(std::int64_t done, std::int64_t total, const std::string& text) const;
   void clear_bar() const;
+  void print_expert_load(const TrainSummary& s) const;
+  void print_routing(const TrainSummary& s) const;
+  void print_next(const TrainSummary& s) const;
 
   bool bar_ = false;
+  std::vector<std::string> routers_;  // per MoE layer
+  int world_size_ = 1;
+  std::int64_t total_steps_ = 0;
 };
 
 }  // namespace routemoe::cli

@@ -455,7 +455,7 @@ void truncate_run_after(const std::string& metrics_path, const std::string& trac
     std::string line;
     while (std::getline(in, line)) {
       std::smatch m;
-      if (std::regex_search(line, m, step_field) && std::stoll(m[1].str()) >= step) continue;
+      if (std::regex_search(line, m, step_field) && std::stoll(m[1].str()) > step) continue;
       out << line << "\n";
     }
     out.close();

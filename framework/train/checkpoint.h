@@ -99,9 +99,9 @@ void append_trace(const std::string& path, const RunConfig& cfg,
 void check_trace_continues(const std::string& path, const RunConfig& cfg,
                            const std::vector<std::int32_t>& probe, const std::string& run_id);
 
-// After resuming at `step` (steps completed): removes the metrics lines of later steps
-// (their "step" field, 0-based, is >= step) and the trace records taken after `step`, so that
-// the resumed run does not log those steps twice. Rank 0 only; missing files are fine.
+// After resuming at `step` (steps completed): removes the metrics lines of later steps (their
+// "step" field, steps completed as well, is > step) and the trace records taken after `step`,
+// so that the resumed run does not log those steps twice. Rank 0 only; missing files are fine.
 void truncate_run_after(const std::string& metrics_path, const std::string& trace_path,
                         std::int64_t step);
 

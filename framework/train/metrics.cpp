@@ -68,14 +68,15 @@ void MetricsLog::step(const StepResult& r, std::int64_t epoch, double tokens_per
       "{{\"step\": {}, \"epoch\": {}, \"loss\": {}, \"ce_loss\": {}, \"aux_loss\": {}, \"lr\": "
       "{:.6e}, \"grad_norm\": {}, \"tokens_per_s\": {:.1f}, \"skipped\": {}, \"expert_load\": "
       "{}}}\n",
-      r.step, epoch, num(r.loss, "{:.6f}"), num(r.ce_loss, "{:.6f}"), num(r.aux_loss, "{:.6f}"),
+      r.step + 1, epoch, num(r.loss, "{:.6f}"), num(r.ce_loss, "{:.6f}"), num(r.aux_loss, "{:.6f}"),
       r.lr, num(r.grad_norm, "{:.6f}"), tokens_per_s, r.skipped ? "true" : "false",
       json_loads(r.moe)));
 }
 
-void MetricsLog::validation(std::int64_t step, double val_loss) {
+void MetricsLog::validation(std::int64_t steps_done, double val_loss) {
   if (!enabled_) return;
-  write_line(fmt::format("{{\"step\": {}, \"val_loss\": {}}}\n", step, num(val_loss, "{:.6f}")));
+  write_line(
+      fmt::format("{{\"step\": {}, \"val_loss\": {}}}\n", steps_done, num(val_loss, "{:.6f}")));
 }
 
 void MetricsLog::sync() {

@@ -1,6 +1,8 @@
 #pragma once
 // metrics.jsonl of a run (rank 0 writes it): one JSON line per step and one per validation pass
-// (docs/configuration.md, "Run directory").
+// (docs/configuration.md, "Run directory"). "step" is the number of steps completed, the
+// convention of the console, the checkpoint names and the trace records: the line of the first
+// step has "step": 1, and the validation after 100 steps has "step": 100.
 //
 // Every line goes to the file with write(2) as soon as it is complete (no user-space buffer),
 // and the file is synced at checkpoints and at the end: a failed or short write (disk full,
@@ -22,9 +24,11 @@ class MetricsLog {
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
 
-  // The line of step r (with "skipped": true when its update was not applied, see step.h).
+  // The line of step r, logged as "step": r.step + 1 (with "skipped": true when its update was
+  // not applied, see step.h).
   void step(const StepResult& r, std::int64_t epoch, double tokens_per_s);
-  void validation(std::int64_t step, double val_loss);
+  // A validation pass after `steps_done` steps.
+  void validation(std::int64_t steps_done, double val_loss);
   // Forces what was written to stable storage (fsync); Error(Io) when the system reports a
   // failure it could not report at write time (e.g. on NFS).
   void sync();

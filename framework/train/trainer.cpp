@@ -105,9 +105,21 @@ struct Loop {
   }
 };
 
+// The probe set's routing after `done` steps (collective), appended to the trace (rank 0).
+RoutingRecord record_routing(Loop& L, std::int64_t done, std::int64_t epoch, const char* reason) {
+  RoutingRecord rec = route_probe(L.model, L.probe, L.cfg.model.seq_len, *L.groups.world);
+  rec.step = done;
+  rec.epoch = epoch;
+  rec.reason = reason;
+  if (L.lead() && L.cfg.checkpoint.trace) {
+    append_trace(L.paths.trace, L.cfg, L.probe, rec, L.run_id);
+  }
+  return rec;
+}
+
 // The probe set's routing at epoch ends, checkpoints, every record_every steps and the end; a
 // checkpoint every checkpoint.every steps and after the last one (when checkpoint.every > 0),
-// and when the run stops on a signal (`stopping`).
+// and when the run stops on a signal (`stopping`). Steps are counted as steps completed.
 void record_and_checkpoint(Loop& L, const StepResult& r, bool stopping) {
   const CheckpointConfig& cc = L.cfg.checkpoint;
   const std::int64_t done = r.step + 1;
@@ -117,11 +129,11 @@ void record_and_checkpoint(Loop& L, const StepResult& r, bool stopping) {
   const bool interval = cc.record_every > 0 && done % cc.record_every == 0;
   if (!(ckpt || epoch_end || interval || last)) return;
   comm::Communicator& world = *L.groups.world;
-  RoutingRecord rec = route_probe(L.model, L.probe, L.cfg.model.seq_len, world);
-  rec.step = done;
-  rec.epoch = L.data.train_loader.epoch_of_step(r.step);
-  rec.reason = ckpt ? "checkpoint" : epoch_end ? "epoch_end" : last ? "final" : "interval";
-  if (L.lead() && cc.trace) append_trace(L.paths.trace, L.cfg, L.probe, rec, L.run_id);
+  const RoutingRecord rec = record_routing(L, done, L.data.train_loader.epoch_of_step(r.step),
+                                           ckpt        ? "checkpoint"
+                                           : epoch_end ? "epoch_end"
+                                           : last      ? "final"
+                                                       : "interval");
   if (!ckpt) return;
   const std::string path = fmt::format("{}/ckpt_{:08d}.h5", L.paths.checkpoints, done);
   save_checkpoint(path, L.cfg, L.model, L.optimizer,
@@ -149,7 +161,7 @@ std::optional<double> maybe_evaluate(Loop& L, const StepResult& r) {
   L.summary.best_val_loss = L.have_val ? std::min(L.summary.best_val_loss, v) : v;
   L.summary.final_val_loss = v;
   L.have_val = true;
-  L.metrics.validation(r.step, v);
+  L.metrics.validation(done, v);
   return v;
 }
 
@@ -273,6 +285,8 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
         cfg, RunInfo{model.params().numel(), data->train.size(), data->val.size(),
                      L.summary.unigram_entropy, world.size(), resumed.checkpoint, resumed.step});
   }
+  // A fresh run's routing before the first update: record "initial" at step 0.
+  if (resumed.checkpoint.empty() && cfg.checkpoint.trace) record_routing(L, 0, 0, "initial");
   StepContext step_ctx{cfg, groups, model, optimizer, data->train_loader};
   run_loop(L, step_ctx);
   finish(L, after);

@@ -9,7 +9,7 @@
 #                      over 2 MoE layers, so ac really routes): run A trains 8 steps with a
 #                      checkpoint every 4; run B resumes A's step-4 checkpoint in a new process
 #                      and directory and trains to 8. B's final checkpoint (parameters, AdamW
-#                      moments, step, routing record) and its metrics lines of steps 4..7 must
+#                      moments, step, routing record) and its metrics lines of steps 5..8 must
 #                      equal A's BIT FOR BIT (metrics: the printed text). Validation passes and a
 #                      routing record every step run in both, so state leaking through them shows.
 #   resume_np1         the same on 1 rank (rank 0 writes the file alone), routers ["topk","ac"].
@@ -51,7 +51,7 @@
 # relative and parameters 2e-5 absolute + 2e-4 relative, far below what a wrongly loaded slice
 # does: the "control" line of the case resumes a checkpoint with two experts of one layer
 # swapped, and its losses move by ~3e-4 relative (15x the bound). expert_load is compared
-# exactly on every layout (the loads of steps 4..7 are identical on 1, 2 and 4 ranks); a second
+# exactly on every layout (the loads of steps 5..8 are identical on 1, 2 and 4 ranks); a second
 # control moves one token of one step between two experts and must fail, with and without rtol.
 #
 # Every wait is a poll with a deadline; nothing relies on a fixed sleep.
@@ -154,13 +154,13 @@ resume_case() {
   train "$np" "$out/B.log" "${args[@]}" --train.out_dir="$out/B" --train.resume="$(ckpt "$out/A" 4)"
   grep -q "resumed from $(ckpt "$out/A" 4) at step 4" "$out/B.log" || fail "B did not report the resume"
   "$harness" compare "$(ckpt "$out/A" 8)" "$(ckpt "$out/B" 8)" --routing || fail "final checkpoints differ"
-  "$harness" compare-metrics "$out/A/metrics.jsonl" "$out/B/metrics.jsonl" --from 4 --to 8 ||
-    fail "losses of steps 4..7 differ"
-  # Validation losses after the resume (after steps 6 and 9 -> 0-based 5; 8 is past the end) as
-  # printed, and the final one.
+  "$harness" compare-metrics "$out/A/metrics.jsonl" "$out/B/metrics.jsonl" --from 5 --to 9 ||
+    fail "losses of steps 5..8 differ"
+  # Validation losses after the resume (after steps 6 and 8: eval_every 3, and the end) as
+  # printed.
   diff <(grep val_loss "$out/A/metrics.jsonl" | tail -n 2) <(grep val_loss "$out/B/metrics.jsonl") ||
     fail "validation losses differ"
-  [[ $(grep -c '"loss"' "$out/B/metrics.jsonl") -eq 4 ]] || fail "B did not train exactly steps 4..7"
+  [[ $(grep -c '"loss"' "$out/B/metrics.jsonl") -eq 4 ]] || fail "B did not train exactly steps 5..8"
   echo "ok ($case_name): resumed run is bit-identical to the uninterrupted one"
 }
 
@@ -189,7 +189,7 @@ case $case_name in
       name="np$((np > 0 ? np : 1))_ep${ep}"
       reshard "$ep" "$ga"
       train "$np" "$out/$name.log" "${CFG[@]}" --train.out_dir="$out/$name" --train.resume="$from"
-      "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/$name/metrics.jsonl" --from 4 --to 8 --rtol 2e-5 ||
+      "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/$name/metrics.jsonl" --from 5 --to 9 --rtol 2e-5 ||
         fail "$name: loss trajectory differs from the 2-rank run"
       "$harness" compare "$(ckpt "$out/R2" 8)" "$(ckpt "$out/$name" 8)" --atol 2e-5 --rtol 2e-4 ||
         fail "$name: final parameters differ from the 2-rank run"
@@ -199,7 +199,7 @@ case $case_name in
     "$harness" mutate "$from" "$out/swapped.h5" --swap-experts blocks.1.moe.experts.fc.weight
     reshard 4 1
     train 4 "$out/control.log" "${CFG[@]}" --train.out_dir="$out/control" --train.resume="$out/swapped.h5"
-    if "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/control/metrics.jsonl" --from 4 --to 8 \
+    if "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/control/metrics.jsonl" --from 5 --to 9 \
       --rtol 2e-5 >"$out/control.txt"; then
       fail "control: a checkpoint with two experts swapped passed the tolerance"
     fi
@@ -212,7 +212,7 @@ case $case_name in
     for mode in rtol exact; do
       flags=()
       [[ $mode == rtol ]] && flags=(--rtol 2e-5)
-      if "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/moved_$mode.jsonl" --from 4 --to 8 \
+      if "$harness" compare-metrics "$out/R2/metrics.jsonl" "$out/moved_$mode.jsonl" --from 5 --to 9 \
         "${flags[@]}" >"$out/moved_$mode.txt"; then
         fail "control: a changed expert_load passed compare-metrics ($mode)"
       fi
@@ -365,7 +365,7 @@ case $case_name in
     # The uninterrupted run, for comparison: bit-identical final state and losses.
     train 0 "$out/U.log" "${big[@]}" --train.out_dir="$out/U"
     "$harness" compare "$(ckpt "$out/U" 16)" "$(ckpt "$K" 16)" --routing || fail "resumed run differs"
-    "$harness" compare-metrics "$out/U/metrics.jsonl" "$K/metrics.jsonl" --from 0 --to 16 || fail "losses differ"
+    "$harness" compare-metrics "$out/U/metrics.jsonl" "$K/metrics.jsonl" --from 1 --to 17 || fail "losses differ"
     [[ -e $K/checkpoints/ckpt_00000099.h5.tmp ]] || fail "the leftover .tmp was touched"
     # On resume the records and metrics lines the killed run wrote after its last complete
     # checkpoint are dropped: the trace and the losses equal the uninterrupted run's.
@@ -383,11 +383,12 @@ case $case_name in
     cfg model.n_layers=4 model.routers=topk,similarity,attention,ac parallel.ep_size=2 \
       train.steps=7 checkpoint.every=3 checkpoint.keep_last=5 checkpoint.record_every=2
     train 2 "$out/T.log" "${CFG[@]}" --train.out_dir="$T"
-    # Records after steps s = 1..7 where s % 3 == 0 (checkpoint), s % 2 == 0 (record_every) or s == 7
-    # (final); the run is far shorter than an epoch (checked below).
+    # Records at step 0 (initial, before the first update) and after steps s = 1..7 where
+    # s % 3 == 0 (checkpoint), s % 2 == 0 (record_every) or s == 7 (final); the run is far shorter
+    # than an epoch (checked below).
     grep -q '"epoch": 0' "$T/metrics.jsonl" && ! grep -q '"epoch": [1-9]' "$T/metrics.jsonl" ||
       fail "the run crossed an epoch end; the expected record count would be off"
-    expect=0
+    expect=1
     for s in 1 2 3 4 5 6 7; do
       if ((s % 3 == 0 || s % 2 == 0 || s == 7)); then expect=$((expect + 1)); fi
     done
@@ -504,7 +505,8 @@ PY
       fail "the documented snippet failed"
     cat "$out/snippet.txt"
     grep -q "layer3 ac: experts (256, 2)" "$out/snippet.txt" || fail "snippet output: layer3"
-    [[ $(grep -c "top-1 flip rate" "$out/snippet.txt") -eq 4 ]] || fail "snippet output: 4 intervals expected"
+    # 6 records (step 0, then 2, 3, 4, 6, 7): 5 intervals.
+    [[ $(grep -c "top-1 flip rate" "$out/snippet.txt") -eq 5 ]] || fail "snippet output: 5 intervals expected"
     echo "ok ($case_name): the documented h5py snippet reads the real files"
     ;;
 

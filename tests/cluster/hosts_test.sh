@@ -168,9 +168,9 @@ train_steps() { sed -n 's/^{"step": \([0-9]*\), .*"loss": .*/\1/p' "$1/metrics.j
 check_metrics() {
   local run=$1 want=$2 got
   got=$(train_steps "$run")
-  [[ $got == "$(seq 0 $((want - 1)))" ]] ||
-    fail "$run/metrics.jsonl: steps are not 0..$((want - 1)) each once: $(printf '%s\n' "$got" | uniq -c | awk '$1 != 1' | head -n 3 | tr '\n' ' ')"
-  echo "ok: $run/metrics.jsonl has steps 0..$((want - 1)), each once"
+  [[ $got == "$(seq 1 "$want")" ]] ||
+    fail "$run/metrics.jsonl: steps are not 1..$want each once: $(printf '%s\n' "$got" | uniq -c | awk '$1 != 1' | head -n 3 | tr '\n' ' ')"
+  echo "ok: $run/metrics.jsonl has steps 1..$want, each once"
 }
 newest_ckpt() {
   find "$1/checkpoints" -maxdepth 1 -name 'ckpt_*.h5' -printf '%f\n' 2>/dev/null | sort -t_ -k2,2n | tail -n 1

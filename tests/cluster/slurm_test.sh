@@ -28,7 +28,7 @@
 #                       warning makes the ranks write a checkpoint before the time limit, and a
 #                       job submitted with --dependency=afterany on the first resumes from it.
 #                       NEEDS the preemption feature of routemoe (SIGUSR1 -> checkpoint -> exit).
-# Every case checks metrics.jsonl: each training step exactly once, from 0 without a gap.
+# Every case checks metrics.jsonl: each training step exactly once, from 1 without a gap.
 set -euo pipefail
 
 # A budget of its own, below ctest's TIMEOUT: ctest kills a test that runs over with SIGKILL,
@@ -151,15 +151,16 @@ has_ckpt() { [[ -n $(newest_ckpt "$1") ]]; }
 # Training steps logged in metrics.jsonl (validation lines have no "loss" key).
 train_steps() { sed -n 's/^{"step": \([0-9]*\), .*"loss": .*/\1/p' "$1/metrics.jsonl" 2>/dev/null; }
 steps_at_least() { local n; n=$(train_steps "$1" | wc -l); ((n >= $2)); }
-# check_metrics <run dir> [expected count]: steps 0..n-1 each exactly once, in order.
+# check_metrics <run dir> [expected count]: steps 1..n (steps completed) each exactly once, in
+# order.
 check_metrics() {
   local run=$1 want=${2:-} got n
   got=$(train_steps "$run")
   n=$(printf '%s\n' "$got" | grep -c . || true)
   [[ -z $want || $n -eq $want ]] || fail "$run/metrics.jsonl has $n training steps, expected $want"
-  [[ $got == "$(seq 0 $((n - 1)))" ]] ||
-    fail "$run/metrics.jsonl: steps not each exactly once from 0: $(printf '%s\n' "$got" | uniq -c | awk '$1 != 1' | head -n 3 | tr '\n' ' ')$(printf '%s\n' "$got" | awk 'NR - 1 != $1 { print "first out of place at line " NR ": " $1; exit }')"
-  echo "ok: $run/metrics.jsonl has steps 0..$((n - 1)), each once"
+  [[ $got == "$(seq 1 "$n")" ]] ||
+    fail "$run/metrics.jsonl: steps not each exactly once from 1: $(printf '%s\n' "$got" | uniq -c | awk '$1 != 1' | head -n 3 | tr '\n' ' ')$(printf '%s\n' "$got" | awk 'NR != $1 { print "first out of place at line " NR ": " $1; exit }')"
+  echo "ok: $run/metrics.jsonl has steps 1..$n, each once"
 }
 # The "resumed from <path> at step <n>" line of an attempt's log; prints the step.
 resumed_step() {

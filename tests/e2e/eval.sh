@@ -82,7 +82,7 @@ json_field() { sed -E -n "s/.*\"$2\": (-?[0-9.eE+-]+|null).*/\1/p" "$1"; }
 
 # logged_val <run> <steps done>: the val_loss metrics.jsonl logged after that many steps.
 logged_val() {
-  sed -E -n "s/^\{\"step\": $(($2 - 1)), \"val_loss\": ([0-9.]+)\}$/\1/p" "$1/metrics.jsonl"
+  sed -E -n "s/^\{\"step\": $2, \"val_loss\": ([0-9.]+)\}$/\1/p" "$1/metrics.jsonl"
 }
 
 # near <a> <b> <bound>: |a - b| <= bound.

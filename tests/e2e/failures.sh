@@ -264,7 +264,7 @@ case $case_name in
     [[ $rc -eq 0 ]] || { log=$out/resume.log; fail "the resumed run exited $rc"; }
     grep -q "resumed from $ckpt at step $n" "$out/resume.log" || fail "did not resume from $ckpt"
     steps=$(grep -o '"step": [0-9]*, "epoch"' "$out/run/metrics.jsonl" | grep -o '[0-9]*' | tr '\n' ' ')
-    [[ $steps == "$(seq -s ' ' 0 $((n + 1))) " ]] || fail "metrics steps are not 0..$((n + 1)) once each: $steps"
+    [[ $steps == "$(seq -s ' ' 1 $((n + 2))) " ]] || fail "metrics steps are not 1..$((n + 2)) once each: $steps"
     echo "ok ($case_name): SIG$sig -> checkpoint at step $n, exit 75; resumed to step $((n + 2))"
     ;;
 

@@ -66,6 +66,14 @@ check(len(run.checkpoints) >= 2, "the run has checkpoints")
 lines = [l for l in open(os.path.join(run_dir, "metrics.jsonl")) if l.strip()]
 check(len(run.train) + len(run.val) == len(lines), "every metrics.jsonl line is read")
 check(all("loss" in r for r in run.train), "training lines carry loss")
+# One step convention: the records join the metrics on "step" (steps completed); the first
+# record is the routing before the first update (step 0), every later one has its metrics line
+# with the same epoch.
+by_step = {r["step"]: r for r in run.train}
+check(sorted(by_step) == list(range(1, len(run.train) + 1)), "metrics steps are 1..N")
+check(tr.steps[0] == 0 and tr.reasons[0] == "initial", "the first record is step 0, initial")
+check(all(s in by_step and by_step[s]["epoch"] == e for s, e in zip(tr.steps[1:], tr.epochs[1:])),
+      "every record after step 0 joins a metrics line of its step and epoch")
 check(tr.layer_routers == ["topk", "similarity", "attention", "ac"], f"routers {tr.layer_routers}")
 check(tr.routers == ["topk", "similarity", "attention", "ac"], f"configured {tr.routers}")
 P, k = len(tr.probe_tokens), tr.top_k
