@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "framework/timer.h"
 #include "framework/train/trainer.h"
 
 namespace routemoe::cli {
@@ -25,6 +26,8 @@ class TrainConsole final : public TrainObserver {
   void clear_bar() const;
 
   bool bar_ = false;
+  std::int64_t start_step_ = 0;  // the first step of this run (after a resume: its step)
+  Timer clock_;                  // since on_start
 };
 
 }  // namespace routemoe::cli

@@ -45,7 +45,7 @@ struct TrainSummary {
 
 // What the run is, for the banner.
 struct RunInfo {
-  std::int64_t parameters = 0;  // held by this rank
+  std::int64_t parameters = 0;  // of the whole model (every expert once, whatever the ranks)
   std::int64_t train_tokens = 0;
   std::int64_t val_tokens = 0;
   double unigram_entropy = 0.0;
@@ -86,6 +86,19 @@ using AfterTraining = std::function<void(Model&)>;
 // null) is called on rank 0.
 TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
                           TrainObserver* observer = nullptr, const AfterTraining& after = nullptr);
+
+// What `routemoe train --dry-run` measured (the same on every rank).
+struct DryRunReport {
+  int threads = 1;  // CPU threads per rank
+  std::int64_t train_tokens = 0;
+  std::int64_t val_tokens = 0;
+  double step_seconds = 0.0;  // wall time of one training step (the first: an upper bound)
+};
+
+// `routemoe train --dry-run` (collective): validates the configuration, the layout, the run
+// directory (without creating it) and the data as run_training does, builds the model and the
+// optimiser and times one training step of the first batch. Writes nothing.
+DryRunReport dry_run(const RunConfig& cfg, comm::ProcessGroups& groups);
 
 // Shannon entropy (nats) of the unigram distribution of `tokens`.
 double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size);
