@@ -426,7 +426,7 @@ Runner register_inspect(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "inspect",
       "show what a checkpoint (step, layout, config, tensors, optimizer state, routing record) or "
-      "a trace file (its routing records) holds; exits 1 with a one-line error for a damaged file");
+      "a trace file (its routing records) holds; exits 2 with a one-line error for a damaged file");
   cmd->add_option("file", st->path, "a checkpoint ckpt_<step>.h5 or a trace.h5")->required();
   cmd->add_flag("--json", st->json, "print the facts as one JSON document instead of the text");
   return [st]() {
@@ -436,7 +436,7 @@ Runner register_inspect(CLI::App& app) {
       // One line naming the file (runfile::reading made sure of both).
       std::fflush(stdout);
       std::fprintf(stderr, "routemoe inspect: %s\n", e.detail().c_str());
-      return 1;
+      return kExitUsage;
     }
   };
 }

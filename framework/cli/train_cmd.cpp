@@ -102,6 +102,11 @@ Runner register_train(CLI::App& app) {
       RM_CHECK_KIND(Config, world->size() % st->cfg.parallel.ep_size == 0,
                     fmt::format("parallel.ep_size {} must divide the number of ranks ({})",
                                 st->cfg.parallel.ep_size, world->size()));
+      const RunConfig& c = st->cfg;
+      RM_CHECK_KIND(Config, c.train.batch_size % (world->size() * c.train.grad_accum) == 0,
+                    fmt::format("train.batch_size {} must be divisible by ranks ({}) x "
+                                "train.grad_accum ({})",
+                                c.train.batch_size, world->size(), c.train.grad_accum));
       // Before anything large is allocated: refuse, with the numbers, a run that cannot fit.
       mem = estimate_memory(st->cfg, world->size(), static_cast<int>(st->cfg.parallel.ep_size));
       check_memory_fits(mem, node_ranks, available_memory());
