@@ -96,9 +96,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", version_text());
   bool verbose = false;
-  app.add_flag("--verbose", verbose,
-               "errors also name the rank, the source location and the failed condition (before the "
-               "command: routemoe --verbose train ...)");
+  app.add_flag(
+      "--verbose", verbose,
+      "errors also name the rank, the source location and the failed condition (before the "
+      "command: routemoe --verbose train ...)");
   app.footer(fmt::format("{}\n\n{}", kExamples, kExitHelp));
 
   routemoe::cli::Runner run_train = routemoe::cli::register_train(app);
