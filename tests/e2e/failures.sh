@@ -299,7 +299,7 @@ case $case_name in
     fill "$out/ckpt"
     wait_job 60
     [[ $JOB_RC -ne 0 ]] || fail "mpirun exited 0 with a full checkpoint directory"
-    line=$(grep -E "^routemoe: io error on rank [0-9]+ " "$log" | head -n 1) || fail "no io error line"
+    line=$(grep -E "^routemoe: io error on rank [0-9]+: " "$log" | head -n 1) || fail "no io error line"
     [[ $line =~ checkpoint\ $out/ckpt/ckpt_[0-9]{8}\.h5 ]] || fail "the error does not name the checkpoint: $line"
     [[ $line == *"No space left on device (errno 28)"* ]] || fail "the error does not give the cause: $line"
     no_rank_left
@@ -318,7 +318,7 @@ case $case_name in
     fill "$out/run"
     wait_job 60
     [[ $JOB_RC -eq 1 ]] || fail "exit status $JOB_RC with a full train.out_dir, expected 1"
-    line=$(grep -E "^routemoe: io error on rank 0 .*metrics\.jsonl" "$log" | head -n 1) ||
+    line=$(grep -E "^routemoe: io error: .*metrics\.jsonl" "$log" | head -n 1) ||
       fail "no io error naming metrics.jsonl"
     [[ $line == *"No space left on device"* ]] || fail "the error does not give the cause: $line"
     python3 -c 'import json, sys; [json.loads(l) for l in open(sys.argv[1])]' "$out/run/metrics.jsonl" ||
