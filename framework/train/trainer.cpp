@@ -206,14 +206,22 @@ void apply_nonfinite_policy(Loop& L, const StepResult& r) {
   const TrainConfig& tc = L.cfg.train;
   const std::string what = fmt::format("step {}: loss {}, gradient norm {}; not applied",
                                        r.step + 1, r.loss, r.grad_norm);
-  RM_CHECK_KIND(Data, tc.nonfinite != "stop",
-                fmt::format("non-finite {} (train.nonfinite = stop); resume from the last "
-                            "checkpoint, e.g. with a lower optim.lr",
-                            what));
-  RM_CHECK_KIND(Data, L.consecutive_skips <= tc.nonfinite_limit,
-                fmt::format("{} non-finite steps in a row, the last {} (train.nonfinite_limit = "
-                            "{}); resume from the last checkpoint, e.g. with a lower optim.lr",
-                            L.consecutive_skips, what, tc.nonfinite_limit));
+  // Every rank decides alike: an AgreedError, which the job reports once.
+  if (tc.nonfinite == "stop") {
+    throw AgreedError(ErrorKind::Data, "",
+                      fmt::format("non-finite {} (train.nonfinite = stop); resume from the last "
+                                  "checkpoint, e.g. with a lower optim.lr",
+                                  what),
+                      __FILE__, __LINE__);
+  }
+  if (L.consecutive_skips > tc.nonfinite_limit) {
+    throw AgreedError(
+        ErrorKind::Data, "",
+        fmt::format("{} non-finite steps in a row, the last {} (train.nonfinite_limit = "
+                    "{}); resume from the last checkpoint, e.g. with a lower optim.lr",
+                    L.consecutive_skips, what, tc.nonfinite_limit),
+        __FILE__, __LINE__);
+  }
 }
 
 // The steps from start_step on, until train.steps or an agreed stop signal.
@@ -254,16 +262,17 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   ops::set_num_threads(cfg.train.threads > 0 ? cfg.train.threads
                                              : default_threads(comm::ranks_on_node()));
   const RunPaths paths = run_paths(cfg);
+  // The data first: bad data is reported once for the job, before the run directory exists.
+  std::unique_ptr<TrainData> data;
+  std::vector<std::int32_t> probe;
+  comm::agree_on_input(world, [&] {
+    data = load_data(cfg);
+    probe = make_probe_set(cfg, data->val, world.size());
+  });
   const RunDir run = open_run_dir(cfg, paths, world);
   const comm::WatchdogGuard watchdog(
       comm::WatchdogOptions{cfg.parallel.timeout_s, paths.heartbeat, world.rank(), world.size()});
   const StopSignals signals(cfg.train.stop_signals);
-  std::unique_ptr<TrainData> data;
-  std::vector<std::int32_t> probe;
-  comm::agree_on_input(world, [&] {  // bad data is reported once for the job
-    data = load_data(cfg);
-    probe = make_probe_set(cfg, data->val, world.size());
-  });
   Model model(cfg.model, groups.ep.get());
   AdamW optimizer(model.params(), cfg.optim);
   const ResumePoint resumed = resume_run(cfg, paths, run, probe, model, optimizer, world);

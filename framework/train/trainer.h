@@ -1,7 +1,8 @@
 #pragma once
 // The training loop of `routemoe train` (docs/architecture.md, "One training step"):
-//   open_run_dir (lock, run id) -> watchdog and stop signals -> load data -> Model + AdamW ->
-//   probe set -> resume_run -> commit_run_dir -> for each step: train_step (step.h), the
+//   load data and the probe set (agreed: bad data is one error for the job, before anything
+//   is written) -> open_run_dir (lock, run id) -> watchdog and stop signals -> Model + AdamW ->
+//   resume_run -> commit_run_dir -> for each step: train_step (step.h), the
 //   non-finite policy, the stop-signal agreement (preempt.h), then the after-step work —
 //   metrics, routing records and checkpoints, evaluation — and a report to the observer (the
 //   CLI prints the banner, the progress bar and the console lines; run_training prints nothing

@@ -148,6 +148,10 @@ case $case_name in
       fail "metrics.jsonl is not valid JSON lines"
     if [[ $rc -ne 0 ]]; then
       one_error_line "4 non-finite steps in a row, the last step [0-9]+: .*train.nonfinite_limit = 3"
+      # Both ranks decide alike: the job reports it once, with exit status 2 and no MPI_Abort.
+      [[ $rc -eq 2 ]] || fail "exit status $rc, expected 2"
+      [[ $(grep -c "^routemoe: .*error" "$log") -eq 1 ]] || fail "the error was printed more than once"
+      ! grep -q MPI_ABORT "$log" || fail "the job was aborted"
       [[ $skipped -eq 3 ]] || fail "expected 3 logged skips before the stop, found $skipped"
     fi
     for c in "$out"/R/checkpoints/ckpt_*.h5; do
