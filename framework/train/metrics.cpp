@@ -43,7 +43,7 @@ std::size_t flatten_value(std::string_view line, std::size_t at, const std::stri
     ++at;
     for (int i = 0; at < line.size(); ++i) {
       while (at < line.size() && line[at] == ' ') ++at;
-      if (line[at] == ']') return at + 1;
+      if (at >= line.size() || line[at] == ']') return at + 1;
       at = flatten_value(line, at, fmt::format("{}.{}", column, i), out);
       while (at < line.size() && (line[at] == ' ' || line[at] == ',')) ++at;
     }
@@ -62,8 +62,11 @@ std::vector<std::pair<std::string, std::string>> flatten_line(std::string_view l
   std::size_t at = line.find('"');
   while (at != std::string_view::npos) {
     const std::size_t key_end = line.find('"', at + 1);
+    const std::size_t colon = line.find(':', key_end == std::string_view::npos ? at : key_end);
+    if (key_end == std::string_view::npos || colon == std::string_view::npos) break;
     const std::string key(line.substr(at + 1, key_end - at - 1));
-    at = flatten_value(line, line.find(':', key_end) + 1, key, out);
+    at = flatten_value(line, colon + 1, key, out);
+    if (at == std::string_view::npos) break;
     at = line.find('"', at);
   }
   return out;

@@ -23,7 +23,8 @@
 #                console lines carry a time stamp, "avg loss", ms/step and an ETA; metrics.csv
 #                holds the same steps as metrics.jsonl; balance and z-loss are separate; a
 #                capacity run reports dropped slots per layer; optim.warmup >= train.steps warns;
-#                `inspect` reports the mean top-1 gate (above 1/k), not a mean gate of 1/k.
+#                `inspect` reports the mean top-1 gate (above 1/k), not a mean gate of 1/k;
+#                `trace --json DIR/x.json` creates DIR.
 #   ep_params    the banner of a 2-rank run with parallel.ep_size = 2 counts every parameter of
 #                the model once: the same number as a 1-rank run.
 set -euo pipefail
@@ -183,6 +184,9 @@ case $case_name in
     grep -Eq '"z_loss": [0-9.e-]+, ' "$jsonl" || fail "no z_loss in metrics.jsonl"
     grep -Eq '"dropped": \[[0-9]+\], "dropped_frac": \[[0-9.]+\]' "$jsonl" ||
       fail "no dropped slots per layer in metrics.jsonl"
+    # trace --json into a directory that does not exist yet creates it (as --csv and --svg do).
+    expect 0 "$bin" trace "$out/run" --json "$out/new/dir/t.json"
+    [[ -s $out/new/dir/t.json ]] || fail "trace --json did not create its directory"
     ckpt=$(ls "$out/run/checkpoints/"ckpt_*.h5 | tail -n 1)
     expect 0 "$bin" inspect "$ckpt"
     gate=$(grep -o 'mean top-1 gate [0-9.]*' "$log" | head -n 1 | awk '{print $4}')
