@@ -25,4 +25,13 @@ namespace routemoe::comm {
 // anything else that is not a routemoe::Error) and each message is truncated to 400 bytes.
 void run_agreed(Communicator& c, const std::string& what, const std::function<void()>& step);
 
+// Checks of the user's input (configuration, flags, data files) that every rank runs: runs
+// `step` on this rank and agrees on the outcome like run_agreed, but throws AgreedError, so that
+// the job reports it once (rank 0) and ends with its exit status instead of MPI_Abort. When every
+// rank failed with the same message, the detail is that message; otherwise it names the ranks:
+//   "rank R: <R's message>; rank S: <S's message>"
+// except that a failure of rank 0 alone (work only rank 0 does) is its message. The kind is the
+// first failed rank's. With one rank, `step`'s own error propagates unchanged.
+void agree_on_input(Communicator& c, const std::function<void()>& step);
+
 }  // namespace routemoe::comm

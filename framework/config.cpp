@@ -185,12 +185,7 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 
 // " (did you mean 'X'?)" for the closest candidate within edit distance 2, else "".
 std::string suggestion(std::string_view name, const std::vector<std::string>& candidates) {
-  std::string best;
-  std::size_t best_d = 3;
-  for (const std::string& c : candidates) {
-    const std::size_t d = edit_distance(name, c);
-    if (d < best_d) best = c, best_d = d;
-  }
+  const std::string best = closest_name(name, candidates);
   return best.empty() ? std::string() : fmt::format(" (did you mean '{}'?)", best);
 }
 
@@ -623,10 +618,19 @@ void RunConfig::validate() const {
                             train.batch_size, train.grad_accum));
   RM_CHECK_KIND(Config, !train.out_dir.empty(), "train.out_dir must not be empty");
   RM_CHECK_KIND(Config, !data.path.empty(), "data.path must not be empty");
+  // The check involves two keys: name the one that was changed from its default first.
+  const bool probe_default = checkpoint.probe_tokens == CheckpointConfig{}.probe_tokens;
   RM_CHECK_KIND(
       Config, checkpoint.probe_tokens >= model.seq_len,
-      fmt::format("checkpoint.probe_tokens {} must be at least one sequence (model.seq_len {})",
-                  checkpoint.probe_tokens, model.seq_len));
+      probe_default
+          ? fmt::format("model.seq_len {} is longer than checkpoint.probe_tokens {} (the "
+                        "held-out tokens routed for every routing record, at least one "
+                        "sequence): raise checkpoint.probe_tokens to at least {} or lower "
+                        "model.seq_len",
+                        model.seq_len, checkpoint.probe_tokens, model.seq_len)
+          : fmt::format("checkpoint.probe_tokens {} is shorter than one sequence (model.seq_len "
+                        "{}): raise it to at least {} or lower model.seq_len",
+                        checkpoint.probe_tokens, model.seq_len, model.seq_len));
   RM_CHECK_KIND(Config, model.n_experts % parallel.ep_size == 0,
                 fmt::format("parallel.ep_size {} does not divide model.n_experts {}",
                             parallel.ep_size, model.n_experts));
@@ -740,6 +744,16 @@ RunConfig resolve_run_config(const CLI::App& cmd, const std::string& config_path
     if (!problem.empty()) RM_FAIL(Config, fmt::format("--{}: {}", key, problem));
   });
   return cfg;
+}
+
+std::string closest_name(std::string_view name, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_d = 3;
+  for (const std::string& c : candidates) {
+    const std::size_t d = edit_distance(name, c);
+    if (d < best_d) best = c, best_d = d;
+  }
+  return best;
 }
 
 std::vector<std::string> config_keys() {

@@ -94,6 +94,9 @@ void register_run_options(CLI::App& cmd, std::string& config_path);
 // key given on the command line, under any of its names. So the command line always wins over
 // the file. Bad command-line values throw Error(Config) naming the option.
 RunConfig resolve_run_config(const CLI::App& cmd, const std::string& config_path);
+// The candidate closest to `name` within edit distance 2 ("" when none is that close): the
+// did-you-mean of unknown keys, options and subcommands.
+std::string closest_name(std::string_view name, const std::vector<std::string>& candidates);
 // Every configuration key as "section.key" (for the documentation test).
 std::vector<std::string> config_keys();
 

@@ -208,13 +208,18 @@ TokenShard load_tokens(const std::string& path, int vocab_size, bool allow_heade
                               path, size, kShardHeaderBytes));
   } else {
     const std::int32_t magic = read_le32(header.data());
-    RM_FAIL(Data, fmt::format("{}: not a routemoe/llm.c token shard (magic {}, expected {}){}",
+    // A .bin of even size without the header is most likely a nanoGPT token file.
+    const bool maybe_nanogpt = ends_with(path, ".bin") && size % 2 == 0 && !allow_headerless;
+    RM_FAIL(Data, fmt::format("{}: not a routemoe/llm.c token shard (magic {}, expected {}){}{}",
                               path, magic, kShardMagic,
                               size < kShardHeaderBytes
                                   ? fmt::format("; file is {} bytes, shorter than the {}-byte "
                                                 "header",
                                                 size, kShardHeaderBytes)
-                                  : std::string()));
+                                  : std::string(),
+                              maybe_nanogpt ? "; if it is a headerless nanoGPT .bin file of "
+                                              "uint16 tokens, set data.headerless = true"
+                                            : ""));
   }
 
   const auto limit = static_cast<std::uint32_t>(vocab_size);

@@ -96,6 +96,34 @@ std::string fatal_message(const std::exception& e) {
   return line;
 }
 
+bool is_user_error(ErrorKind kind) noexcept {
+  return kind == ErrorKind::Config || kind == ErrorKind::Data || kind == ErrorKind::Io;
+}
+
+int exit_status_for(const std::exception& e) noexcept {
+  const auto* err = dynamic_cast<const Error*>(&e);
+  if (err != nullptr && (err->kind() == ErrorKind::Config || err->kind() == ErrorKind::Data))
+    return kExitUsage;
+  return kExitInternal;
+}
+
+std::string user_message(const std::exception& e, bool verbose, bool show_rank) {
+  const auto* err = dynamic_cast<const Error*>(&e);
+  if (verbose || err == nullptr || !is_user_error(err->kind()) || err->detail().empty())
+    return fatal_message(e);
+  std::string msg = fmt::format("{} error", error_kind_name(err->kind()));
+  if (show_rank && err->rank() >= 0) msg += fmt::format(" on rank {}", err->rank());
+  msg += ": ";
+  for (const char c : err->detail()) {
+    if (c == '\n') {
+      msg += "; ";
+    } else if (c != '\r') {
+      msg += c;
+    }
+  }
+  return msg;
+}
+
 namespace detail {
 
 void raise_mpi_error(int code, const char* call, const char* file, int line) {

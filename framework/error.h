@@ -54,6 +54,31 @@ int current_rank() noexcept;
 [[noreturn]] void raise_error(ErrorKind kind, std::string call, std::string detail,
                               const char* file, int line);
 
+// An error that every rank of the job raised together (comm::agree_on_input): rank 0 prints it
+// once and every rank ends with its exit status, without MPI_Abort.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Exit statuses of the routemoe executable (docs/architecture.md, "Exit statuses"; `routemoe
+// --help` lists them).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitInternal = 1;  // internal error, I/O failure, MPI/HDF5/CUDA failure
+inline constexpr int kExitUsage = 2;     // bad command line, configuration or input data
+// 3: a collective or file write timed out (comm::kExitTimeout, parallel.timeout_s);
+// 75: stopped by a stop signal after a checkpoint (kExitPreempted); 128+N: a second signal N.
+
+// True for the kinds caused by the user's input (Config, Data, Io): their message is written
+// for users (no source location, no C++ condition) unless --verbose is given.
+bool is_user_error(ErrorKind kind) noexcept;
+// The exit status for an exception ending the process: kExitUsage for Config and Data errors,
+// kExitInternal for everything else.
+int exit_status_for(const std::exception& e) noexcept;
+// The one line a user sees for `e`: for user errors "<kind> error: <detail>" (with " on rank R"
+// when `show_rank`), for everything else, and for all errors when `verbose`, fatal_message(e).
+std::string user_message(const std::exception& e, bool verbose, bool show_rank);
+
 // The one line a process prints for the exception that ends it: an Error's message (which
 // names the rank), any other exception prefixed with the rank, std::bad_alloc as "out of memory
 // on rank R" with what to change. Line breaks inside a message are folded into "; ".

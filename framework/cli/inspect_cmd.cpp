@@ -137,7 +137,9 @@ struct LayerSummary {
   std::string router;
   std::int64_t P = 0, k = 0;
   std::vector<std::int64_t> first_load;  // tokens whose first choice is expert e
-  double gate_mean = 0, prob_mean = 0;
+  // Mean gate of the first choice (the gates of a token sum to 1, so the mean over all k is
+  // always 1/k): 1/k when the router weighs its k experts alike, 1 when only the first counts.
+  double top1_gate_mean = 0, prob_mean = 0;
   bool ac_scale = false;
   Shape ac_shape;
   Shape ac_weights_shape;  // [G, E, d] per-expert AC weights (version-2 trace records)
@@ -155,10 +157,12 @@ LayerSummary layer_summary(const runfile::RoutingRecord& rec, std::size_t m,
   L.first_load.assign(static_cast<std::size_t>(n_experts), 0);
   for (std::int64_t i = 0; i < L.P; ++i) ++L.first_load[R.experts[i * L.k]];
   double gsum = 0, psum = 0;
-  for (float v : R.gates) gsum += v;
+  if (R.gates.size() == static_cast<std::size_t>(L.P * L.k)) {
+    for (std::int64_t i = 0; i < L.P; ++i) gsum += R.gates[static_cast<std::size_t>(i * L.k)];
+  }
   for (float v : R.probs) psum += v;
   const double n = std::max<double>(1, static_cast<double>(R.gates.size()));
-  L.gate_mean = gsum / n;
+  L.top1_gate_mean = gsum / std::max<double>(1, static_cast<double>(L.P));
   L.prob_mean = psum / n;
   L.ac_scale = !R.ac_scale.empty();
   if (L.ac_scale) L.ac_shape = {rec.tokens, rec.d_model};
@@ -245,9 +249,9 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
         const LayerSummary& L = layers[m];
         o += fmt::format(
             "{}{{\"layer\": {}, \"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], "
-            "\"gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
+            "\"top1_gate_mean\": {}, \"prob_mean\": {}, \"ac_scale\": {}}}",
             m ? ", " : "", m, json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
-            jnum(L.gate_mean), jnum(L.prob_mean),
+            jnum(L.top1_gate_mean), jnum(L.prob_mean),
             L.ac_scale ? shape_str(L.ac_shape) : std::string("null"));
       }
       o += "]}";
@@ -296,9 +300,9 @@ int inspect_checkpoint(const h5::File& f, bool json, std::int64_t version) {
     for (std::size_t m = 0; m < layers.size(); ++m) {
       const LayerSummary& L = layers[m];
       fmt::print(
-          "  layer{} {:<10} P {} k {}  first-choice load [{}]  mean gate {:.4f}  mean prob "
+          "  layer{} {:<10} P {} k {}  first-choice load [{}]  mean top-1 gate {:.4f}  mean prob "
           "{:.4f}{}\n",
-          m, L.router, L.P, L.k, fmt::join(L.first_load, " "), L.gate_mean, L.prob_mean,
+          m, L.router, L.P, L.k, fmt::join(L.first_load, " "), L.top1_gate_mean, L.prob_mean,
           L.ac_scale ? fmt::format("  ac_scale {}", shape_str(L.ac_shape)) : "");
     }
   } else {
@@ -422,7 +426,7 @@ Runner register_inspect(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "inspect",
       "show what a checkpoint (step, layout, config, tensors, optimizer state, routing record) or "
-      "a trace file (its routing records) holds; exits 1 with a one-line error for a damaged file");
+      "a trace file (its routing records) holds; exits 2 with a one-line error for a damaged file");
   cmd->add_option("file", st->path, "a checkpoint ckpt_<step>.h5 or a trace.h5")->required();
   cmd->add_flag("--json", st->json, "print the facts as one JSON document instead of the text");
   return [st]() {
@@ -432,7 +436,7 @@ Runner register_inspect(CLI::App& app) {
       // One line naming the file (runfile::reading made sure of both).
       std::fflush(stdout);
       std::fprintf(stderr, "routemoe inspect: %s\n", e.detail().c_str());
-      return 1;
+      return kExitUsage;
     }
   };
 }

@@ -4,17 +4,40 @@
 #include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 
 #include "comm/mpi_runtime.h"
 #include "framework/error.h"
+#include "framework/ops.h"
 #include "framework/runfile.h"
 #include "framework/trace/analysis.h"
 #include "framework/trace/svg.h"
 #include "framework/train/preempt.h"
 
 namespace routemoe::cli {
+
+namespace {
+
+// "HH:MM:SS" (UTC) of now.
+std::string utc_time() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  return fmt::format("{:02d}:{:02d}:{:02d}", tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+// "1h02m", "3m05s", "42s".
+std::string duration(double seconds) {
+  const auto s = static_cast<std::int64_t>(std::max(0.0, seconds) + 0.5);
+  if (s >= 3600) return fmt::format("{}h{:02d}m", s / 3600, s % 3600 / 60);
+  if (s >= 60) return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+}  // namespace
 
 TrainConsole::TrainConsole(bool progress)
     : bar_(progress && isatty(STDOUT_FILENO) == 1 && !comm::launched_by_mpi()) {}
@@ -35,15 +58,26 @@ void TrainConsole::on_start(const RunConfig& cfg, const RunInfo& info) {
   if (!info.resumed_from.empty()) {
     fmt::print("resumed from {} at step {}\n", info.resumed_from, info.start_step);
   }
-  fmt::print("routemoe train: {} parameters, {} layers ({} MoE, routers {}), {} experts top-{}\n",
-             info.parameters, mc.n_layers, mc.n_moe_layers(),
-             runfile::join_routers(mc.expanded_routers()), mc.n_experts, mc.top_k);
+  fmt::print("routemoe train: {} parameters, {} layers ({} MoE), {} experts top-{}\n",
+             info.parameters, mc.n_layers, mc.n_moe_layers(), mc.n_experts, mc.top_k);
+  // Each MoE block with the router it really runs (model.routers expanded over the layers).
+  const std::vector<std::string> routers = mc.expanded_routers();
+  std::string moe_blocks;
+  for (std::size_t m = 0; m < routers.size(); ++m) {
+    const std::int64_t block = static_cast<std::int64_t>(m + 1) * mc.moe_every - 1;
+    moe_blocks += fmt::format("{}block {} {}", m ? ", " : "", block, routers[m]);
+  }
+  fmt::print("routers: {}\n", moe_blocks);
+  fmt::print("device: cpu, {} thread(s) per rank\n", ops::num_threads());
   fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
              info.train_tokens, info.val_tokens, cfg.data.path, info.unigram_entropy);
   fmt::print("parallel: {} rank(s), expert-parallel size {}, data-parallel groups {}\n",
              info.world_size, cfg.parallel.ep_size, info.world_size / cfg.parallel.ep_size);
   fmt::print("run directory: {}\n", cfg.train.out_dir);
+  fmt::print("console lines: avg loss = mean training loss since the previous line\n");
   std::fflush(stdout);
+  start_step_ = info.start_step;
+  clock_.restart();
 }
 
 void TrainConsole::on_step(const StepReport& rep) {
@@ -52,10 +86,16 @@ void TrainConsole::on_step(const StepReport& rep) {
   if (rep.log_line) {
     const std::string val = rep.val_loss ? fmt::format(" | val {:.4f}", *rep.val_loss) : "";
     clear_bar();
+    // ms/step and the ETA over the steps of this run so far (validation and checkpoints
+    // included); the time stamp is UTC.
+    const auto ran = static_cast<double>(std::max<std::int64_t>(1, done - start_step_));
+    const double per_step = clock_.seconds() / ran;
     fmt::print(
-        "step {:>6}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s{}\n",
-        done, rep.total_steps, rep.interval_loss, r.aux_loss, r.lr, r.grad_norm,
-        rep.interval_tokens_per_s, val);
+        "{} step {:>6}/{} | avg loss {:.4f} | bal {:.4f} | z {:.4f} | lr {:.2e} | gnorm {:.3f} | "
+        "{:.0f} tok/s | {:.0f} ms/step | ETA {}{}\n",
+        utc_time(), done, rep.total_steps, rep.interval_loss, r.balance_loss, r.z_loss, r.lr,
+        r.grad_norm, rep.interval_tokens_per_s, per_step * 1e3,
+        duration(per_step * static_cast<double>(rep.total_steps - done)), val);
     std::fflush(stdout);
   }
   draw_bar(done, rep.total_steps,

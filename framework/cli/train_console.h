@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "framework/timer.h"
 #include "framework/train/trainer.h"
 
 namespace routemoe::cli {
@@ -35,6 +36,8 @@ class TrainConsole final : public TrainObserver {
   std::vector<std::string> routers_;  // per MoE layer
   int world_size_ = 1;
   std::int64_t total_steps_ = 0;
+  std::int64_t start_step_ = 0;  // the first step of this run (after a resume: its step)
+  Timer clock_;                  // since on_start
 };
 
 }  // namespace routemoe::cli

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "comm/agree.h"
 #include "framework/error.h"
 #include "framework/h5.h"
 #include "framework/runfile.h"
@@ -179,11 +180,13 @@ std::string new_run_id() {
 RunDir open_run_dir(const RunConfig& cfg, const RunPaths& paths, comm::Communicator& world) {
   RunDir run;
   std::string id;
-  if (world.rank() == 0) {
-    id = open_on_lead(cfg, paths, run);
-    run.new_id = id.empty();
-    if (run.new_id) id = new_run_id();
-  }
+  comm::agree_on_input(world, [&] {  // a refused directory is reported once for the job
+    if (world.rank() == 0) {
+      id = open_on_lead(cfg, paths, run);
+      run.new_id = id.empty();
+      if (run.new_id) id = new_run_id();
+    }
+  });
   run.run_id = broadcast_string(world, id);
   return run;
 }

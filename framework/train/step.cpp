@@ -33,25 +33,46 @@ StepResult run_micro_batches(StepContext& ctx, std::int64_t step) {
     r.aux_loss += s.aux_loss * scale;
     if (a == 0) {
       r.moe = s.moe;
+      for (MoeLayerStats& m : r.moe) m.switch_loss *= scale, m.z_loss *= scale;
       continue;
     }
     for (std::size_t m = 0; m < s.moe.size(); ++m) {
       for (std::size_t e = 0; e < s.moe[m].load.size(); ++e) r.moe[m].load[e] += s.moe[m].load[e];
+      r.moe[m].switch_loss += s.moe[m].switch_loss * scale;
+      r.moe[m].z_loss += s.moe[m].z_loss * scale;
+      r.moe[m].dropped += s.moe[m].dropped;
     }
   }
   return r;
 }
 
-// Losses and loads summed over all ranks.
-void all_reduce_stats(StepResult& r, comm::Communicator& world) {
-  double l[3] = {r.loss, r.ce_loss, r.aux_loss};
-  world.all_reduce(l, 3, comm::DataType::F64, comm::ReduceOp::Sum);
+// Losses, loads and dropped slots summed over all ranks; the balance and z parts of aux_loss.
+void all_reduce_stats(StepResult& r, comm::Communicator& world, const ModelConfig& mc) {
+  std::vector<double> l = {r.loss, r.ce_loss, r.aux_loss};
+  std::vector<std::int64_t> dropped;
+  for (const MoeLayerStats& m : r.moe) {
+    l.push_back(m.switch_loss);
+    l.push_back(m.z_loss);
+    dropped.push_back(m.dropped);
+  }
+  world.all_reduce(l.data(), static_cast<std::int64_t>(l.size()), comm::DataType::F64,
+                   comm::ReduceOp::Sum);
+  if (!dropped.empty()) {
+    world.all_reduce(dropped.data(), static_cast<std::int64_t>(dropped.size()), comm::DataType::I64,
+                     comm::ReduceOp::Sum);
+  }
   r.loss = l[0];
   r.ce_loss = l[1];
   r.aux_loss = l[2];
-  for (MoeLayerStats& m : r.moe) {
+  for (std::size_t i = 0; i < r.moe.size(); ++i) {
+    MoeLayerStats& m = r.moe[i];
     world.all_reduce(m.load.data(), static_cast<std::int64_t>(m.load.size()), comm::DataType::I64,
                      comm::ReduceOp::Sum);
+    m.switch_loss = l[3 + 2 * i];
+    m.z_loss = l[4 + 2 * i];
+    m.dropped = dropped[i];
+    r.balance_loss += mc.aux_loss_coef * m.switch_loss;
+    r.z_loss += mc.z_loss_coef * m.z_loss;
   }
 }
 
@@ -60,7 +81,7 @@ void all_reduce_stats(StepResult& r, comm::Communicator& world) {
 StepResult train_step(StepContext& ctx, std::int64_t step) {
   ctx.model.params().zero_grads();
   StepResult r = run_micro_batches(ctx, step);
-  all_reduce_stats(r, *ctx.groups.world);
+  all_reduce_stats(r, *ctx.groups.world, ctx.cfg.model);
   r.grad_norm = reduce_gradients(ctx.model.params(), ctx.groups);
   r.lr = lr_at(ctx.cfg.optim, step, ctx.cfg.train.steps);
   // The same decision on every rank: both values are results of all-reduces.

@@ -28,11 +28,15 @@ struct StepResult {
   std::int64_t step = 0;  // 0-based index of the step taken
   double loss = 0.0;      // mean over ranks and micro-batches of ce_loss + aux_loss
   double ce_loss = 0.0;
-  double aux_loss = 0.0;
+  double aux_loss = 0.0;      // balance_loss + z_loss
+  double balance_loss = 0.0;  // model.aux_loss_coef x the layers' Switch load-balancing losses
+  double z_loss = 0.0;        // model.z_loss_coef x the layers' router z-losses
   double lr = 0.0;
-  double grad_norm = 0.0;          // global norm before clipping, every parameter counted once
-  bool skipped = false;            // loss or grad_norm not finite: the update was not applied
-  std::vector<MoeLayerStats> moe;  // per MoE layer; loads summed over ranks and micro-batches
+  double grad_norm = 0.0;  // global norm before clipping, every parameter counted once
+  bool skipped = false;    // loss or grad_norm not finite: the update was not applied
+  // Per MoE layer: loads and dropped slots summed over ranks and micro-batches; switch_loss and
+  // z_loss (raw, before their coefficients) averaged like the loss.
+  std::vector<MoeLayerStats> moe;
 };
 
 // Everything a step reads or updates.

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
+#include "comm/agree.h"
 #include "comm/mpi_runtime.h"
 #include "comm/watchdog.h"
 #include "framework/arena.h"
@@ -216,14 +218,22 @@ void apply_nonfinite_policy(Loop& L, const StepResult& r) {
   const TrainConfig& tc = L.cfg.train;
   const std::string what = fmt::format("step {}: loss {}, gradient norm {}; not applied",
                                        r.step + 1, r.loss, r.grad_norm);
-  RM_CHECK_KIND(Data, tc.nonfinite != "stop",
-                fmt::format("non-finite {} (train.nonfinite = stop); resume from the last "
-                            "checkpoint, e.g. with a lower optim.lr",
-                            what));
-  RM_CHECK_KIND(Data, L.consecutive_skips <= tc.nonfinite_limit,
-                fmt::format("{} non-finite steps in a row, the last {} (train.nonfinite_limit = "
-                            "{}); resume from the last checkpoint, e.g. with a lower optim.lr",
-                            L.consecutive_skips, what, tc.nonfinite_limit));
+  // Every rank decides alike: an AgreedError, which the job reports once.
+  if (tc.nonfinite == "stop") {
+    throw AgreedError(ErrorKind::Data, "",
+                      fmt::format("non-finite {} (train.nonfinite = stop); resume from the last "
+                                  "checkpoint, e.g. with a lower optim.lr",
+                                  what),
+                      __FILE__, __LINE__);
+  }
+  if (L.consecutive_skips > tc.nonfinite_limit) {
+    throw AgreedError(
+        ErrorKind::Data, "",
+        fmt::format("{} non-finite steps in a row, the last {} (train.nonfinite_limit = "
+                    "{}); resume from the last checkpoint, e.g. with a lower optim.lr",
+                    L.consecutive_skips, what, tc.nonfinite_limit),
+        __FILE__, __LINE__);
+  }
 }
 
 // The steps from start_step on, until train.steps or an agreed stop signal.
@@ -264,17 +274,23 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   ops::set_num_threads(cfg.train.threads > 0 ? cfg.train.threads
                                              : default_threads(comm::ranks_on_node()));
   const RunPaths paths = run_paths(cfg);
+  // The data first: bad data is reported once for the job, before the run directory exists.
+  std::unique_ptr<TrainData> data;
+  std::vector<std::int32_t> probe;
+  comm::agree_on_input(world, [&] {
+    data = load_data(cfg);
+    probe = make_probe_set(cfg, data->val, world.size());
+  });
   const RunDir run = open_run_dir(cfg, paths, world);
   const comm::WatchdogGuard watchdog(
       comm::WatchdogOptions{cfg.parallel.timeout_s, paths.heartbeat, world.rank(), world.size()});
   const StopSignals signals(cfg.train.stop_signals);
-  const std::unique_ptr<TrainData> data = load_data(cfg);
   Model model(cfg.model, groups.ep.get());
   AdamW optimizer(model.params(), cfg.optim);
-  const std::vector<std::int32_t> probe = make_probe_set(cfg, data->val, world.size());
   const ResumePoint resumed = resume_run(cfg, paths, run, probe, model, optimizer, world);
   commit_run_dir(cfg, paths, run, resumed, world);
-  MetricsLog metrics(paths.metrics, world.rank() == 0, !resumed.checkpoint.empty());
+  MetricsLog metrics(paths.metrics, world.rank() == 0, !resumed.checkpoint.empty(),
+                     cfg.train.batch_size * cfg.model.seq_len * cfg.model.top_k);
   Loop L{cfg,     groups,   paths,      model,        optimizer,      *data,   probe,
          metrics, observer, run.run_id, resumed.step, TrainSummary{}, Timer{}, Timer{}};
   L.summary.out_dir = cfg.train.out_dir;
@@ -282,7 +298,7 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   L.summary.unigram_entropy = unigram_entropy(data->train.tokens(), cfg.model.vocab_size);
   if (L.lead() && observer != nullptr) {
     observer->on_start(
-        cfg, RunInfo{model.params().numel(), data->train.size(), data->val.size(),
+        cfg, RunInfo{cfg.model.param_count().total(), data->train.size(), data->val.size(),
                      L.summary.unigram_entropy, world.size(), resumed.checkpoint, resumed.step});
   }
   // A fresh run's routing before the first update: record "initial" at step 0.
@@ -291,6 +307,40 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   run_loop(L, step_ctx);
   finish(L, after);
   return L.summary;
+}
+
+DryRunReport dry_run(const RunConfig& cfg, comm::ProcessGroups& groups) {
+  cfg.validate();
+  check_layout(cfg, groups);
+  comm::Communicator& world = *groups.world;
+  ops::set_num_threads(cfg.train.threads > 0 ? cfg.train.threads
+                                             : default_threads(comm::ranks_on_node()));
+  const RunPaths paths = run_paths(cfg);
+  std::unique_ptr<TrainData> data;
+  comm::agree_on_input(world, [&] {
+    namespace fs = std::filesystem;
+    RM_CHECK_KIND(Config, !cfg.train.resume.empty() || !fs::exists(paths.metrics),
+                  fmt::format("train.out_dir {} already holds a run (metrics.jsonl); choose "
+                              "another directory or resume it with --resume auto",
+                              paths.out_dir));
+    data = load_data(cfg);
+    make_probe_set(cfg, data->val, world.size());
+  });
+  Model model(cfg.model, groups.ep.get());
+  AdamW optimizer(model.params(), cfg.optim);
+  StepContext ctx{cfg, groups, model, optimizer, data->train_loader};
+  DryRunReport rep;
+  rep.threads = ops::num_threads();
+  rep.train_tokens = data->train.size();
+  rep.val_tokens = data->val.size();
+  // One real step (forward, backward, gradient all-reduce, update) of the first batch, timed;
+  // the first step also pays for first-touch allocation, so the figure is an upper bound.
+  world.barrier();
+  const Timer t;
+  train_step(ctx, 0);
+  world.barrier();
+  rep.step_seconds = t.seconds();
+  return rep;
 }
 
 double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size) {

@@ -1,7 +1,8 @@
 #pragma once
 // The training loop of `routemoe train` (docs/architecture.md, "One training step"):
-//   open_run_dir (lock, run id) -> watchdog and stop signals -> load data -> Model + AdamW ->
-//   probe set -> resume_run -> commit_run_dir -> for each step: train_step (step.h), the
+//   load data and the probe set (agreed: bad data is one error for the job, before anything
+//   is written) -> open_run_dir (lock, run id) -> watchdog and stop signals -> Model + AdamW ->
+//   resume_run -> commit_run_dir -> for each step: train_step (step.h), the
 //   non-finite policy, the stop-signal agreement (preempt.h), then the after-step work —
 //   metrics, routing records and checkpoints, evaluation — and a report to the observer (the
 //   CLI prints the banner, the progress bar and the console lines; run_training prints nothing
@@ -45,7 +46,7 @@ struct TrainSummary {
 
 // What the run is, for the banner.
 struct RunInfo {
-  std::int64_t parameters = 0;  // held by this rank
+  std::int64_t parameters = 0;  // of the whole model (every expert once, whatever the ranks)
   std::int64_t train_tokens = 0;
   std::int64_t val_tokens = 0;
   double unigram_entropy = 0.0;
@@ -86,6 +87,19 @@ using AfterTraining = std::function<void(Model&)>;
 // null) is called on rank 0.
 TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
                           TrainObserver* observer = nullptr, const AfterTraining& after = nullptr);
+
+// What `routemoe train --dry-run` measured (the same on every rank).
+struct DryRunReport {
+  int threads = 1;  // CPU threads per rank
+  std::int64_t train_tokens = 0;
+  std::int64_t val_tokens = 0;
+  double step_seconds = 0.0;  // wall time of one training step (the first: an upper bound)
+};
+
+// `routemoe train --dry-run` (collective): validates the configuration, the layout, the run
+// directory (without creating it) and the data as run_training does, builds the model and the
+// optimiser and times one training step of the first batch. Writes nothing.
+DryRunReport dry_run(const RunConfig& cfg, comm::ProcessGroups& groups);
 
 // Shannon entropy (nats) of the unigram distribution of `tokens`.
 double unigram_entropy(const std::vector<std::uint16_t>& tokens, std::int64_t vocab_size);

@@ -18,7 +18,7 @@
 #                      the uninterrupted 2-rank run within a tolerance (see below).
 #   damaged            truncated files, a missing dataset, another model's checkpoint, a newer
 #                      format version, a trace, an empty file, a directory, ...: `routemoe train
-#                      --resume` and `routemoe inspect` refuse each with exit code 1 and ONE line
+#                      --resume` and `routemoe inspect` refuse each with exit code 2 and ONE line
 #                      naming the file and the cause.
 #   fuzz               up to 200 single-bit flips and 50 truncations of a checkpoint (fixed seed,
 #                      interleaved), each loaded in subprocesses (ckpt_harness load, routemoe
@@ -111,7 +111,7 @@ train() {
 
 ckpt() { printf '%s/checkpoints/ckpt_%08d.h5' "$1" "$2"; }
 
-# expect_refusal <label> <pattern> <command...>: the command must exit 1 with exactly one line on
+# expect_refusal <label> <pattern> <command...>: the command must exit 2 (bad input) with exactly one line on
 # stderr that names $file (set by the caller) and matches the extended regex <pattern>.
 expect_refusal() {
   local label=$1 pattern=$2
@@ -122,7 +122,7 @@ expect_refusal() {
   lines=$(wc -l <"$out/stderr.txt")
   local msg
   msg=$(head -n 1 "$out/stderr.txt")
-  [[ $rc -eq 1 ]] || fail "$label: exit code $rc (expected 1); stderr: $(cat "$out/stderr.txt")"
+  [[ $rc -eq 2 ]] || fail "$label: exit code $rc (expected 2); stderr: $(cat "$out/stderr.txt")"
   [[ $lines -eq 1 ]] || fail "$label: $lines stderr lines (expected 1): $(cat "$out/stderr.txt")"
   [[ $msg == *"$file"* ]] || fail "$label: the message does not name $file: $msg"
   grep -Eq -- "$pattern" <<<"$msg" || fail "$label: the message does not match /$pattern/: $msg"
@@ -354,7 +354,7 @@ case $case_name in
     # The partial file: refused cleanly or (killed between close and rename) complete; never a crash.
     rc=0
     "$bin" inspect "$tmp" >/dev/null 2>"$out/tmp_inspect.txt" || rc=$?
-    [[ $rc -le 1 ]] || fail "inspect of the partial file $tmp ended with $rc"
+    [[ $rc -eq 0 || $rc -eq 2 ]] || fail "inspect of the partial file $tmp ended with $rc"
     echo "inspect of the partial file: exit $rc $(cat "$out/tmp_inspect.txt")"
     # A leftover .tmp of a later step must be ignored by --resume auto as well.
     cp "$tmp" "$K/checkpoints/ckpt_00000099.h5.tmp"

@@ -22,7 +22,7 @@
 #              default), the JSON losses (17 significant digits) must be identical; with expert
 #              parallelism (A: 2 ranks ep 2, 4 ranks ep 4; B: 4 ranks ep 2) equal within 1e-6
 #              relative.
-#   errors     one line on stderr and exit code 1 for: a missing path, a directory without
+#   errors     one line on stderr and exit code 2 (1 for an unwritable --json) for: a missing path, a directory without
 #              checkpoints, a file that is not HDF5, a truncated checkpoint, a trace file, a
 #              missing split, a split too small for one batch, a bad --batches, a --micro-batch
 #              that does not divide the batch, an unwritable --json.
@@ -88,7 +88,8 @@ logged_val() {
 # near <a> <b> <bound>: |a - b| <= bound.
 near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }'; }
 
-# expect_error <label> <pattern> <command...>: exit code 1, exactly one stderr line matching the
+# expect_error <label> <pattern> <command...>: exit code $want_rc (2: bad input, the default; 1: a
+# file that cannot be written), exactly one stderr line matching the
 # extended regex <pattern>.
 expect_error() {
   local label=$1 pattern=$2
@@ -98,7 +99,8 @@ expect_error() {
   local lines msg
   lines=$(wc -l <"$out/stderr.txt")
   msg=$(head -n 1 "$out/stderr.txt")
-  [[ $rc -eq 1 ]] || fail "$label: exit code $rc (expected 1); stderr: $(cat "$out/stderr.txt")"
+  [[ $rc -eq ${want_rc:-2} ]] ||
+    fail "$label: exit code $rc (expected ${want_rc:-2}); stderr: $(cat "$out/stderr.txt")"
   [[ $lines -eq 1 ]] || fail "$label: $lines stderr lines (expected 1): $(cat "$out/stderr.txt")"
   grep -Eq -- "$pattern" <<<"$msg" || fail "$label: the message does not match /$pattern/: $msg"
   echo "ok $label: $msg"
@@ -207,7 +209,7 @@ case $case_name in
       "$bin" eval "$A" --batches some
     expect_error "bad --micro-batch" "micro-batch of 3 rows must divide the batch of 8 rows" \
       "$bin" eval "$A" --micro-batch 3
-    expect_error "unwritable --json" "cannot write $out/no/such/dir/e.json" \
+    want_rc=1 expect_error "unwritable --json" "cannot write $out/no/such/dir/e.json" \
       "$bin" eval "$A" --batches 1 --json "$out/no/such/dir/e.json"
     ;;
 

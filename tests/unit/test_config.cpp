@@ -86,6 +86,24 @@ void expect_one_line_naming(const std::string& msg, const std::vector<std::strin
   for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << p << " | " << msg;
 }
 
+// A long model.seq_len with the default checkpoint.probe_tokens names model.seq_len, the key the
+// user changed, and what to do (issue 13: it blamed probe_tokens).
+TEST(ConfigValidate, LongSequenceNamesSeqLenFirst) {
+  RunConfig cfg;
+  cfg.model.seq_len = 100000;
+  const std::string msg = config_error([&] { cfg.validate(); });
+  EXPECT_NE(msg.find(": model.seq_len 100000 is longer than checkpoint.probe_tokens 2048"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("raise checkpoint.probe_tokens to at least 100000"), std::string::npos) << msg;
+  cfg.model.seq_len = 64;
+  cfg.checkpoint.probe_tokens = 32;
+  const std::string short_probe = config_error([&] { cfg.validate(); });
+  EXPECT_NE(short_probe.find(": checkpoint.probe_tokens 32 is shorter than one sequence"),
+            std::string::npos)
+      << short_probe;
+}
+
 TEST(Config, FileValuesAndCommandLineOverrides) {
   const RunConfig c =
       parse("[model]\nd_model = 64\nrouters = [\"topk\", \"ac\"]\n[optim]\nlr = 0.01\n",

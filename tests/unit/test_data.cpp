@@ -118,8 +118,9 @@ TEST(Shard, HeaderlessNanoGptFile) {
   const TokenShard shard = load_tokens(path, 65536, /*allow_headerless=*/true);
   EXPECT_EQ(shard.format, ShardFormat::Headerless);
   EXPECT_EQ(shard.tokens, (std::vector<std::uint16_t>{1, 2, 0x1234}));
-  // Without permission it is not a shard.
-  expect_data_error([&] { load_tokens(path, 65536, false); }, {path, "not a routemoe/llm.c"});
+  // Without permission it is not a shard, and the message says how to read it (issue 13).
+  expect_data_error([&] { load_tokens(path, 65536, false); },
+                    {path, "not a routemoe/llm.c", "set data.headerless = true"});
   // Odd size.
   const std::string odd = dir.file("odd.bin");
   write_bytes(odd, {1, 0, 2});

@@ -37,6 +37,36 @@ TEST(Error, MessageNamesKindLocationRankAndCall) {
   }
 }
 
+// User errors read as one line without the source location or the C++ condition (issue 13);
+// --verbose and internal errors keep them. Config and Data errors exit with 2, others with 1.
+TEST(Error, UserMessageHidesLocationUnlessVerbose) {
+  try {
+    RM_CHECK_KIND(Config, 1 + 1 == 3, "model.d_model must be even; change it");
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(user_message(e, false, false), "config error: model.d_model must be even; change it");
+    const std::string verbose = user_message(e, true, false);
+    EXPECT_NE(verbose.find("test_runtime.cpp:"), std::string::npos) << verbose;
+    EXPECT_NE(verbose.find("1 + 1 == 3"), std::string::npos) << verbose;
+    EXPECT_EQ(exit_status_for(e), kExitUsage);
+  }
+  try {
+    RM_CHECK(2 < 1, "internal");
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    const std::string msg = user_message(e, false, false);
+    EXPECT_NE(msg.find("test_runtime.cpp:"), std::string::npos) << msg;
+    EXPECT_EQ(exit_status_for(e), kExitInternal);
+  }
+  try {
+    RM_FAIL(Io, "cannot write x: disk full");
+  } catch (const Error& e) {
+    EXPECT_EQ(user_message(e, false, false), "io error: cannot write x: disk full");
+    EXPECT_EQ(exit_status_for(e), kExitInternal);
+  }
+  EXPECT_EQ(exit_status_for(std::runtime_error("x")), kExitInternal);
+}
+
 TEST(Error, Hdf5FailureCarriesHdf5Message) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // keep HDF5 from printing its own stack
   try {
