@@ -33,6 +33,19 @@ void for_each_key(RunConfig& c, Fn&& fn) {
   fn("model.similarity_causal", m.similarity_causal, "similarity graph only over earlier tokens");
   fn("model.aux_loss_coef", m.aux_loss_coef, "Switch load-balancing loss coefficient");
   fn("model.z_loss_coef", m.z_loss_coef, "router z-loss coefficient");
+  fn("model.aux_loss_coef_topk", m.aux_loss_coef_topk,
+     "Switch loss coefficient of topk layers (< 0: model.aux_loss_coef)");
+  fn("model.aux_loss_coef_similarity", m.aux_loss_coef_similarity,
+     "Switch loss coefficient of similarity layers (< 0: model.aux_loss_coef)");
+  fn("model.aux_loss_coef_attention", m.aux_loss_coef_attention,
+     "Switch loss coefficient of attention layers (< 0: model.aux_loss_coef)");
+  fn("model.aux_loss_coef_ac", m.aux_loss_coef_ac,
+     "Switch loss coefficient of ac layers (< 0: model.aux_loss_coef)");
+  fn("model.ac_fixed_norm", m.ac_fixed_norm,
+     "ac: expert embeddings renormalised to this norm every forward, no decay (0: off)");
+  fn("model.graph_mix", m.graph_mix, "similarity/attention mix gate probs or logits");
+  fn("model.graph_self_weight", m.graph_self_weight,
+     "similarity/attention self-weight alpha: alpha I + (1 - alpha) A");
   fn("model.ln_eps", m.ln_eps, "LayerNorm epsilon");
   fn("model.seed", m.seed, "parameter initialisation seed");
   OptimConfig& o = c.optim;

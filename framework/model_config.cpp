@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+#include <utility>
+
 #include "framework/error.h"
 
 namespace routemoe {
@@ -27,6 +30,12 @@ const char* router_name(RouterKind kind) {
       return "ac";
   }
   return "?";
+}
+
+GraphMix parse_graph_mix(const std::string& name) {
+  if (name == "probs") return GraphMix::Probs;
+  if (name == "logits") return GraphMix::Logits;
+  RM_FAIL(Config, fmt::format("model.graph_mix must be \"probs\" or \"logits\", got '{}'", name));
 }
 
 void ModelConfig::validate() const {
@@ -67,6 +76,46 @@ void ModelConfig::validate() const {
   RM_CHECK_KIND(Config, z_loss_coef >= 0,
                 fmt::format("model.z_loss_coef must be >= 0, got {}", z_loss_coef));
   RM_CHECK_KIND(Config, ln_eps > 0, fmt::format("model.ln_eps must be positive, got {}", ln_eps));
+  validate_router_options();
+}
+
+void ModelConfig::validate_router_options() const {
+  const std::pair<const char*, double> per_router[] = {
+      {"aux_loss_coef_topk", aux_loss_coef_topk},
+      {"aux_loss_coef_similarity", aux_loss_coef_similarity},
+      {"aux_loss_coef_attention", aux_loss_coef_attention},
+      {"aux_loss_coef_ac", aux_loss_coef_ac},
+      {"ac_fixed_norm", ac_fixed_norm},
+      {"graph_self_weight", graph_self_weight}};
+  for (const auto& [key, v] : per_router) {
+    RM_CHECK_KIND(Config, std::isfinite(v),
+                  fmt::format("model.{} must be a finite number, got {}", key, v));
+  }
+  RM_CHECK_KIND(Config, ac_fixed_norm >= 0,
+                fmt::format("model.ac_fixed_norm must be >= 0 (0: off), got {}", ac_fixed_norm));
+  RM_CHECK_KIND(
+      Config, graph_self_weight >= 0 && graph_self_weight <= 1,
+      fmt::format("model.graph_self_weight must lie in [0, 1], got {}", graph_self_weight));
+  parse_graph_mix(graph_mix);
+}
+
+double ModelConfig::aux_coef_of(std::int64_t moe_layer) const {
+  double own = -1.0;
+  switch (effective_router(moe_layer)) {
+    case RouterKind::TopK:
+      own = aux_loss_coef_topk;
+      break;
+    case RouterKind::Similarity:
+      own = aux_loss_coef_similarity;
+      break;
+    case RouterKind::Attention:
+      own = aux_loss_coef_attention;
+      break;
+    case RouterKind::AC:
+      own = aux_loss_coef_ac;
+      break;
+  }
+  return own >= 0 ? own : aux_loss_coef;
 }
 
 RouterKind ModelConfig::router_of(std::int64_t moe_layer) const {

@@ -33,7 +33,9 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   const std::int64_t n_local = rows * seq_len;
   const std::int32_t* in = probe.data() + world.rank() * n_local;
   std::vector<std::int32_t> targets(static_cast<std::size_t>(n_local), -1);
-  model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true);
+  // Router statistics (AC weights) over the whole probe set, not this rank's slice, so that the
+  // record does not depend on the rank count or ep_size.
+  model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true, &world);
   const std::vector<RoutingView> views = model.last_routing();
   RoutingRecord rec;
   rec.tokens = sequences * seq_len;
