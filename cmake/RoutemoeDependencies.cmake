@@ -46,10 +46,16 @@ if(NOT fmt_FOUND)
   routemoe_missing("fmt" "libfmt-dev")
 endif()
 
-# --- CLI11 (flags and TOML configs) --------------------------------------------------------
+# --- CLI11 (command-line flags) --------------------------------------------------------------
 find_package(CLI11 CONFIG)
 if(NOT CLI11_FOUND)
   routemoe_missing("CLI11" "libcli11-dev")
+endif()
+
+# --- toml++ (TOML 1.0 configuration files) ---------------------------------------------------
+find_package(tomlplusplus CONFIG)
+if(NOT tomlplusplus_FOUND OR NOT TARGET tomlplusplus::tomlplusplus)
+  routemoe_missing("toml++ (TOML 1.0 parser)" "libtomlplusplus-dev")
 endif()
 
 # --- CBLAS (OpenBLAS, OpenMP build preferred) -------------------------------------------

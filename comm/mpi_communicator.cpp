@@ -10,6 +10,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
+#include "comm/watchdog.h"
 #include "framework/error.h"
 
 namespace routemoe::comm {
@@ -88,6 +89,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(void* buf, std::int64_t count, DataType type, ReduceOp op) override {
     check_live();
+    const WatchedOp watched("all_reduce");
     const int n = to_mpi_count(count, "all_reduce count");
     if (n == 0) return;  // every rank has the same count, so all of them skip
     RM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(type), mpi_op(op), comm_));
@@ -95,6 +97,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_gather(const void* send, void* recv, std::int64_t count, DataType type) override {
     check_live();
+    const WatchedOp watched("all_gather");
     const int n = to_mpi_count(count, "all_gather count");
     if (n == 0) return;
     RM_MPI_CHECK(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
@@ -102,6 +105,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_to_all(const void* send, void* recv, std::int64_t count, DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all");
     const int n = to_mpi_count(count, "all_to_all count");
     if (n == 0) return;
     RM_MPI_CHECK(MPI_Alltoall(send, n, mpi_type(type), recv, n, mpi_type(type), comm_));
@@ -111,6 +115,7 @@ class MpiCommunicator final : public Communicator {
                     const std::int64_t* send_displs, void* recv, const std::int64_t* recv_counts,
                     const std::int64_t* recv_displs, DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all_v");
     const std::vector<int> sc = to_mpi_counts(send_counts, size_, "all_to_all_v send_counts");
     const std::vector<int> sd = to_mpi_counts(send_displs, size_, "all_to_all_v send_displs");
     const std::vector<int> rc = to_mpi_counts(recv_counts, size_, "all_to_all_v recv_counts");
@@ -123,6 +128,7 @@ class MpiCommunicator final : public Communicator {
                          void* recv, const Block* recv_blocks, const std::int64_t* recv_first,
                          DataType type) override {
     check_live();
+    const WatchedOp watched("all_to_all_blocks");
     // Blocks correspond one to one (see communicator.h): the k-th block to a peer is matched
     // by that peer's k-th receive block, so each non-empty block travels as its own message,
     // contiguous on both ends (no packing, no datatype engine).
@@ -154,6 +160,7 @@ class MpiCommunicator final : public Communicator {
 
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     check_live();
+    const WatchedOp watched("broadcast");
     RM_CHECK(root >= 0 && root < size_, "MPI communicator: broadcast root " + std::to_string(root) +
                                             " is not a rank of a size-" + std::to_string(size_) +
                                             " communicator");
@@ -164,11 +171,13 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override {
     check_live();
+    const WatchedOp watched("barrier");
     RM_MPI_CHECK(MPI_Barrier(comm_));
   }
 
   std::unique_ptr<Communicator> split(int color, int key) const override {
     check_live();
+    const WatchedOp watched("communicator split");
     RM_CHECK(color >= 0, "MPI communicator: split color " + std::to_string(color) +
                              " is negative (MPI_UNDEFINED is not supported)");
     MPI_Comm out = MPI_COMM_NULL;

@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 
@@ -35,8 +36,22 @@ bool mpi_active() noexcept {
   return initialized && !finalized;
 }
 
+namespace {
+std::atomic<int> g_exit_status{0};
+}  // namespace
+
+void request_exit_status(int status) noexcept {
+  g_exit_status.store(status);
+}
+
+int requested_exit_status() noexcept {
+  return g_exit_status.load();
+}
+
 void finalize_mpi() {
   if (mpi_active()) RM_MPI_CHECK(MPI_Finalize());
+  const int status = requested_exit_status();
+  if (status != 0) std::exit(status);
 }
 
 int world_rank() noexcept {

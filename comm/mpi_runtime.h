@@ -8,7 +8,14 @@ namespace routemoe::comm {
 // MPI_Init_thread with MPI_THREAD_FUNNELED (only the main thread calls MPI). Idempotent.
 void init_mpi(int* argc, char*** argv);
 // MPI_Finalize if MPI is initialised and not yet finalised (a collective: every rank calls it).
+// Then, when a part of the run asked for another exit status (request_exit_status), ends the
+// process with it (std::exit), so that a command returning normally still reports it.
 void finalize_mpi();
+// Asks that the process end with `status` when it finishes normally (see finalize_mpi): the
+// trainer asks for kExitPreempted after a preemption checkpoint. The last request wins.
+void request_exit_status(int status) noexcept;
+// The requested status (0: none).
+int requested_exit_status() noexcept;
 // True when the environment shows an MPI launcher (mpirun, srun): then commands start MPI;
 // a plain `routemoe train` runs as one process without MPI.
 bool launched_by_mpi() noexcept;

@@ -1,12 +1,14 @@
 #pragma once
-// The run configuration: TOML file sections [model], [optim], [train], [data], [parallel],
-// each key also settable as --section.key=value (the command line wins over the file).
-// Every key is documented in docs/configuration.md; unknown keys and out-of-range values are
-// errors (Error(Config) naming the key), never ignored.
+// The run configuration: TOML 1.0 file (read with toml++) with the sections [model], [optim],
+// [train], [data], [parallel], [checkpoint]; each key also settable as --section.key=value.
+// Precedence: command line > file > defaults. Every key is documented in
+// docs/configuration.md; unknown keys, wrong types and out-of-range values are errors
+// (Error(Config), one line naming the file, the line and the key), never ignored.
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "framework/model_config.h"
@@ -26,6 +28,10 @@ struct TrainConfig {
   std::string out_dir = "runs/default";  // run directory (must not hold an earlier run)
   bool progress = true;                  // progress bar when stdout is a terminal
   std::string resume;  // "": fresh run; "auto": newest checkpoint of the run; or a path
+  std::vector<std::string> stop_signals = {"SIGTERM", "SIGUSR1"};  // checkpoint, then exit 75
+  std::string nonfinite = "skip";    // a non-finite loss or gradient norm: skip the step | stop
+  std::int64_t nonfinite_limit = 5;  // consecutive skipped steps that stop the run
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct CheckpointConfig {
@@ -36,6 +42,7 @@ struct CheckpointConfig {
   std::int64_t record_every =
       0;              // extra routing records every N steps (0: epoch ends and checkpoints only)
   bool trace = true;  // keep <train.out_dir>/trace.h5
+  bool operator==(const CheckpointConfig&) const = default;
 };
 
 struct DataConfig {
@@ -43,10 +50,13 @@ struct DataConfig {
   bool headerless = false;            // also accept headerless nanoGPT .bin files
   std::string train_split = "train";
   std::string val_split = "val";
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct ParallelConfig {
   std::int64_t ep_size = 1;  // expert-parallel group size; divides the world size and n_experts
+  double timeout_s = 300.0;  // a collective or file write waiting longer ends the job (0: off)
+  bool operator==(const ParallelConfig&) const = default;
 };
 
 struct RunConfig {
@@ -57,19 +67,33 @@ struct RunConfig {
   ParallelConfig parallel;
   CheckpointConfig checkpoint;
 
-  // Checks every section (Error(Config) naming the key).
+  bool operator==(const RunConfig&) const = default;
+
+  // Checks every key against its type's rules and range, then every section (Error(Config)
+  // naming the key).
   void validate() const;
-  // The resolved configuration as TOML (saved in the run directory and in checkpoints).
+  // The resolved configuration as TOML (saved in the run directory and in checkpoints). Exact:
+  // reading it back (read_config_toml) gives a configuration equal to this one, for every
+  // configuration that passes validate().
   std::string to_toml() const;
 };
 
-// Adds a --section.key option for every configuration key to `cmd`, bound to `cfg`, plus
-// --config FILE. After parsing the command line, call apply_config_file.
-void register_run_options(CLI::App& cmd, RunConfig& cfg, std::string& config_path);
-// Reads the TOML file (if `path` is non-empty) into the options of `cmd` that were not given on
-// the command line. Unknown keys, malformed files and invalid values throw Error(Config)
-// naming the file and the key.
-void apply_config_file(CLI::App& cmd, const std::string& path);
+// Reads the TOML 1.0 text `text` onto `cfg`: keys the text sets replace those of `cfg`, the
+// others are kept. `source` names the text in errors (the file path). Malformed TOML, unknown
+// sections and keys (with a did-you-mean suggestion), wrong value types, out-of-range integers
+// and non-finite floats throw Error(Config), one line naming source, line and key.
+void read_config_toml(std::string_view text, const std::string& source, RunConfig& cfg);
+// read_config_toml on the contents of the file `path` (Error(Config) when it cannot be read).
+void read_config_file(const std::string& path, RunConfig& cfg);
+
+// Adds --config FILE and a --section.key option for every configuration key to `cmd` (with the
+// key's aliases, e.g. --resume for train.resume, as further names of the same option). The
+// options only record what was given; resolve_run_config turns them into a configuration.
+void register_run_options(CLI::App& cmd, std::string& config_path);
+// After `cmd` was parsed: the defaults, then the file `config_path` (if non-empty), then every
+// key given on the command line, under any of its names. So the command line always wins over
+// the file. Bad command-line values throw Error(Config) naming the option.
+RunConfig resolve_run_config(const CLI::App& cmd, const std::string& config_path);
 // Every configuration key as "section.key" (for the documentation test).
 std::vector<std::string> config_keys();
 

@@ -22,6 +22,8 @@
 #include <string_view>
 #include <vector>
 
+#include "framework/corruption.h"
+
 namespace routemoe {
 
 inline constexpr std::int32_t kShardMagic = 20240520;
@@ -65,27 +67,131 @@ std::vector<std::uint16_t> encode_bytes(std::string_view text);
 // Inverse of encode_bytes; a token > 255 is an Error(Data).
 std::string decode_bytes(std::span<const std::uint16_t> tokens);
 
-// What `prepare_text` wrote.
+// ---- `routemoe prepare` (docs/data.md) ----
+//
+// Documents: every input file is one document. In the token stream each document is preceded
+// by the byte kDocSeparator (ASCII 0x1C, "file separator"), so a window that crosses into the
+// next document sees where it starts; with `doc_separator = false` documents are concatenated
+// as they are. Split points (train | val | test) move to a document start when one lies within
+// a tenth of the neighbouring split's size, else to a line start within that distance, so that
+// a held-out split rarely begins mid-document or mid-line.
+
+// The byte that starts every document in a prepared token stream (ASCII "file separator").
+inline constexpr std::uint16_t kDocSeparator = 0x1C;
+
+// Result of checking bytes for UTF-8 validity (strict: no overlong forms, no surrogates, nothing
+// above U+10FFFF). Each maximal invalid byte run of one failed sequence counts once.
+struct Utf8Report {
+  std::int64_t invalid = 0;        // invalid sequences
+  std::int64_t first_offset = -1;  // byte offset of the first one (-1: valid)
+};
+Utf8Report check_utf8(std::string_view bytes);
+
+struct PrepareOptions {
+  double val_fraction = 0.1;   // share of tokens (after train) for validation, (0, 1)
+  double test_fraction = 0.0;  // share of tokens (at the end) for the test split, [0, 1); 0: none
+  std::int64_t shard_tokens = 100'000'000;  // tokens per shard at most
+  bool overwrite = false;                   // replace a preparation already in out_dir
+  bool doc_separator = true;                // start every document with kDocSeparator
+  // What the splits must serve, checked before anything is read or written (0: not checked):
+  // val needs max(probe_tokens, batch_size * seq_len + 1) tokens (the probe set and one eval
+  // batch), test one eval batch, train one window of seq_len + 1.
+  std::int64_t seq_len = 0;
+  std::int64_t batch_size = 0;
+  std::int64_t probe_tokens = 0;
+};
+
+// One input document as prepared.
+struct PreparedDocument {
+  std::string path;
+  std::int64_t offset = 0;  // its first token (the separator, when there is one) in the stream
+  std::int64_t tokens = 0;  // its tokens, separator included
+  Utf8Report utf8;
+};
+
+// What `prepare_corpus` wrote.
 struct PrepareResult {
   std::int64_t train_tokens = 0;
   std::int64_t val_tokens = 0;
+  std::int64_t test_tokens = 0;
   std::vector<std::string> train_shards;  // out_dir/train_000000.bin, ...
   std::vector<std::string> val_shards;    // out_dir/val_000000.bin, ...
-  std::string meta_path;                  // out_dir/meta.json
+  std::vector<std::string> test_shards;   // out_dir/test_000000.bin, ... (test_fraction > 0)
+  std::vector<PreparedDocument> documents;
+  std::vector<std::string> warnings;  // one line each: invalid UTF-8, skipped empty files, ...
+  std::string meta_path;              // out_dir/meta.json
 };
 
-// The logic of `routemoe prepare`: byte-tokenizes the concatenation of `inputs` (each must exist
-// and be non-empty), puts the last `val_fraction` (0 < f < 1) of the token stream into the
-// validation split (floor(n*f) tokens; both splits must end up non-empty), and writes
-// out_dir/train_%06d.bin and out_dir/val_%06d.bin shards of at most `shard_tokens` tokens each
-// plus out_dir/meta.json:
-//   {"tokenizer":"byte","vocab_size":256,"train_tokens":N,"val_tokens":M,"sources":[...]}
-// Creates out_dir when missing. Refuses (Error(Data)) when out_dir already holds train_*.bin,
-// val_*.bin or meta.json unless `overwrite`; with `overwrite`, old shards are removed only after
-// every new shard has been written (to .tmp files), so stale shards never mix with new ones.
-// Bad arguments are Error(Config).
+// The logic of `routemoe prepare`. `inputs` are text files or directories (a directory adds its
+// regular files, recursively, in path order, skipping names that start with '.'; empty files
+// found there are skipped with a warning, an empty file named directly is an error; a file
+// reached twice is an error). The byte tokenizer (vocab 256) turns each document into one
+// token per byte; input that is not valid UTF-8 is kept byte for byte and reported in
+// `warnings` (count and first offset per file). The stream is cut into train, val (the next
+// floor(n * val_fraction) tokens) and test (the last floor(n * test_fraction) tokens), cut
+// points moved to document or line starts as described above, and written as
+// out_dir/<split>_%06d.bin shards of at most `shard_tokens` tokens plus out_dir/meta.json:
+//   {"tokenizer":"byte","vocab_size":256,"document_separator":28 (or null),
+//    "train_tokens":N,"val_tokens":M,"test_tokens":K,"sources":[paths],
+//    "documents":[{"path":..,"offset":..,"tokens":..,"invalid_utf8":..,"first_invalid":..}],
+//    "splits":{"train":[begin,end],"val":[..],"test":[..]}}
+// Creates out_dir when missing. Refuses (Error(Data)) when out_dir already holds shards or
+// meta.json unless `overwrite`; with `overwrite`, old files are removed only after every new
+// one has been written (to .tmp files), so stale shards never mix with new ones. The size
+// checks of PrepareOptions fail with Error(Config) naming the split, its size, what it needs
+// and the smallest fraction that would do. Bad arguments are Error(Config).
+PrepareResult prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
+                             const PrepareOptions& options);
+
+// prepare_corpus with default options but these.
 PrepareResult prepare_text(const std::vector<std::string>& inputs, const std::string& out_dir,
                            double val_fraction, std::int64_t shard_tokens, bool overwrite = false);
+
+// ---- `routemoe prepare --corrupt` (framework/corruption.h has the recipes) ----
+
+enum class CorruptKind { WordSwap, CharNoise };
+// "word-swap" | "char-noise"; Error(Config) otherwise.
+CorruptKind parse_corrupt_kind(const std::string& name);
+const char* corrupt_kind_name(CorruptKind kind);
+
+struct CorruptOptions {
+  CorruptKind kind = CorruptKind::WordSwap;
+  WordSwapOptions word_swap;    // kind WordSwap (its seed is the recipe's seed)
+  CharNoiseOptions char_noise;  // kind CharNoise
+  // Splits to corrupt; empty: the held-out splits the source has (val, and test if present).
+  std::vector<std::string> splits;
+  std::int64_t shard_tokens = 100'000'000;
+  bool overwrite = false;
+};
+
+struct CorruptedSplit {
+  std::string split;
+  std::int64_t source_tokens = 0;  // clean tokens
+  std::int64_t tokens = 0;         // corrupted tokens (character noise changes the length)
+  CorruptionStats stats;
+  std::vector<std::string> shards;
+};
+
+struct CorruptResult {
+  std::vector<CorruptedSplit> splits;
+  std::string meta_path;
+};
+
+// Writes corrupted copies of splits of the prepared, byte-tokenized data set `source_dir` (a
+// directory `routemoe prepare` wrote) into out_dir as <split>_%06d.bin shards plus meta.json,
+//   {"tokenizer":"byte","vocab_size":256,"document_separator":..,"source":"<source_dir>",
+//    "corruption":{"recipe":"word-swap","rate":..,"seed":..,"marker":..,"unit":..,
+//                  "min_per_unit":..,"stopwords":"nltk-english"} | {"recipe":"char-noise",..},
+//    "<split>_tokens":..,"splits":{"<split>":{"source_tokens":..,"tokens":..,"words":..,
+//                                              "eligible":..,"changed":..,...}}}
+// Every split is decoded to bytes, corrupted with the same recipe and seed, and re-encoded;
+// the result is a pure function of (source tokens, recipe, seed). The train split is never
+// corrupted (the attack is on evaluation data). Refuses out_dir == source_dir, a source whose
+// meta.json names another tokenizer, a missing split (Error(Data)), and an out_dir holding
+// prepared output unless `overwrite`, with the same write-then-rename rule as prepare_corpus.
+class TokenDataset;
+CorruptResult prepare_corrupted(const std::string& source_dir, const std::string& out_dir,
+                                const CorruptOptions& options);
 
 // Shard files of one split, sorted by name. `source` is one of:
 //   * a directory: its files `<split>_*.bin` (routemoe/llm.c) and `<split>.bin` (nanoGPT);
@@ -124,6 +230,11 @@ class TokenDataset {
   std::vector<std::uint16_t> tokens_;
   std::vector<FileInfo> files_;
 };
+
+// True when the tokens of `data` are bytes (one token per byte of text): the meta.json next to
+// the shards says "tokenizer":"byte", or there is no meta.json, vocab_size is 256 and every file
+// is a routemoe/llm.c shard. Used for bits per byte.
+bool is_byte_tokenized(const TokenDataset& data);
 
 // One batch, or the rows [row_begin, row_begin + rows) of one global batch.
 struct Batch {

@@ -4,6 +4,8 @@
 #include <hdf5.h>
 #include <mpi.h>
 
+#include <new>
+
 namespace routemoe {
 
 std::string_view error_kind_name(ErrorKind kind) {
@@ -65,6 +67,33 @@ Error::Error(ErrorKind kind, std::string call, std::string detail, const char* f
 
 void raise_error(ErrorKind kind, std::string call, std::string detail, const char* file, int line) {
   throw Error(kind, std::move(call), std::move(detail), file, line);
+}
+
+std::string fatal_message(const std::exception& e) {
+  const int rank = current_rank();
+  const std::string where = rank >= 0 ? fmt::format("rank {}", rank) : "rank 0 (no MPI)";
+  std::string msg;
+  if (dynamic_cast<const Error*>(&e) != nullptr) {
+    msg = e.what();
+  } else if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) {
+    msg = fmt::format(
+        "out of memory on {} ({}): the model, batch or data do not fit in this process's memory; "
+        "make the model or train.batch_size smaller, raise train.grad_accum, use fewer ranks per "
+        "node or spread the experts over more (parallel.ep_size); see \"Sizes and memory\" in "
+        "docs/configuration.md",
+        where, e.what());
+  } else {
+    msg = fmt::format("error on {}: {}", where, e.what());
+  }
+  std::string line;
+  for (const char c : msg) {
+    if (c == '\n') {
+      line += "; ";
+    } else if (c != '\r') {
+      line += c;
+    }
+  }
+  return line;
 }
 
 namespace detail {

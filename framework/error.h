@@ -3,6 +3,7 @@
 // location, and the MPI rank of the process that raised it, so that a message printed by any
 // rank of a multi-node job says where and on which rank it went wrong.
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -52,6 +53,11 @@ int current_rank() noexcept;
 
 [[noreturn]] void raise_error(ErrorKind kind, std::string call, std::string detail,
                               const char* file, int line);
+
+// The one line a process prints for the exception that ends it: an Error's message (which
+// names the rank), any other exception prefixed with the rank, std::bad_alloc as "out of memory
+// on rank R" with what to change. Line breaks inside a message are folded into "; ".
+std::string fatal_message(const std::exception& e);
 
 }  // namespace routemoe
 

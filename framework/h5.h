@@ -4,6 +4,11 @@
 // groups are created on write). Every HDF5 call is checked (RM_HDF5_CHECK), so failures are
 // Error(Hdf5) naming the call and HDF5's own message; the file path is added by the callers
 // that know the context.
+//
+// Writes capture the operating system's error: a create, write, attribute or flush call that
+// fails after the system set errno (disk full, quota, permissions, a read-only file system) is
+// Error(Io) "<file>: cannot write <object>: <strerror> (errno N; HDF5: <call>: <message>)", so
+// the message names the file and the cause whatever HDF5 reports around it.
 
 #include <hdf5.h>
 
@@ -28,6 +33,8 @@ class Handle {
   ~Handle();
   hid_t id() const noexcept { return id_; }
   bool valid() const noexcept { return id_ >= 0; }
+  // Gives up ownership without closing; returns the identifier.
+  hid_t release() noexcept;
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -41,14 +48,29 @@ class File {
   // `mpi_comm` (an MPI_Comm, passed as a pointer to it). Needs parallel HDF5
   // (ROUTEMOE_HAVE_PARALLEL_HDF5); every dataset/attribute call is then collective.
   static File create_parallel(const std::string& path, const void* mpi_comm);
+  // Opens `path` read-only. A file left marked "open for writing" by an appender that was
+  // killed (see open_append) is opened in SWMR-read mode, which reads it as it was last flushed.
   static File open_read(const std::string& path);
   static File open_rw(const std::string& path);
+  // Opens an existing file (newest format) to append rows to its extendible datasets in place,
+  // in HDF5's SWMR-write mode: its metadata flushes are ordered so that the file on disk stays
+  // readable at whatever point a killed process stopped. Marks left by an appender that died
+  // are cleared and the end of allocated space is moved past everything it wrote, so nothing it
+  // left is overwritten. No dataset or group can be created in this mode.
+  static File open_append(const std::string& path);
 
   const std::string& path() const { return path_; }
   hid_t id() const { return handle_.id(); }
   bool exists(const std::string& obj) const;
   // Flushes to disk and closes (errors are reported, unlike in the destructor).
   void close();
+  // Writes everything buffered to the file (collective in a parallel file; in SWMR-write mode in
+  // dependency order). After a successful flush, close() has nothing left to write.
+  void flush();
+  // Forgets the file without closing it: for the abort path of a parallel file after a failed
+  // write, where the close would be a collective that the ranks can no longer agree on. The
+  // HDF5 identifier leaks (the process is about to end). Never throws.
+  void abandon() noexcept;
 
   void write_f32(const std::string& obj, const float* data, const Shape& shape);
   void write_i32(const std::string& obj, const std::int32_t* data, const Shape& shape);
@@ -70,6 +92,20 @@ class File {
   std::vector<float> read_f32_rows(const std::string& obj, std::int64_t row_begin,
                                    std::int64_t rows) const;
   bool parallel() const { return parallel_; }
+
+  // ---- extendible datasets ("row" = an index of dimension 0) ----
+  enum class Elem { I32, I64, F32, U8, Str16 };  // Str16: fixed 16-byte NUL-padded strings
+  // A dataset of shape [0, row...] with unlimited rows, `chunk_rows` rows per chunk, Fletcher32.
+  void create_rows(const std::string& obj, Elem elem, const Shape& row, std::int64_t chunk_rows);
+  // Number of rows (dimension 0) of a dataset.
+  std::int64_t rows(const std::string& obj) const;
+  // Writes rows [begin, begin + n) from `data` (elements of `elem`; Str16: 16 bytes per row),
+  // growing the dataset to begin + n rows when it is shorter.
+  void write_rows(const std::string& obj, Elem elem, std::int64_t begin, std::int64_t n,
+                  const void* data);
+  // Reads rows [begin, begin + n) into `data` (Error(Data) when out of range or unreadable).
+  void read_rows(const std::string& obj, Elem elem, std::int64_t begin, std::int64_t n,
+                 void* data) const;
 
   Shape shape_of(const std::string& obj) const;
   std::vector<float> read_f32(const std::string& obj, Shape* shape = nullptr) const;

@@ -12,8 +12,18 @@
 namespace routemoe {
 
 void OptimConfig::validate() const {
-  RM_CHECK_KIND(Config, lr > 0 && std::isfinite(lr),
-                fmt::format("optim.lr must be positive, got {}", lr));
+  auto finite = [](const char* key, double v) {
+    RM_CHECK_KIND(Config, std::isfinite(v),
+                  fmt::format("optim.{} must be a finite number, got {}", key, v));
+  };
+  finite("lr", lr);
+  finite("lr_min", lr_min);
+  finite("beta1", beta1);
+  finite("beta2", beta2);
+  finite("eps", eps);
+  finite("weight_decay", weight_decay);
+  finite("grad_clip", grad_clip);
+  RM_CHECK_KIND(Config, lr > 0, fmt::format("optim.lr must be positive, got {}", lr));
   RM_CHECK_KIND(Config, lr_min >= 0 && lr_min <= lr,
                 fmt::format("optim.lr_min must lie in [0, optim.lr = {}], got {}", lr, lr_min));
   RM_CHECK_KIND(Config, warmup >= 0, fmt::format("optim.warmup must be >= 0, got {}", warmup));

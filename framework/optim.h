@@ -19,7 +19,8 @@ struct OptimConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;
   double grad_clip = 1.0;  // <= 0: no clipping
-  // Throws Error(Config) naming the key for out-of-range values.
+  bool operator==(const OptimConfig&) const = default;
+  // Throws Error(Config) naming the key for out-of-range or non-finite values.
   void validate() const;
 };
 

@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <limits>
 #include <utility>
 
 #include "framework/error.h"
@@ -197,6 +200,98 @@ RoutingRecord read_routing(const h5::File& f, const std::string& group,
 }
 
 // ---------------------------------------------------------------------------------------------
+// AC weights
+
+namespace {
+
+// w_e of every token group of layer m from its M_i (see derive_ac_weights); the token where a
+// group's tokens of one expert disagree, or -1.
+std::int64_t derive_layer(RoutingRecord& r, std::size_t m, std::int64_t E) {
+  const std::int64_t P = r.tokens, K = r.top_k, d = r.d_model, G = r.groups;
+  LayerRouting& L = r.layers[m];
+  RM_CHECK(m > 0, "MoE layer 0 has AC weights but no previous MoE layer");
+  RM_CHECK(E > 0 && G >= 1 && P % G == 0 && std::cmp_equal(L.ac_scale.size(), P * d),
+           fmt::format("derive_ac_weights: P {} d {} groups {} E {}, ac_scale {}", P, d, G, E,
+                       L.ac_scale.size()));
+  const std::vector<std::int32_t>& prev = r.layers[m - 1].experts;
+  L.ac_weights.assign(static_cast<std::size_t>(G * E * d), 0.0f);
+  L.ac_present.assign(static_cast<std::size_t>(G * E), 0);
+  for (std::int64_t i = 0; i < P; ++i) {
+    const std::int64_t g = i / (P / G), e = prev[static_cast<std::size_t>(i * K)];
+    RM_CHECK(e >= 0 && e < E, fmt::format("expert {} outside [0, {})", e, E));
+    const float* row = L.ac_scale.data() + i * d;
+    float* w = L.ac_weights.data() + (g * E + e) * d;
+    std::uint8_t& present = L.ac_present[static_cast<std::size_t>(g * E + e)];
+    if (present == 0) {
+      std::copy(row, row + d, w);
+      present = 1;
+    } else if (std::memcmp(row, w, static_cast<std::size_t>(d) * sizeof(float)) != 0) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+void derive_ac_weights(RoutingRecord& r, std::int64_t n_experts) {
+  r.n_experts = n_experts;
+  for (std::size_t m = 0; m < r.layers.size(); ++m) {
+    if (r.layers[m].ac_scale.empty()) continue;
+    const std::int64_t bad = derive_layer(r, m, n_experts);
+    RM_CHECK(bad < 0, fmt::format("MoE layer {} token {}: its AC weights differ from those of "
+                                  "the other tokens of its expert in its token group ({} groups)",
+                                  m, bad, r.groups));
+  }
+}
+
+std::int64_t infer_ac_groups(RoutingRecord& r, std::int64_t n_experts, std::int64_t seq_len) {
+  const bool ac = std::any_of(r.layers.begin(), r.layers.end(),
+                              [](const LayerRouting& l) { return !l.ac_scale.empty(); });
+  const std::int64_t sequences = seq_len > 0 ? r.tokens / seq_len : 0;
+  for (std::int64_t g = 1; ac && g <= sequences; ++g) {
+    if (sequences % g != 0) continue;
+    r.groups = g;
+    bool ok = true;
+    for (std::size_t m = 0; ok && m < r.layers.size(); ++m) {
+      if (!r.layers[m].ac_scale.empty()) ok = derive_layer(r, m, n_experts) < 0;
+    }
+    if (ok) {
+      r.n_experts = n_experts;
+      return g;
+    }
+  }
+  RM_CHECK_KIND(Data, !ac,
+                fmt::format("{}: no split of the probe sequences into token groups explains its "
+                            "AC weights",
+                            r.origin.empty() ? std::string("routing record") : r.origin));
+  r.groups = 1;
+  return 1;
+}
+
+std::vector<float> ac_token_weights(const RoutingRecord& r, std::size_t m) {
+  const LayerRouting& L = r.layers.at(m);
+  if (!L.ac_scale.empty() || L.ac_weights.empty()) return L.ac_scale;
+  const std::int64_t P = r.tokens, K = r.top_k, d = r.d_model, G = r.groups, E = r.n_experts;
+  const std::string at = r.origin.empty() ? std::string("routing record") : r.origin;
+  RM_CHECK_KIND(
+      Data, m > 0 && G >= 1 && P % G == 0 && E > 0,
+      fmt::format("{}: layer{} has AC weights but {} token groups for {} tokens", at, m, G, P));
+  std::vector<float> out(static_cast<std::size_t>(P * d));
+  const std::vector<std::int32_t>& prev = r.layers[m - 1].experts;
+  for (std::int64_t i = 0; i < P; ++i) {
+    const std::int64_t g = i / (P / G), e = prev[static_cast<std::size_t>(i * K)];
+    RM_CHECK_KIND(Data, e >= 0 && e < E && L.ac_present[static_cast<std::size_t>(g * E + e)] != 0,
+                  fmt::format("{}: layer{} has no AC weights for expert {} in token group {}, "
+                              "which token {} was sent to",
+                              at, m, e, g, i));
+    const float* w = L.ac_weights.data() + (g * E + e) * d;
+    std::copy(w, w + d, out.begin() + i * d);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Trace root
 
 void write_trace_info(h5::File& f, const TraceInfo& info, const std::int32_t* probe) {
@@ -206,7 +301,9 @@ void write_trace_info(h5::File& f, const TraceInfo& info, const std::int32_t* pr
   f.set_attr("/", "top_k", info.top_k);
   f.set_attr("/", "n_experts", info.n_experts);
   f.set_attr("/", "seq_len", info.seq_len);
+  f.set_attr("/", "d_model", info.d_model);
   f.set_attr("/", "routers", join_routers(info.routers));
+  if (!info.run_id.empty()) f.set_attr("/", "run_id", info.run_id);
   f.write_i32(kProbeTokens, probe, {info.probe_tokens});
 }
 
@@ -218,6 +315,9 @@ TraceInfo read_trace_info(const h5::File& f) {
   t.seq_len = f.attr_int("/", "seq_len");
   t.routers = split_routers(f.attr_string("/", "routers"));
   t.config = f.attr_string("/", "config");
+  t.run_id = read_run_id(f);
+  t.version = f.attr_int("/", "format_version");
+  if (t.version >= 2) t.d_model = f.attr_int("/", "d_model");
   RM_CHECK_KIND(Data, t.n_moe_layers >= 1 && t.top_k >= 1 && t.n_experts >= t.top_k,
                 fmt::format("{}: bad model attributes (n_moe_layers {}, top_k {}, n_experts {})",
                             f.path(), t.n_moe_layers, t.top_k, t.n_experts));
@@ -250,6 +350,387 @@ std::vector<std::string> trace_record_groups(const h5::File& f) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Trace records, version 2: one row per record in extendible datasets
+
+namespace {
+
+using Elem = h5::File::Elem;
+constexpr std::int64_t kColumnChunk = 256;  // rows per chunk of the per-record columns
+constexpr const char* kEpochs = "records/epoch";
+constexpr const char* kReasons = "records/reason";
+constexpr const char* kGroups = "records/groups";
+constexpr const char* kAcRows = "records/ac_row";
+
+std::string trace_layer(std::size_t m) {
+  return fmt::format("{}/layer{}", kRecordsGroup, m);
+}
+
+// What the datasets of a version-2 trace fix.
+struct Columns {
+  std::int64_t layers = 0, P = 0, K = 0, E = 0, d = 0;
+  std::vector<bool> ac;     // per layer: stores AC weights
+  std::vector<bool> graph;  // per layer: stores graph diagnostics (optional; newer traces)
+};
+
+Columns columns_of(const h5::File& f) {
+  Columns c;
+  while (f.exists(trace_layer(static_cast<std::size_t>(c.layers)) + "/experts")) ++c.layers;
+  RM_CHECK_KIND(Data, c.layers >= 1,
+                fmt::format("{}: no {}/layer0/experts", f.path(), kRecordsGroup));
+  const Shape es = f.shape_of(trace_layer(0) + "/experts");
+  RM_CHECK_KIND(Data, es.size() == 3,
+                fmt::format("{}: {}/layer0/experts has shape {}, expected [records, P, k]",
+                            f.path(), kRecordsGroup, shape_str(es)));
+  c.P = es[1];
+  c.K = es[2];
+  for (std::size_t m = 0; std::cmp_less(m, c.layers); ++m) {
+    const std::string w = trace_layer(m) + "/ac_weights";
+    c.ac.push_back(f.exists(w));
+    c.graph.push_back(f.exists(trace_layer(m) + "/graph"));
+    if (!c.ac.back()) continue;
+    const Shape ws = f.shape_of(w);
+    RM_CHECK_KIND(
+        Data, ws.size() == 3,
+        fmt::format("{}: {} has shape {}, expected [rows, E, d]", f.path(), w, shape_str(ws)));
+    c.E = ws[1];
+    c.d = ws[2];
+  }
+  return c;
+}
+
+bool any_ac(const Columns& c) {
+  return std::find(c.ac.begin(), c.ac.end(), true) != c.ac.end();
+}
+
+// The columns of a new trace, shaped by its first record (AC weights derived).
+Columns create_columns(h5::File& f, const RoutingRecord& r) {
+  Columns c;
+  c.layers = static_cast<std::int64_t>(r.layers.size());
+  c.P = r.tokens;
+  c.K = r.top_k;
+  c.E = r.n_experts;
+  c.d = r.d_model;
+  for (const char* col : {kRecordSteps, kEpochs, kGroups, kAcRows})
+    f.create_rows(col, Elem::I64, {}, kColumnChunk);
+  f.create_rows(kReasons, Elem::Str16, {}, kColumnChunk);
+  for (std::size_t m = 0; m < r.layers.size(); ++m) {
+    const std::string g = trace_layer(m);
+    f.create_rows(g + "/experts", Elem::I32, {c.P, c.K}, 1);
+    f.create_rows(g + "/gates", Elem::F32, {c.P, c.K}, 1);
+    f.create_rows(g + "/probs", Elem::F32, {c.P, c.K}, 1);
+    f.set_attr(g, "router", r.layers[m].router);
+    c.graph.push_back(!r.layers[m].graph.empty());
+    if (c.graph.back())
+      f.create_rows(g + "/graph", Elem::F32, {static_cast<std::int64_t>(kGraphStats)},
+                    kColumnChunk);
+    c.ac.push_back(!r.layers[m].ac_weights.empty());
+    if (!c.ac.back()) continue;
+    f.create_rows(g + "/ac_weights", Elem::F32, {c.E, c.d}, 1);
+    f.create_rows(g + "/ac_present", Elem::U8, {c.E}, 1);
+  }
+  return c;
+}
+
+// Refuses a record that does not fit the trace's columns.
+void check_fits(const Columns& c, const RoutingRecord& r, const std::string& path) {
+  RM_CHECK_KIND(Data,
+                std::cmp_equal(r.layers.size(), c.layers) && r.tokens == c.P && r.top_k == c.K,
+                fmt::format("{}: the trace holds records of {} MoE layers, P {}, k {}; this one "
+                            "has {} layers, P {}, k {} (a trace of another model?)",
+                            path, c.layers, c.P, c.K, r.layers.size(), r.tokens, r.top_k));
+  for (std::size_t m = 0; m < r.layers.size(); ++m) {
+    const LayerRouting& L = r.layers[m];
+    const bool ac = !L.ac_weights.empty();
+    RM_CHECK_KIND(Data, ac == c.ac[m],
+                  fmt::format("{}: MoE layer {} {} AC weights in the trace but {} in this record",
+                              path, m, c.ac[m] ? "has" : "has no", ac ? "has them" : "not"));
+    RM_CHECK_KIND(Data,
+                  !ac || (std::cmp_equal(L.ac_weights.size(), r.groups * c.E * c.d) &&
+                          std::cmp_equal(L.ac_present.size(), r.groups * c.E)),
+                  fmt::format("{}: MoE layer {}: AC weights of {} values for {} groups, the "
+                              "trace stores [E {}, d {}] per group",
+                              path, m, L.ac_weights.size(), r.groups, c.E, c.d));
+  }
+}
+
+// Writes record `r` as row `row` (its AC rows from `ac_row`): the data, then the step that
+// commits it; with `in_place`, a flush before and after the commit.
+void write_record_row(h5::File& f, const Columns& c, std::int64_t row, std::int64_t ac_row,
+                      const RoutingRecord& r, bool in_place) {
+  for (std::size_t m = 0; m < r.layers.size(); ++m) {
+    const LayerRouting& L = r.layers[m];
+    const std::string g = trace_layer(m);
+    f.write_rows(g + "/experts", Elem::I32, row, 1, L.experts.data());
+    f.write_rows(g + "/gates", Elem::F32, row, 1, L.gates.data());
+    f.write_rows(g + "/probs", Elem::F32, row, 1, L.probs.data());
+    if (c.graph[m]) {  // a record without diagnostics (cannot happen for one model): NaN
+      std::vector<float> stats(kGraphStats, std::numeric_limits<float>::quiet_NaN());
+      if (L.graph.size() == kGraphStats) stats = L.graph;
+      f.write_rows(g + "/graph", Elem::F32, row, 1, stats.data());
+    }
+    if (!c.ac[m]) continue;
+    f.write_rows(g + "/ac_weights", Elem::F32, ac_row, r.groups, L.ac_weights.data());
+    f.write_rows(g + "/ac_present", Elem::U8, ac_row, r.groups, L.ac_present.data());
+  }
+  RM_CHECK_KIND(Data, r.reason.size() <= 16,
+                fmt::format("record reason '{}' is longer than 16 bytes", r.reason));
+  char reason[16] = {};
+  std::memcpy(reason, r.reason.data(), r.reason.size());
+  f.write_rows(kEpochs, Elem::I64, row, 1, &r.epoch);
+  f.write_rows(kReasons, Elem::Str16, row, 1, reason);
+  f.write_rows(kGroups, Elem::I64, row, 1, &r.groups);
+  f.write_rows(kAcRows, Elem::I64, row, 1, &ac_row);
+  if (in_place) f.flush();
+  f.write_rows(kRecordSteps, Elem::I64, row, 1, &r.step);  // the commit
+  if (in_place) f.flush();
+}
+
+// First AC row after the first `records` records.
+std::int64_t ac_rows_after(const h5::File& f, const Columns& c, std::int64_t records) {
+  if (records == 0 || !any_ac(c)) return 0;
+  std::int64_t last[2] = {0, 0};
+  f.read_rows(kAcRows, Elem::I64, records - 1, 1, &last[0]);
+  f.read_rows(kGroups, Elem::I64, records - 1, 1, &last[1]);
+  return last[0] + last[1];
+}
+
+template <typename T>
+std::vector<T> read_column(const h5::File& f, const char* name, Elem elem, std::int64_t n) {
+  std::vector<T> v(static_cast<std::size_t>(n));
+  f.read_rows(name, elem, 0, n, v.data());
+  return v;
+}
+
+// The first `n` records of every layer's experts/gates/probs, split per record.
+std::vector<RoutingRecord> read_columns(const h5::File& f, const Columns& c,
+                                        const RoutingExpect& expect) {
+  const std::int64_t R = f.rows(kRecordSteps);
+  const auto steps = read_column<std::int64_t>(f, kRecordSteps, Elem::I64, R);
+  const auto epochs = read_column<std::int64_t>(f, kEpochs, Elem::I64, R);
+  const auto groups = read_column<std::int64_t>(f, kGroups, Elem::I64, R);
+  const auto ac_rows = read_column<std::int64_t>(f, kAcRows, Elem::I64, R);
+  std::vector<char> reasons(static_cast<std::size_t>(R * 16));
+  f.read_rows(kReasons, Elem::Str16, 0, R, reasons.data());
+  std::vector<RoutingRecord> recs(static_cast<std::size_t>(R));
+  for (std::size_t r = 0; r < recs.size(); ++r) {
+    RoutingRecord& rec = recs[r];
+    rec.origin = fmt::format("{}:records[{}]", f.path(), r);
+    rec.step = steps[r];
+    rec.epoch = epochs[r];
+    const char* text = reasons.data() + r * 16;
+    rec.reason.assign(text, strnlen(text, 16));
+    rec.groups = groups[r];
+    rec.tokens = c.P;
+    rec.top_k = c.K;
+    rec.layers.resize(static_cast<std::size_t>(c.layers));
+    if (any_ac(c) && expect.values) {
+      rec.d_model = c.d;
+      rec.n_experts = c.E;
+      RM_CHECK_KIND(Data, rec.groups >= 1 && c.P % rec.groups == 0 && ac_rows[r] >= 0,
+                    fmt::format("{}: {} token groups and AC row {} for {} probe tokens", rec.origin,
+                                rec.groups, ac_rows[r], c.P));
+    }
+  }
+  return recs;
+}
+
+void read_layer(const h5::File& f, const Columns& c, std::size_t m, const RoutingExpect& expect,
+                const std::vector<std::int64_t>& ac_rows, std::vector<RoutingRecord>& recs) {
+  const auto R = static_cast<std::int64_t>(recs.size());
+  const std::string g = trace_layer(m);
+  const std::int64_t per = c.P * c.K;
+  std::vector<std::int32_t> experts(static_cast<std::size_t>(R * per));
+  f.read_rows(g + "/experts", Elem::I32, 0, R, experts.data());
+  std::vector<float> gates, probs;
+  if (expect.values) {
+    gates.resize(experts.size());
+    probs.resize(experts.size());
+    f.read_rows(g + "/gates", Elem::F32, 0, R, gates.data());
+    f.read_rows(g + "/probs", Elem::F32, 0, R, probs.data());
+  }
+  const std::string router = f.has_attr(g, "router") ? f.attr_string(g, "router") : "";
+  std::vector<float> graph;
+  if (c.graph[m]) {
+    graph.resize(static_cast<std::size_t>(R) * kGraphStats);
+    f.read_rows(g + "/graph", Elem::F32, 0, R, graph.data());
+  }
+  for (std::int64_t r = 0; r < R; ++r) {
+    LayerRouting& L = recs[static_cast<std::size_t>(r)].layers[m];
+    L.router = router;
+    L.experts.assign(experts.begin() + r * per, experts.begin() + (r + 1) * per);
+    if (expect.n_experts > 0) {
+      for (std::size_t i = 0; i < L.experts.size(); ++i) {
+        const std::int32_t e = L.experts[i];
+        RM_CHECK_KIND(Data, e >= 0 && e < expect.n_experts,
+                      fmt::format("{}: layer{}/experts holds expert {} (token {}), outside [0, {})",
+                                  recs[static_cast<std::size_t>(r)].origin, m, e,
+                                  i / static_cast<std::size_t>(c.K), expect.n_experts));
+      }
+    }
+    if (!expect.values) continue;
+    L.gates.assign(gates.begin() + r * per, gates.begin() + (r + 1) * per);
+    L.probs.assign(probs.begin() + r * per, probs.begin() + (r + 1) * per);
+    if (c.graph[m]) {
+      const auto at = graph.begin() + r * static_cast<std::int64_t>(kGraphStats);
+      L.graph.assign(at, at + static_cast<std::int64_t>(kGraphStats));
+    }
+  }
+  if (!expect.values || !c.ac[m] || R == 0) return;
+  const std::int64_t rows = ac_rows.back() + recs.back().groups;
+  std::vector<float> w(static_cast<std::size_t>(rows * c.E * c.d));
+  std::vector<std::uint8_t> present(static_cast<std::size_t>(rows * c.E));
+  f.read_rows(g + "/ac_weights", Elem::F32, 0, rows, w.data());
+  f.read_rows(g + "/ac_present", Elem::U8, 0, rows, present.data());
+  for (std::int64_t r = 0; r < R; ++r) {
+    RoutingRecord& rec = recs[static_cast<std::size_t>(r)];
+    const std::int64_t b = ac_rows[static_cast<std::size_t>(r)], n = rec.groups;
+    RM_CHECK_KIND(Data, b + n <= rows,
+                  fmt::format("{}: AC rows [{}, {}) beyond the {} rows of {}/ac_weights",
+                              rec.origin, b, b + n, rows, g));
+    LayerRouting& L = rec.layers[m];
+    L.ac_weights.assign(w.begin() + b * c.E * c.d, w.begin() + (b + n) * c.E * c.d);
+    L.ac_present.assign(present.begin() + b * c.E, present.begin() + (b + n) * c.E);
+  }
+}
+
+std::vector<RoutingRecord> read_records_v2(const h5::File& f, const RoutingExpect& expect) {
+  const Columns c = columns_of(f);
+  RM_CHECK_KIND(Data, expect.layers < 0 || c.layers == expect.layers,
+                fmt::format("{}: {} MoE layers of records, the file says {}", f.path(), c.layers,
+                            expect.layers));
+  RM_CHECK_KIND(
+      Data,
+      (expect.tokens == 0 || c.P == expect.tokens) && (expect.top_k == 0 || c.K == expect.top_k),
+      fmt::format("{}: records of [P {}, k {}], expected [{}, {}]", f.path(), c.P, c.K,
+                  expect.tokens, expect.top_k));
+  std::vector<RoutingRecord> recs = read_columns(f, c, expect);
+  std::vector<std::int64_t> ac_rows;
+  if (!recs.empty() && any_ac(c)) {
+    ac_rows =
+        read_column<std::int64_t>(f, kAcRows, Elem::I64, static_cast<std::int64_t>(recs.size()));
+  }
+  for (std::size_t m = 0; std::cmp_less(m, c.layers); ++m)
+    read_layer(f, c, m, expect, ac_rows, recs);
+  return recs;
+}
+
+}  // namespace
+
+std::int64_t trace_record_count(const h5::File& f) {
+  if (f.attr_int("/", "format_version") == kTraceVersionRecordGroups) {
+    return static_cast<std::int64_t>(trace_record_groups(f).size());
+  }
+  return f.exists(kRecordSteps) ? f.rows(kRecordSteps) : 0;
+}
+
+std::vector<RoutingRecord> read_trace_records(const h5::File& f, RoutingExpect expect) {
+  if (f.attr_int("/", "format_version") != kTraceVersionRecordGroups) {
+    return f.exists(kRecordSteps) ? read_records_v2(f, expect) : std::vector<RoutingRecord>{};
+  }
+  std::vector<RoutingRecord> recs;
+  for (const std::string& group : trace_record_groups(f)) {
+    recs.push_back(read_routing(f, group, expect));
+  }
+  return recs;
+}
+
+void create_trace(const std::string& path, const TraceInfo& info, const std::int32_t* probe,
+                  const std::vector<RoutingRecord>& records) {
+  RM_CHECK(!records.empty(), "create_trace needs a first record");
+  const std::string tmp = path + ".tmp";
+  std::error_code ec;
+  std::filesystem::remove(tmp, ec);
+  {
+    h5::File f = h5::File::create(tmp);
+    write_trace_info(f, info, probe);
+    Columns c;
+    std::int64_t ac_row = 0;
+    for (std::size_t r = 0; r < records.size(); ++r) {
+      RoutingRecord rec = records[r];
+      derive_ac_weights(rec, info.n_experts);
+      if (r == 0) c = create_columns(f, rec);
+      check_fits(c, rec, path);
+      write_record_row(f, c, static_cast<std::int64_t>(r), ac_row, rec, false);
+      if (any_ac(c)) ac_row += rec.groups;
+    }
+    f.close();
+  }
+  std::filesystem::rename(tmp, path, ec);
+  RM_CHECK_KIND(Io, !ec, fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+}
+
+namespace {
+
+// Everything a trace holds, read at once (the rare paths that rewrite a trace).
+struct WholeTrace {
+  TraceInfo info;
+  std::vector<std::int32_t> probe;
+  std::vector<RoutingRecord> records;
+};
+
+WholeTrace read_whole_trace(const std::string& path) {
+  return reading(path, [&]() {
+    const h5::File f = h5::File::open_read(path);
+    check_header(f, path, {Kind::Trace});
+    WholeTrace t;
+    t.info = read_trace_info(f);
+    t.probe = f.read_i32(kProbeTokens);
+    t.records = read_trace_records(f);
+    for (RoutingRecord& r : t.records) {
+      // A version-1 record carries M_i but not how the probe was split into token groups.
+      if (t.info.version == kTraceVersionRecordGroups)
+        infer_ac_groups(r, t.info.n_experts, t.info.seq_len);
+      t.info.d_model = std::max(t.info.d_model, r.d_model);
+    }
+    return t;
+  });
+}
+
+}  // namespace
+
+void append_trace_record(const std::string& path, const TraceInfo& info, const std::int32_t* probe,
+                         const RoutingRecord& record) {
+  if (!std::filesystem::exists(path)) {
+    create_trace(path, info, probe, {record});
+    return;
+  }
+  std::int64_t version = 0;
+  reading(path, [&]() {
+    const h5::File f = h5::File::open_read(path);
+    version = check_header(f, path, {Kind::Trace}).version;
+  });
+  if (version == kTraceVersionRecordGroups) {  // rewritten as version 2, once
+    WholeTrace t = read_whole_trace(path);
+    t.records.push_back(record);
+    t.info.d_model = std::max(t.info.d_model, record.d_model);
+    create_trace(path, t.info, t.probe.data(), t.records);
+    return;
+  }
+  h5::File f = h5::File::open_append(path);
+  const Columns c = columns_of(f);
+  RoutingRecord rec = record;
+  derive_ac_weights(rec, f.attr_int("/", "n_experts"));
+  check_fits(c, rec, path);
+  const std::int64_t row = f.rows(kRecordSteps);
+  write_record_row(f, c, row, ac_rows_after(f, c, row), rec, true);
+  f.close();
+}
+
+std::int64_t truncate_trace(const std::string& path, std::int64_t step) {
+  WholeTrace t = read_whole_trace(path);
+  std::size_t keep = 0;
+  while (keep < t.records.size() && t.records[keep].step <= step) ++keep;
+  if (keep == t.records.size()) return static_cast<std::int64_t>(keep);  // nothing to drop
+  if (keep == 0) {
+    std::filesystem::remove(path);  // nothing to keep: the next append starts a new trace
+    return 0;
+  }
+  t.records.resize(keep);
+  create_trace(path, t.info, t.probe.data(), t.records);
+  return static_cast<std::int64_t>(keep);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Checkpoint root
 
 void write_checkpoint_info(h5::File& f, const CheckpointInfo& c) {
@@ -261,6 +742,7 @@ void write_checkpoint_info(h5::File& f, const CheckpointInfo& c) {
   f.set_attr("/", "world_size", c.world_size);
   f.set_attr("/", "ep_size", c.ep_size);
   f.set_attr("/", "routers", join_routers(c.routers));
+  if (!c.run_id.empty()) f.set_attr("/", "run_id", c.run_id);
 }
 
 CheckpointInfo read_checkpoint_info(const h5::File& f) {
@@ -272,8 +754,13 @@ CheckpointInfo read_checkpoint_info(const h5::File& f) {
   c.ep_size = f.attr_int("/", "ep_size");
   c.routers = split_routers(f.attr_string("/", "routers"));
   c.config = f.attr_string("/", "config");
+  c.run_id = read_run_id(f);
   RM_CHECK_KIND(Data, c.step >= 0, fmt::format("{}: negative step {}", f.path(), c.step));
   return c;
+}
+
+std::string read_run_id(const h5::File& f) {
+  return f.has_attr("/", "run_id") ? f.attr_string("/", "run_id") : std::string();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ packages=(
   g++ cmake make pkg-config
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools
-  libfmt-dev libcli11-dev libopenblas-openmp-dev libgtest-dev
+  libfmt-dev libcli11-dev libtomlplusplus-dev libopenblas-openmp-dev libgtest-dev
   python3 python3-torch python3-h5py python3-numpy
+  librsvg2-bin fonts-dejavu-core python3-pil
   clang-format universal-ctags
+  slurmctld slurmd slurm-client munge iproute2
 )
 
 case "${1:-}" in

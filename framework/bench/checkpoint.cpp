@@ -109,13 +109,13 @@ void run(const CheckpointOptions& o, Context& ctx) {
     if (compare_gathered) {
       world.barrier();
       Timer tg;
-      save_checkpoint(path, cfg, model, opt, CheckpointState{1, 1, 1}, rec, groups,
+      save_checkpoint(path, cfg, model, opt, CheckpointState{1, 1, 1, ""}, rec, groups,
                       CheckpointWrite::Gathered);
       if (timed) gathered_s.push_back(tg.seconds());
     }
     world.barrier();
     Timer t;
-    save_checkpoint(path, cfg, model, opt, CheckpointState{1, 0, cfg.train.seed}, rec, groups);
+    save_checkpoint(path, cfg, model, opt, CheckpointState{1, 0, cfg.train.seed, ""}, rec, groups);
     const double s = t.seconds();
     world.barrier();
     t.restart();

@@ -13,8 +13,10 @@ using Runner = std::function<int()>;
 
 // `routemoe train`: the training loop over a TOML config with --section.key overrides.
 Runner register_train(CLI::App& app);
-// `routemoe prepare`: text files -> token shards.
+// `routemoe prepare`: text files -> token shards; --corrupt: corrupted held-out splits.
 Runner register_prepare(CLI::App& app);
+// `routemoe eval`: loss, bits per byte and perplexity of a checkpoint on a split.
+Runner register_eval(CLI::App& app);
 // `routemoe trace`: routing-fluctuation analysis of trace files and checkpoints (no MPI).
 Runner register_trace(CLI::App& app);
 // `routemoe inspect`: what a checkpoint or trace file holds; one-line errors for damaged files.

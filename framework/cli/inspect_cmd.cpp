@@ -121,11 +121,8 @@ RunConfig parse_stored_config(const std::string& path, const std::string& toml) 
     RM_CHECK_KIND(Io, out.good(), fmt::format("cannot write {}", tmpl));
   }
   RunConfig cfg;
-  CLI::App app;
-  std::string unused;
-  register_run_options(app, cfg, unused);
   try {
-    apply_config_file(app, tmpl);
+    read_config_file(tmpl, cfg);
     cfg.model.validate();
   } catch (const Error& e) {
     std::string what = e.detail().empty() ? e.what() : e.detail();
@@ -143,6 +140,7 @@ struct LayerSummary {
   double gate_mean = 0, prob_mean = 0;
   bool ac_scale = false;
   Shape ac_shape;
+  Shape ac_weights_shape;  // [G, E, d] per-expert AC weights (version-2 trace records)
 };
 
 // Summary of one layer of a routing record read by runfile::read_routing (which checked the
@@ -164,6 +162,7 @@ LayerSummary layer_summary(const runfile::RoutingRecord& rec, std::size_t m,
   L.prob_mean = psum / n;
   L.ac_scale = !R.ac_scale.empty();
   if (L.ac_scale) L.ac_shape = {rec.tokens, rec.d_model};
+  if (!R.ac_weights.empty()) L.ac_weights_shape = {rec.groups, rec.n_experts, rec.d_model};
   return L;
 }
 
@@ -339,9 +338,14 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
   expect.tokens = info.probe_tokens;
   expect.top_k = top_k;
   expect.n_experts = n_experts;
-  for (const std::string& g : runfile::trace_record_groups(f)) {
-    const runfile::RoutingRecord rec = runfile::read_routing(f, g, expect);
-    recs.push_back({g, rec.step, rec.epoch, rec.reason, record_summary(rec, n_experts)});
+  const std::vector<runfile::RoutingRecord> all = runfile::read_trace_records(f, expect);
+  const std::vector<std::string> groups = version == runfile::kTraceVersionRecordGroups
+                                              ? runfile::trace_record_groups(f)
+                                              : std::vector<std::string>{};
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const runfile::RoutingRecord& rec = all[i];
+    recs.push_back({i < groups.size() ? groups[i] : fmt::format("records[{}]", i), rec.step,
+                    rec.epoch, rec.reason, record_summary(rec, n_experts)});
   }
   if (json) {
     std::string o = "{";
@@ -363,9 +367,10 @@ int inspect_trace(const h5::File& f, bool json, std::int64_t version) {
         const LayerSummary& L = r.layers[m];
         o += fmt::format(
             "{}{{\"router\": {}, \"P\": {}, \"k\": {}, \"first_choice_load\": [{}], \"ac_scale\": "
-            "{}}}",
+            "{}, \"ac_weights\": {}}}",
             m ? ", " : "", json_quote(L.router), L.P, L.k, fmt::join(L.first_load, ", "),
-            L.ac_scale ? shape_str(L.ac_shape) : std::string("null"));
+            L.ac_scale ? shape_str(L.ac_shape) : std::string("null"),
+            L.ac_weights_shape.empty() ? std::string("null") : shape_str(L.ac_weights_shape));
       }
       o += "]}";
     }

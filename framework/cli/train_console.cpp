@@ -8,6 +8,7 @@
 
 #include "comm/mpi_runtime.h"
 #include "framework/runfile.h"
+#include "framework/train/preempt.h"
 
 namespace routemoe::cli {
 
@@ -22,6 +23,9 @@ void TrainConsole::on_start(const RunConfig& cfg, const RunInfo& info) {
   fmt::print("routemoe train: {} parameters, {} layers ({} MoE, routers {}), {} experts top-{}\n",
              info.parameters, mc.n_layers, mc.n_moe_layers(),
              runfile::join_routers(mc.expanded_routers()), mc.n_experts, mc.top_k);
+  std::vector<std::string> layers;
+  for (std::int64_t m = 0; m < mc.n_moe_layers(); ++m) layers.push_back(mc.describe_router(m));
+  fmt::print("MoE layers: {}\n", fmt::join(layers, "; "));
   fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
              info.train_tokens, info.val_tokens, cfg.data.path, info.unigram_entropy);
   fmt::print("parallel: {} rank(s), expert-parallel size {}, data-parallel groups {}\n",
@@ -64,7 +68,17 @@ void TrainConsole::on_finish(const TrainSummary& s) {
     }
     fmt::print("  expert load, MoE layer {}:{}\n", m, shares);
   }
+  if (s.skipped_steps > 0) {
+    fmt::print("  {} non-finite step(s) skipped, none applied (train.nonfinite)\n",
+               s.skipped_steps);
+  }
   fmt::print("  metrics: {}/metrics.jsonl\n", s.out_dir);
+  if (s.stop_signal != 0) {
+    fmt::print(
+        "stopped by {} after {} step(s): checkpoint {}; exit status {} (resume with "
+        "--resume auto)\n",
+        signal_name(s.stop_signal), s.steps, s.last_checkpoint, kExitPreempted);
+  }
   fmt::print("memory (rank 0):\n{}", s.memory);
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -320,6 +321,12 @@ RunMetrics analyse(const Run& run) {
       out.last_change.push_back(last_change_epochs(run, m));
   }
   for (std::int64_t m = 0; m < n_layers; ++m) out.load.push_back(expert_load(run, n_rec - 1, m));
+  for (std::size_t r = 0; r < n_rec; ++r) {
+    for (std::int64_t m = 0; m < n_layers; ++m) {
+      const Load l = expert_load(run, r, m);
+      out.load_entropy.push_back({m, r, l.step, l.epoch, l.entropy, l.entropy_norm});
+    }
+  }
   for (std::int64_t m = 0; m + 1 < n_layers; ++m) {
     Agreement ag;
     ag.layer_a = m;
@@ -359,9 +366,7 @@ Run read_trace(const std::string& path) {
     expect.tokens = run.n_probe;
     expect.top_k = run.top_k;
     expect.values = false;  // the metrics need the chosen experts only
-    for (const std::string& group : runfile::trace_record_groups(f)) {
-      run.records.push_back(runfile::read_routing(f, group, expect));
-    }
+    run.records = runfile::read_trace_records(f, expect);
     // The router each layer actually used (ac on the first MoE layer reports topk), when the
     // records say so; else the `routers` attribute (the configured ones).
     if (!run.records.empty() &&
@@ -433,12 +438,46 @@ Run read_checkpoints(const std::vector<std::string>& paths) {
   return run;
 }
 
+namespace {
+
+// The number after `"key": ` in a flat JSON line; false when absent or not a number.
+bool json_number(const std::string& line, const std::string& key, double* out) {
+  const std::string needle = "\"" + key + "\":";
+  const std::size_t at = line.find(needle);
+  if (at == std::string::npos) return false;
+  const char* begin = line.c_str() + at + needle.size();
+  char* end = nullptr;
+  const double v = std::strtod(begin, &end);
+  if (end == begin || !std::isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+void read_metrics(const std::string& path, std::vector<LossPoint>& train,
+                  std::vector<LossPoint>& val) {
+  std::ifstream in(path);
+  RM_CHECK_KIND(Io, in.good(), fmt::format("{}: cannot read", path));
+  std::string line;
+  while (std::getline(in, line)) {
+    double step = 0, loss = 0;
+    if (!json_number(line, "step", &step)) continue;
+    if (json_number(line, "val_loss", &loss)) {
+      val.push_back({static_cast<std::int64_t>(step), loss});
+    } else if (json_number(line, "loss", &loss)) {
+      train.push_back({static_cast<std::int64_t>(step), loss});
+    }
+  }
+}
+
 std::vector<Run> load_runs(const std::vector<std::string>& inputs,
                            const std::vector<std::string>& labels) {
   struct Pending {
     bool trace = false;
     std::vector<std::string> paths;
     std::string label;
+    std::string dir;  // the run directory
   };
   std::vector<Pending> pending;
   std::map<std::string, std::size_t> ckpt_run;  // run directory -> index into pending
@@ -449,7 +488,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
     auto it = ckpt_run.find(key);
     if (it == ckpt_run.end()) {
       it = ckpt_run.emplace(key, pending.size()).first;
-      pending.push_back({false, {}, run_dir_name(dir)});
+      pending.push_back({false, {}, run_dir_name(dir), dir.string()});
     }
     pending[it->second].paths.push_back(path);
   };
@@ -459,7 +498,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
     if (fs::is_directory(input, ec)) {
       const fs::path trace = fs::path(input) / "trace.h5";
       if (fs::exists(trace, ec)) {
-        pending.push_back({true, {trace.string()}, run_dir_name(input)});
+        pending.push_back({true, {trace.string()}, run_dir_name(input), input});
         continue;
       }
       std::vector<std::string> ckpts;
@@ -488,7 +527,7 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
       const std::string label = p.filename() == "trace.h5"
                                     ? run_dir_name(fs::absolute(p).parent_path())
                                     : p.stem().string();
-      pending.push_back({true, {input}, label});
+      pending.push_back({true, {input}, label, fs::absolute(p).parent_path().string()});
     } else {
       add_checkpoint(input);
     }
@@ -502,6 +541,12 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
     Run run = pending[i].trace ? read_trace(pending[i].paths.front())
                                : read_checkpoints(pending[i].paths);
     run.label = labels.empty() ? pending[i].label : labels[i];
+    run.run_dir = pending[i].dir;
+    const fs::path metrics = fs::path(run.run_dir) / "metrics.jsonl";
+    std::error_code ec;
+    if (!run.run_dir.empty() && fs::is_regular_file(metrics, ec)) {
+      read_metrics(metrics.string(), run.train_loss, run.val_loss);
+    }
     const int n = ++seen[run.label];
     if (n > 1) run.label += fmt::format("#{}", n);
     runs.push_back(std::move(run));
@@ -511,6 +556,39 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
 
 // ---------------------------------------------------------------------------------------------
 // Reports
+
+namespace {
+
+// The graph diagnostics of the records that have them (similarity/attention layers of newer
+// traces): one row per record, per layer "self-weight / entropy / neighbours"; "" without any.
+std::string graph_table(const Run& run) {
+  const auto has = [](const runfile::RoutingRecord& r) {
+    return std::any_of(r.layers.begin(), r.layers.end(),
+                       [](const runfile::LayerRouting& l) { return !l.graph.empty(); });
+  };
+  if (std::none_of(run.records.begin(), run.records.end(), has)) return "";
+  std::string out =
+      "\n   graph mixing matrix per record (mean self-weight / row entropy nats / effective "
+      "neighbours exp(H) / H over log of the tokens a row may use)\n";
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> head{"step"};
+  for (std::size_t m = 0; m < run.records.front().layers.size(); ++m)
+    head.push_back(fmt::format("layer {}", m));
+  rows.push_back(head);
+  for (const runfile::RoutingRecord& r : run.records) {
+    std::vector<std::string> row{fmt::format("{}", r.step)};
+    for (const runfile::LayerRouting& l : r.layers) {
+      row.push_back(l.graph.size() == runfile::kGraphStats
+                        ? fmt::format("{} / {} / {:.2f} / {}", f4(l.graph[0]), f4(l.graph[1]),
+                                      l.graph[2], f4(l.graph[3]))
+                        : std::string("-"));
+    }
+    rows.push_back(row);
+  }
+  return out + render(rows, "   ");
+}
+
+}  // namespace
 
 std::string format_table(const std::vector<RunMetrics>& metrics) {
   std::string out;
@@ -569,6 +647,7 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
     } else if (!run.records.empty()) {
       out += "\n   routing fluctuation: no pairs of consecutive records\n";
     }
+    out += graph_table(run);
 
     if (!rm.last_change.empty()) {
       out +=
@@ -719,6 +798,14 @@ std::string to_json(const std::vector<RunMetrics>& metrics) {
         out += fmt::format("{}{}", e ? ", " : "", num(l.shares[e]));
       out += "]}";
     }
+    out += "],\n   \"load_entropy\": [";
+    for (std::size_t i = 0; i < rm.load_entropy.size(); ++i) {
+      const EntropyPoint& e = rm.load_entropy[i];
+      out += fmt::format(
+          "{}{{\"layer\": {}, \"record\": {}, \"step\": {}, \"epoch\": {}, \"entropy\": {}, "
+          "\"entropy_norm\": {}}}",
+          i ? ", " : "", e.layer, e.record, e.step, e.epoch, num(e.entropy), num(e.entropy_norm));
+    }
     out += "],\n   \"agreement\": [";
     for (std::size_t i = 0; i < rm.agreement.size(); ++i) {
       const Agreement& a = rm.agreement[i];
@@ -785,6 +872,17 @@ std::string agreement_csv(const std::vector<RunMetrics>& metrics) {
   return out;
 }
 
+std::string load_entropy_csv(const std::vector<RunMetrics>& metrics) {
+  std::string out = "run,layer,record,step,epoch,entropy_nats,entropy_norm\n";
+  for (const RunMetrics& rm : metrics) {
+    for (const EntropyPoint& e : rm.load_entropy) {
+      out += fmt::format("{},{},{},{},{},{},{}\n", csv_str(rm.run->label), e.layer, e.record,
+                         e.step, e.epoch, num(e.entropy), num(e.entropy_norm));
+    }
+  }
+  return out;
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -812,7 +910,8 @@ std::vector<std::string> write_csv_dir(const std::string& dir,
       {"flips.csv", flips_csv(metrics)},
       {"load.csv", load_csv(metrics)},
       {"last_change.csv", last_change_csv(metrics)},
-      {"agreement.csv", agreement_csv(metrics)}};
+      {"agreement.csv", agreement_csv(metrics)},
+      {"load_entropy.csv", load_entropy_csv(metrics)}};
   std::vector<std::string> written;
   for (const auto& [name, text] : files) {
     const std::string path = (fs::path(dir) / name).string();

@@ -8,6 +8,15 @@
 // gathered and rank 0 writes. Any rank count and ep_size can load it (each rank reads its
 // slice). Files are written to <name>.tmp, closed and renamed. The names, versions, header check
 // and the routing record are those of framework/runfile.h.
+//
+// Failures while writing (disk full, permissions) are agreed by all ranks before anything
+// collective happens next (comm/agree.h): after every collective step of the write each rank
+// reports whether its part failed, and on a failure every rank abandons the file (no
+// collective close), rank 0 removes the .tmp, and all ranks throw the same Error(Io) naming the
+// path and the system's cause. The previous checkpoint is untouched.
+//
+// A checkpoint belongs to the run that wrote it (root attribute `run_id`): listing, pruning and
+// `--resume auto` consider only the files of the run (see list_run_checkpoints).
 
 #include <cstdint>
 #include <string>
@@ -30,6 +39,7 @@ struct CheckpointState {
   std::int64_t step = 0;  // optimiser steps completed
   std::int64_t epoch = 0;
   std::uint64_t data_seed = 0;
+  std::string run_id;  // the run that wrote it ("" for files from before run ids)
 };
 
 // Routes `probe` ([sequences, seq_len] tokens, sequences divisible by the world size) in
@@ -42,7 +52,8 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
 // (the fallback, also used by `routemoe bench checkpoint` for comparison).
 enum class CheckpointWrite { Auto, Gathered };
 
-// Writes `path` (collective over groups.world). The record may be empty (no layers).
+// Writes `path` (collective over groups.world). The record may be empty (no layers). Refuses,
+// on every rank, to write a model or optimiser state holding a non-finite value.
 void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model, AdamW& opt,
                      const CheckpointState& state, const RoutingRecord& record,
                      comm::ProcessGroups& groups, CheckpointWrite mode = CheckpointWrite::Auto);
@@ -51,16 +62,42 @@ void save_checkpoint(const std::string& path, const RunConfig& cfg, Model& model
 // every tensor's shape against the model. Throws Error(Data) with the file and the cause.
 CheckpointState load_checkpoint(const std::string& path, Model& model, AdamW& opt);
 
-// Checkpoint files ckpt_<step>.h5 in `dir`, oldest first.
+// Checkpoint files ckpt_<step>.h5 in `dir` (by name only), oldest first.
 std::vector<std::string> list_checkpoints(const std::string& dir);
-// Deletes all but the newest `keep_last` (>= 1) checkpoints of `dir`.
-void prune_checkpoints(const std::string& dir, std::int64_t keep_last);
 
-// Appends `record` to the run's trace file (created with the probe tokens on first use).
-// Rank 0 only; the file stays valid if the process dies during an append (the record group is
-// written to a copy that replaces the trace when complete).
+// The checkpoint files of `dir` split by owner: `own` are those whose root attribute run_id is
+// `run_id`, oldest first; `foreign` are the others (another run's, a file without a run id,
+// a file that is not a readable checkpoint), each as "<file name> (<why>)", for messages.
+struct RunCheckpoints {
+  std::vector<std::string> own;
+  std::vector<std::string> foreign;
+};
+RunCheckpoints list_run_checkpoints(const std::string& dir, const std::string& run_id);
+
+// Refuses (Error(Config), one line naming the file and its owner) a run that could overwrite a
+// checkpoint of another run, or a stray file, in `dir`: a ckpt_<step>.h5 that is not run
+// `run_id`'s and whose step lies in (from_step, to_step], the steps this run may still write.
+void check_foreign_checkpoints(const std::string& dir, const std::string& run_id,
+                               std::int64_t from_step, std::int64_t to_step);
+
+// Deletes all but the newest `keep_last` (>= 1) checkpoints of run `run_id` in `dir`; files of
+// other runs and stray files are never touched.
+void prune_checkpoints(const std::string& dir, std::int64_t keep_last, const std::string& run_id);
+
+// Appends `record` to the run's trace file (created with the probe tokens and `run_id` on first
+// use) in place (runfile::append_trace_record): the time and bytes of an append do not grow with
+// the records already there. Rank 0 only; a process killed during an append leaves every
+// complete record readable; a failed write throws Error(Io) naming the file.
 void append_trace(const std::string& path, const RunConfig& cfg,
-                  const std::vector<std::int32_t>& probe, const RoutingRecord& record);
+                  const std::vector<std::int32_t>& probe, const RoutingRecord& record,
+                  const std::string& run_id);
+
+// Refuses (Error(Config), one line) to resume into the trace at `path` when the records this run
+// would append are not comparable with those it holds: another run's trace, or a changed
+// number of MoE layers, top_k, n_experts, seq_len, router list or probe set (size or tokens).
+// Nothing is written. A missing trace is fine. Rank 0 only.
+void check_trace_continues(const std::string& path, const RunConfig& cfg,
+                           const std::vector<std::int32_t>& probe, const std::string& run_id);
 
 // After resuming at `step` (steps completed): removes the metrics lines of later steps
 // (their "step" field, 0-based, is >= step) and the trace records taken after `step`, so that

@@ -61,11 +61,12 @@ StepResult train_step(StepContext& ctx, std::int64_t step) {
   ctx.model.params().zero_grads();
   StepResult r = run_micro_batches(ctx, step);
   all_reduce_stats(r, *ctx.groups.world);
-  RM_CHECK_KIND(Data, std::isfinite(r.loss),
-                fmt::format("training loss became {} at step {}", r.loss, step));
   r.grad_norm = reduce_gradients(ctx.model.params(), ctx.groups);
-  clip_grads(ctx.model.params(), ctx.cfg.optim.grad_clip, r.grad_norm);
   r.lr = lr_at(ctx.cfg.optim, step, ctx.cfg.train.steps);
+  // The same decision on every rank: both values are results of all-reduces.
+  r.skipped = !std::isfinite(r.loss) || !std::isfinite(r.grad_norm);
+  if (r.skipped) return r;
+  clip_grads(ctx.model.params(), ctx.cfg.optim.grad_clip, r.grad_norm);
   ctx.optimizer.step(r.lr);
   return r;
 }

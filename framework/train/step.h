@@ -1,8 +1,15 @@
 #pragma once
 // One optimiser step of the training loop (docs/architecture.md, "One training step"):
 // zero the gradients, forward/backward over this rank's micro-batches, sum the losses and loads
-// over the world, reduce the gradients over the data-parallel replicas, clip by the global norm,
-// and apply AdamW. Collective over the process groups.
+// over the world, reduce the gradients over the data-parallel replicas, check that the loss and
+// the global gradient norm are finite, clip by the global norm, and apply AdamW. Collective over
+// the process groups.
+//
+// A non-finite step never reaches the weights: when the loss or the gradient norm is NaN or
+// infinite, neither the parameters nor the AdamW state change (its step counter included) and
+// the result says `skipped`. Both values come out of all-reduces, so every rank decides alike
+// (a NaN anywhere reaches every rank's sum). What to do next (skip or stop, train.nonfinite) is
+// the trainer's decision.
 
 #include <cstdint>
 #include <vector>
@@ -24,6 +31,7 @@ struct StepResult {
   double aux_loss = 0.0;
   double lr = 0.0;
   double grad_norm = 0.0;          // global norm before clipping, every parameter counted once
+  bool skipped = false;            // loss or grad_norm not finite: the update was not applied
   std::vector<MoeLayerStats> moe;  // per MoE layer; loads summed over ranks and micro-batches
 };
 
@@ -36,8 +44,8 @@ struct StepContext {
   const BatchLoader& loader;
 };
 
-// Takes step `step` (0-based). Throws Error(Data) when the loss is not finite (the update is not
-// applied).
+// Takes step `step` (0-based); a non-finite loss or gradient norm gives a skipped result (no
+// update).
 StepResult train_step(StepContext& ctx, std::int64_t step);
 
 // Sums gradients over the data-parallel replicas (dense: world, experts: expert-data-parallel

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "comm/mpi_runtime.h"
+#include "comm/watchdog.h"
 #include "framework/arena.h"
 #include "framework/data.h"
 #include "framework/error.h"
@@ -15,7 +16,9 @@
 #include "framework/optim.h"
 #include "framework/timer.h"
 #include "framework/train/checkpoint.h"
+#include "framework/train/evaluate.h"
 #include "framework/train/metrics.h"
+#include "framework/train/preempt.h"
 #include "framework/train/run_dir.h"
 #include "layers/model.h"
 
@@ -76,22 +79,6 @@ std::vector<std::int32_t> make_probe_set(const RunConfig& cfg, const TokenDatase
   return {val.tokens().begin(), val.tokens().begin() + n};
 }
 
-// Mean validation cross-entropy over `max_batches` sequential batches (0: all); each rank takes
-// its rows of every batch.
-double evaluate(Model& model, const BatchLoader& val, std::int64_t max_batches,
-                comm::Communicator& world) {
-  const std::int64_t rows = val.options().batch_size / world.size();
-  const std::vector<Batch> batches = val.eval_batches(max_batches, world.rank() * rows, rows);
-  double acc[2] = {0.0, 0.0};  // sum of token losses, tokens
-  for (const Batch& b : batches) {
-    const StepStats s = model.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len);
-    acc[0] += s.ce_loss * static_cast<double>(s.tokens);
-    acc[1] += static_cast<double>(s.tokens);
-  }
-  world.all_reduce(acc, 2, comm::DataType::F64, comm::ReduceOp::Sum);
-  return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
-}
-
 // The loop's state between steps.
 struct Loop {
   const RunConfig& cfg;
@@ -103,11 +90,13 @@ struct Loop {
   const std::vector<std::int32_t>& probe;
   MetricsLog& metrics;
   TrainObserver* observer;
+  std::string run_id;
   std::int64_t start_step = 0;
   TrainSummary summary;
   Timer run_timer, interval_timer;
   double interval_loss = 0.0;
   std::int64_t interval_steps = 0;
+  std::int64_t consecutive_skips = 0;
   bool have_val = false;
 
   bool lead() const { return groups.world->rank() == 0; }
@@ -117,12 +106,13 @@ struct Loop {
 };
 
 // The probe set's routing at epoch ends, checkpoints, every record_every steps and the end; a
-// checkpoint every checkpoint.every steps.
-void record_and_checkpoint(Loop& L, const StepResult& r) {
+// checkpoint every checkpoint.every steps and after the last one (when checkpoint.every > 0),
+// and when the run stops on a signal (`stopping`).
+void record_and_checkpoint(Loop& L, const StepResult& r, bool stopping) {
   const CheckpointConfig& cc = L.cfg.checkpoint;
   const std::int64_t done = r.step + 1;
   const bool last = done == L.cfg.train.steps;
-  const bool ckpt = cc.every > 0 && done % cc.every == 0;
+  const bool ckpt = stopping || (cc.every > 0 && (done % cc.every == 0 || last));
   const bool epoch_end = L.data.train_loader.is_epoch_end(r.step);
   const bool interval = cc.record_every > 0 && done % cc.record_every == 0;
   if (!(ckpt || epoch_end || interval || last)) return;
@@ -131,12 +121,16 @@ void record_and_checkpoint(Loop& L, const StepResult& r) {
   rec.step = done;
   rec.epoch = L.data.train_loader.epoch_of_step(r.step);
   rec.reason = ckpt ? "checkpoint" : epoch_end ? "epoch_end" : last ? "final" : "interval";
-  if (L.lead() && cc.trace) append_trace(L.paths.trace, L.cfg, L.probe, rec);
+  if (L.lead() && cc.trace) append_trace(L.paths.trace, L.cfg, L.probe, rec, L.run_id);
   if (!ckpt) return;
   const std::string path = fmt::format("{}/ckpt_{:08d}.h5", L.paths.checkpoints, done);
   save_checkpoint(path, L.cfg, L.model, L.optimizer,
-                  CheckpointState{done, rec.epoch, L.cfg.train.seed}, rec, L.groups);
-  if (L.lead()) prune_checkpoints(L.paths.checkpoints, cc.keep_last);
+                  CheckpointState{done, rec.epoch, L.cfg.train.seed, L.run_id}, rec, L.groups);
+  L.summary.last_checkpoint = path;
+  if (L.lead()) {
+    prune_checkpoints(L.paths.checkpoints, cc.keep_last, L.run_id);
+    L.metrics.sync();
+  }
   world.barrier();
 }
 
@@ -145,7 +139,13 @@ std::optional<double> maybe_evaluate(Loop& L, const StepResult& r) {
   const TrainConfig& tc = L.cfg.train;
   const std::int64_t done = r.step + 1;
   if (done != tc.steps && (tc.eval_every <= 0 || done % tc.eval_every != 0)) return std::nullopt;
-  const double v = evaluate(L.model, L.data.val_loader, tc.eval_batches, *L.groups.world);
+  // Validation as `routemoe eval --capacity train --micro-batch B/ranks` computes it
+  // (framework/train/evaluate.h): each rank's rows of a batch in one forward pass.
+  EvalOptions eo;
+  eo.max_batches = tc.eval_batches;
+  eo.micro_batch = tc.batch_size / L.groups.world->size();
+  eo.dropless = false;
+  const double v = evaluate_split(L.model, L.data.val_loader, eo, *L.groups.world).loss;
   L.summary.best_val_loss = L.have_val ? std::min(L.summary.best_val_loss, v) : v;
   L.summary.final_val_loss = v;
   L.have_val = true;
@@ -154,7 +154,7 @@ std::optional<double> maybe_evaluate(Loop& L, const StepResult& r) {
 }
 
 // Metrics, records and checkpoints, evaluation, the summary's running figures, the observer.
-void after_step(Loop& L, const StepResult& r) {
+void after_step(Loop& L, const StepResult& r, bool stopping) {
   const std::int64_t done = r.step + 1;
   L.metrics.step(
       r, L.data.train_loader.epoch_of_step(r.step),
@@ -165,11 +165,11 @@ void after_step(Loop& L, const StepResult& r) {
   for (const MoeLayerStats& m : r.moe) L.summary.expert_load.push_back(m.load);
   L.interval_loss += r.loss;
   ++L.interval_steps;
-  record_and_checkpoint(L, r);
+  record_and_checkpoint(L, r, stopping);
   const std::optional<double> val = maybe_evaluate(L, r);
-  L.metrics.flush();
   StepReport report{r, L.cfg.train.steps, false, 0.0, 0.0, val};
-  report.log_line = done % L.cfg.train.log_every == 0 || done == L.cfg.train.steps || val;
+  report.log_line =
+      done % L.cfg.train.log_every == 0 || done == L.cfg.train.steps || val || stopping;
   if (report.log_line) {
     report.interval_loss = L.interval_loss / static_cast<double>(L.interval_steps);
     report.interval_tokens_per_s =
@@ -192,14 +192,54 @@ std::string memory_report(const Model& model, AdamW& optimizer) {
   return format_arena_report(mem);
 }
 
+// train.nonfinite for a skipped step: count it, or stop (Error(Data) on every rank alike: the
+// values come out of all-reduces).
+void apply_nonfinite_policy(Loop& L, const StepResult& r) {
+  if (!r.skipped) {
+    L.consecutive_skips = 0;
+    return;
+  }
+  ++L.summary.skipped_steps;
+  ++L.consecutive_skips;
+  const TrainConfig& tc = L.cfg.train;
+  const std::string what = fmt::format("step {}: loss {}, gradient norm {}; not applied",
+                                       r.step + 1, r.loss, r.grad_norm);
+  RM_CHECK_KIND(Data, tc.nonfinite != "stop",
+                fmt::format("non-finite {} (train.nonfinite = stop); resume from the last "
+                            "checkpoint, e.g. with a lower optim.lr",
+                            what));
+  RM_CHECK_KIND(Data, L.consecutive_skips <= tc.nonfinite_limit,
+                fmt::format("{} non-finite steps in a row, the last {} (train.nonfinite_limit = "
+                            "{}); resume from the last checkpoint, e.g. with a lower optim.lr",
+                            L.consecutive_skips, what, tc.nonfinite_limit));
+}
+
+// The steps from start_step on, until train.steps or an agreed stop signal.
+void run_loop(Loop& L, StepContext& ctx) {
+  comm::Communicator& world = *L.groups.world;
+  for (std::int64_t step = L.start_step; step < L.cfg.train.steps; ++step) {
+    comm::watchdog_note_step(step);
+    const StepResult r = train_step(ctx, step);
+    apply_nonfinite_policy(L, r);
+    const int signo = stop_agreed(world);  // every rank finishes this step, then all stop
+    after_step(L, r, signo != 0);
+    L.summary.steps = step + 1 - L.start_step;
+    if (signo != 0) {
+      L.summary.stop_signal = signo;
+      break;
+    }
+  }
+}
+
 void finish(Loop& L, const AfterTraining& after) {
   TrainSummary& s = L.summary;
-  s.steps = L.cfg.train.steps - L.start_step;
   s.memory = memory_report(L.model, L.optimizer);
   s.seconds = L.run_timer.seconds();
   s.tokens_per_s = static_cast<double>(s.steps) * L.tokens_per_step() / s.seconds;
+  L.metrics.sync();
   if (after) after(L.model);
   if (L.lead() && L.observer != nullptr) L.observer->on_finish(s);
+  if (s.stop_signal != 0) comm::request_exit_status(kExitPreempted);
 }
 
 }  // namespace
@@ -212,16 +252,21 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   ops::set_num_threads(cfg.train.threads > 0 ? cfg.train.threads
                                              : default_threads(comm::ranks_on_node()));
   const RunPaths paths = run_paths(cfg);
-  prepare_run_dir(cfg, paths, world);
+  const RunDir run = open_run_dir(cfg, paths, world);
+  const comm::WatchdogGuard watchdog(
+      comm::WatchdogOptions{cfg.parallel.timeout_s, paths.heartbeat, world.rank(), world.size()});
+  const StopSignals signals(cfg.train.stop_signals);
   const std::unique_ptr<TrainData> data = load_data(cfg);
   Model model(cfg.model, groups.ep.get());
   AdamW optimizer(model.params(), cfg.optim);
-  const ResumePoint resumed = resume_run(cfg, paths, model, optimizer, world);
-  MetricsLog metrics(paths.metrics, world.rank() == 0, !resumed.checkpoint.empty());
   const std::vector<std::int32_t> probe = make_probe_set(cfg, data->val, world.size());
-  Loop L{cfg,     groups,   paths,        model,          optimizer, *data,  probe,
-         metrics, observer, resumed.step, TrainSummary{}, Timer{},   Timer{}};
+  const ResumePoint resumed = resume_run(cfg, paths, run, probe, model, optimizer, world);
+  commit_run_dir(cfg, paths, run, resumed, world);
+  MetricsLog metrics(paths.metrics, world.rank() == 0, !resumed.checkpoint.empty());
+  Loop L{cfg,     groups,   paths,      model,        optimizer,      *data,   probe,
+         metrics, observer, run.run_id, resumed.step, TrainSummary{}, Timer{}, Timer{}};
   L.summary.out_dir = cfg.train.out_dir;
+  L.summary.run_id = run.run_id;
   L.summary.unigram_entropy = unigram_entropy(data->train.tokens(), cfg.model.vocab_size);
   if (L.lead() && observer != nullptr) {
     observer->on_start(
@@ -229,9 +274,7 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
                      L.summary.unigram_entropy, world.size(), resumed.checkpoint, resumed.step});
   }
   StepContext step_ctx{cfg, groups, model, optimizer, data->train_loader};
-  for (std::int64_t step = L.start_step; step < cfg.train.steps; ++step) {
-    after_step(L, train_step(step_ctx, step));
-  }
+  run_loop(L, step_ctx);
   finish(L, after);
   return L.summary;
 }

@@ -1,9 +1,13 @@
 #pragma once
 // The training loop of `routemoe train` (docs/architecture.md, "One training step"):
-//   prepare_run_dir -> load data -> Model + AdamW -> resume_run -> probe set -> for each step:
-//   train_step (step.h), then the after-step work — metrics, routing records and checkpoints,
-//   evaluation — and a report to the observer (the CLI prints the banner, the progress bar and
-//   the console lines; run_training prints nothing itself).
+//   open_run_dir (lock, run id) -> watchdog and stop signals -> load data -> Model + AdamW ->
+//   probe set -> resume_run -> commit_run_dir -> for each step: train_step (step.h), the
+//   non-finite policy, the stop-signal agreement (preempt.h), then the after-step work —
+//   metrics, routing records and checkpoints, evaluation — and a report to the observer (the
+//   CLI prints the banner, the progress bar and the console lines; run_training prints nothing
+//   itself). A checkpoint is written after the last step whenever checkpoint.every > 0, and
+//   after the step during which a stop signal arrived (then the process is asked to end with
+//   kExitPreempted, comm::request_exit_status).
 
 #include <cstdint>
 #include <functional>
@@ -33,6 +37,10 @@ struct TrainSummary {
   std::vector<double> losses;  // training loss of every step (mean over ranks and micro-batches)
   std::string memory;  // rank 0's memory report: parameters, gradients, AdamW, activation arena
   std::string out_dir;
+  std::string run_id;
+  std::int64_t skipped_steps = 0;  // non-finite steps skipped (train.nonfinite = skip)
+  int stop_signal = 0;             // the stop signal that ended the run early (0: it completed)
+  std::string last_checkpoint;     // the newest checkpoint this run wrote ("" when none)
 };
 
 // What the run is, for the banner.
@@ -70,10 +78,12 @@ class TrainObserver {
 using AfterTraining = std::function<void(Model&)>;
 
 // Runs training as configured on the ranks of `groups` (collective). Validates the config
-// first; rank 0 creates train.out_dir (refusing one that already holds a run) and writes the
-// metrics. Each rank trains on its rows of every global batch; dense gradients are summed over
-// the world, expert gradients over the expert-data-parallel group. The returned summary is the
-// same on every rank. `observer` (may be null) is called on rank 0.
+// first; rank 0 creates and locks train.out_dir (refusing one that already holds a run or that
+// another job holds) and writes the metrics. A non-finite step with train.nonfinite = stop, or
+// more than train.nonfinite_limit in a row, is Error(Data) on every rank. Each rank trains on its
+// rows of every global batch; dense gradients are summed over the world, expert gradients over the
+// expert-data-parallel group. The returned summary is the same on every rank. `observer` (may be
+// null) is called on rank 0.
 TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
                           TrainObserver* observer = nullptr, const AfterTraining& after = nullptr);
 

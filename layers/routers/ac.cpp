@@ -47,10 +47,11 @@ class AcRouter final : public Router<T> {
     RM_CHECK(in.prev_top1 != nullptr || in.ac_scale != nullptr,
              "ac router needs the previous layer's assignment");
     T* m = ops::alloc<T>(ex, arena, N * d);
+    expert_ = {};
     if (in.ac_scale != nullptr) {
       ops::copy<T>(ex, in.ac_scale, m, N * d);
     } else {
-      ac_feature_weights<T>(ex, dims, in.u, in.prev_top1, m, arena, in.stats);
+      ac_feature_weights<T>(ex, dims, in.u, in.prev_top1, m, arena, &expert_, in.stats);
     }
     T* scaled = ops::alloc<T>(ex, arena, N * d);
     ops::mul<T>(ex, in.u, m, scaled, N * d);
@@ -96,6 +97,7 @@ class AcRouter final : public Router<T> {
   }
 
   const T* feature_weights() const override { return scale_; }
+  AcExpertWeights<T> expert_weights() const override { return expert_; }
 
  private:
   const T* scale_ = nullptr;   // [N, d] M
@@ -104,6 +106,7 @@ class AcRouter final : public Router<T> {
   const T* norm_ = nullptr;    // [E] |e|
   const T* probs_ = nullptr;   // [N, E] softmax(s)
   double fixed_norm_ = 0.0;    // > 0: constrain() keeps |e_j| = fixed_norm_
+  AcExpertWeights<T> expert_;  // w [E, d] and token counts [E] (null with fixed ac_scale)
 };
 
 // Sums over every rank of `stats`, added in global sequence order: part[S, width] holds this
@@ -132,21 +135,22 @@ void add_in_sequence_order(const Exec& ex, comm::Communicator& stats, const doub
 
 template <typename T>
 void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
-                        const std::int32_t* prev, T* m, Arena& arena, comm::Communicator* stats) {
+                        const std::int32_t* prev, T* m, Arena& arena, AcExpertWeights<T>* stats,
+                        comm::Communicator* group) {
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts;
   double* sum = ops::zeros<double>(ex, arena, E * d);
   double* count = ops::zeros<double>(ex, arena, E);
   double* absdev = ops::zeros<double>(ex, arena, E * d);
   T* w = ops::alloc<T>(ex, arena, E * d);
-  if (stats == nullptr) {
+  if (group == nullptr) {
     ops::ac_expert_sums<T>(ex, u, prev, sum, count, N, d, E);
     ops::ac_expert_absdev<T>(ex, u, prev, sum, count, absdev, N, d, E);
   } else {
     // Per-sequence partial sums, added over all ranks in sequence order (two passes: the mean
     // absolute deviation needs the global means).
     const std::int64_t B = dims.batch, Tn = dims.seq;
-    RM_CHECK(comm::all_reduce_value<std::int64_t>(*stats, B, comm::ReduceOp::Max) ==
-                 comm::all_reduce_value<std::int64_t>(*stats, B, comm::ReduceOp::Min),
+    RM_CHECK(comm::all_reduce_value<std::int64_t>(*group, B, comm::ReduceOp::Max) ==
+                 comm::all_reduce_value<std::int64_t>(*group, B, comm::ReduceOp::Min),
              "ac statistics over ranks need the same number of sequences on every rank");
     double* part_sum = ops::zeros<double>(ex, arena, B * E * d);
     double* part_count = ops::zeros<double>(ex, arena, B * E);
@@ -154,17 +158,18 @@ void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
       ops::ac_expert_sums<T>(ex, u + b * Tn * d, prev + b * Tn, part_sum + b * E * d,
                              part_count + b * E, Tn, d, E);
     }
-    add_in_sequence_order(ex, *stats, part_sum, B, E * d, sum, arena);
-    add_in_sequence_order(ex, *stats, part_count, B, E, count, arena);
+    add_in_sequence_order(ex, *group, part_sum, B, E * d, sum, arena);
+    add_in_sequence_order(ex, *group, part_count, B, E, count, arena);
     double* part_dev = ops::zeros<double>(ex, arena, B * E * d);
     for (std::int64_t b = 0; b < B; ++b) {
       ops::ac_expert_absdev<T>(ex, u + b * Tn * d, prev + b * Tn, sum, count, part_dev + b * E * d,
                                Tn, d, E);
     }
-    add_in_sequence_order(ex, *stats, part_dev, B, E * d, absdev, arena);
+    add_in_sequence_order(ex, *group, part_dev, B, E * d, absdev, arena);
   }
   ops::ac_expert_weights<T>(ex, absdev, count, w, d, E, kAcEpsilon, kAcClipFactor);
   ops::gather_rows_forward<T>(ex, w, prev, m, N, E, d);
+  if (stats != nullptr) *stats = {w, count};
 }
 
 template <typename T>
@@ -173,9 +178,11 @@ std::unique_ptr<Router<T>> make_ac_router(const RouterOptions& options) {
 }
 
 template void ac_feature_weights<float>(const Exec&, const RouterDims&, const float*,
-                                        const std::int32_t*, float*, Arena&, comm::Communicator*);
+                                        const std::int32_t*, float*, Arena&,
+                                        AcExpertWeights<float>*, comm::Communicator*);
 template void ac_feature_weights<double>(const Exec&, const RouterDims&, const double*,
-                                         const std::int32_t*, double*, Arena&, comm::Communicator*);
+                                         const std::int32_t*, double*, Arena&,
+                                         AcExpertWeights<double>*, comm::Communicator*);
 template std::unique_ptr<Router<float>> make_ac_router<float>(const RouterOptions&);
 template std::unique_ptr<Router<double>> make_ac_router<double>(const RouterOptions&);
 

@@ -90,6 +90,13 @@ struct RouteOutput {
   const T* lse = nullptr;     // [N] log-sum-exp of the router logits (z-loss)
 };
 
+// Per-expert AC weights w_e of the last forward (docs/model.md, "ac"; arena memory).
+template <typename T>
+struct AcExpertWeights {
+  const T* w = nullptr;           // [E, d] w_e; rows of experts without tokens are not defined
+  const double* count = nullptr;  // [E] tokens c_i = e: expert e has w_e when count[e] > 0
+};
+
 // Gradients arriving at the forward's outputs (each [N, E] or [N]).
 template <typename T>
 struct RouteGrads {
@@ -133,6 +140,9 @@ class Router {
                          Arena& /*arena*/) {}
   // Named diagnostics of the last forward (graph routers: the mixing matrix; others: none).
   virtual std::vector<RouterDiagnostic> diagnostics(const Exec& /*ex*/) const { return {}; }
+  // The per-expert weights w [E, d] that M gathers from, and which experts had tokens, of the
+  // last forward (ac computing them from the previous assignment, else both null).
+  virtual AcExpertWeights<T> expert_weights() const { return {}; }
 };
 
 // The factory: one line per router family.
@@ -140,15 +150,16 @@ template <typename T>
 std::unique_ptr<Router<T>> make_router(const RouterOptions& options);
 
 // AC feature weights M[N, d] = w_{c_i} (docs/model.md, "ac") from u[N, d] and the previous MoE
-// layer's top-1 assignment c = prev[N]. `stats` null: w comes from the tokens of this call.
-// Otherwise w comes from the tokens of every rank of `stats` (collective; each rank passes the
-// same dims): the sums of each sequence are gathered and added in global sequence order (rank
-// order, then sequence order within a rank), so every rank gets the same w, bit for bit, however
-// the sequences are split over ranks.
+// layer's top-1 assignment c = prev[N]. `stats`, when given, receives w [E, d] and the token
+// counts [E] (arena memory). `group` null: w comes from the tokens of this call. Otherwise w
+// comes from the tokens of every rank of `group` (collective; each rank passes the same dims):
+// the sums of each sequence are gathered and added in global sequence order (rank order, then
+// sequence order within a rank), so every rank gets the same w, bit for bit, however the
+// sequences are split over ranks.
 template <typename T>
 void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
                         const std::int32_t* prev, T* m, Arena& arena,
-                        comm::Communicator* stats = nullptr);
+                        AcExpertWeights<T>* stats = nullptr, comm::Communicator* group = nullptr);
 
 // Shared by the softmax-gated families (topk, graph): logits z = u W_g^T, p = softmax(z).
 template <typename T>

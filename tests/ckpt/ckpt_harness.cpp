@@ -38,10 +38,12 @@
 //       the CSV files `routemoe trace TRACE --csv DIR` wrote for run RUN against the metrics
 //       recomputed here from the trace's raw datasets (flip and set-change rates, load and its
 //       entropy, last-change epochs, cross-layer agreement).
-//   ckpt_harness check-trace TRACE --records N --routers a,b,.. --P P --k K --d D [--ckpt-dir DIR]
-//       the trace has N records, each layer's experts/gates/probs are [P, K] (ac: ac_scale
-//       [P, D]) with the router attributes given; each checkpoint in DIR has a /routing record
-//       equal to the trace record of its step.
+//   ckpt_harness check-trace TRACE --records N --routers a,b,.. --P P --k K --d D [--groups G]
+//                            [--ckpt-dir DIR]
+//       the version-2 trace has N records, each layer's experts/gates/probs are [N, P, K] (ac:
+//       ac_weights [N * G, E, D]) with the router attributes given; each checkpoint in DIR has a
+//       /routing record equal to the trace record of its step (its per-token ac_scale equal to
+//       the trace's per-expert weights expanded by each token's previous-layer expert).
 
 #include <fmt/format.h>
 #include <sys/wait.h>
@@ -307,10 +309,7 @@ int cmd_compare_metrics(const std::string& pa, const std::string& pb, long from,
 
 RunConfig read_config(const std::string& path) {
   RunConfig cfg;
-  CLI::App app;
-  std::string unused;
-  register_run_options(app, cfg, unused);
-  apply_config_file(app, path);
+  read_config_file(path, cfg);
   return cfg;
 }
 
@@ -573,56 +572,94 @@ int cmd_fuzz(const std::string& orig, const std::string& config, const std::stri
 // ---------------------------------------------------------------------------------------------
 // check-trace
 
+// The raw datasets of a version-2 trace (docs/checkpoint-format.md), read here with h5::File
+// (not runfile): every column has exactly `records` rows, the router attributes, shapes and
+// expert ids are as configured, ac layers store per-expert weights [groups, E, d] per record,
+// and each checkpoint's /routing record equals the trace record of its step: experts, gates and
+// probs bit for bit, and its per-token AC weights M_i equal w_{c_i} of token i's group expanded
+// here from the trace (with the present flags exactly the experts some token of the group chose).
 int cmd_check_trace(const std::string& path, int records, const std::vector<std::string>& routers,
-                    std::int64_t P, std::int64_t K, std::int64_t D, const std::string& ckpt_dir) {
+                    std::int64_t P, std::int64_t K, std::int64_t D, std::int64_t G,
+                    const std::string& ckpt_dir) {
   const h5::File f = h5::File::open_read(path);
   int bad = 0;
   auto fail = [&](const std::string& msg) {
-    std::printf("  %s\n", msg.c_str());
+    if (bad < 20) std::printf("  %s\n", msg.c_str());
     ++bad;
   };
   if (f.attr_string("/", "format") != "routemoe-trace") fail("format is not routemoe-trace");
+  if (f.attr_int("/", "format_version") != 2) fail("format_version is not 2");
   if (f.attr_int("/", "n_moe_layers") != static_cast<std::int64_t>(routers.size()))
     fail("n_moe_layers");
   if (f.attr_int("/", "top_k") != K) fail("top_k");
+  if (f.attr_int("/", "d_model") != D) fail("d_model");
+  const std::int64_t E = f.attr_int("/", "n_experts");
   if (f.shape_of("probe/tokens") != Shape{P}) fail("probe/tokens shape");
-  const std::vector<std::string> recs = f.list("records");
-  if (static_cast<int>(recs.size()) != records)
-    fail(fmt::format("{} records, expected {}", recs.size(), records));
-  std::map<std::int64_t, std::string> by_step;
-  std::int64_t last_step = -1;
-  for (std::size_t r = 0; r < recs.size(); ++r) {
-    const std::string g = "records/" + recs[r];
-    if (recs[r] != fmt::format("{:06d}", r)) fail(g + ": record names are not 000000, 000001, ...");
-    const std::int64_t step = f.attr_int(g, "step");
-    if (step <= last_step) fail(fmt::format("{}: step {} after step {}", g, step, last_step));
-    last_step = step;
-    by_step[step] = g;
-    for (std::size_t m = 0; m < routers.size(); ++m) {
-      const std::string lg = fmt::format("{}/layer{}", g, m);
-      const std::string want = m == 0 && routers[m] == "ac" ? "topk" : routers[m];
-      if (f.attr_string(lg, "router") != want)
-        fail(fmt::format("{}: router {}, expected {}", lg, f.attr_string(lg, "router"), want));
-      for (const char* ds : {"experts", "gates", "probs"}) {
-        const Shape s = f.shape_of(lg + "/" + ds);
-        if (s != Shape{P, K})
-          fail(fmt::format("{}/{}: shape {}, expected [{}, {}]", lg, ds, shape_str(s), P, K));
-      }
-      const bool ac = want == "ac";
-      if (ac != f.exists(lg + "/ac_scale"))
-        fail(fmt::format("{}: ac_scale {} expected", lg, ac ? "" : "not"));
-      if (ac && f.shape_of(lg + "/ac_scale") != Shape{P, D})
-        fail(lg + "/ac_scale: shape is not [P, d]");
-      // Every choice is a valid expert and the gates are finite.
-      for (std::int32_t e : f.read_i32(lg + "/experts")) {
-        if (e < 0 || e >= f.attr_int("/", "n_experts")) {
-          fail(fmt::format("{}: expert id {}", lg, e));
-          break;
-        }
+  const std::vector<std::int64_t> steps = f.read_i64("records/step");
+  const auto R = static_cast<std::int64_t>(steps.size());
+  if (R != records) fail(fmt::format("{} records, expected {}", R, records));
+  for (const char* col : {"records/epoch", "records/groups", "records/ac_row", "records/reason"}) {
+    if (f.shape_of(col) != Shape{R}) fail(fmt::format("{}: shape is not [{}]", col, R));
+  }
+  const std::vector<std::int64_t> groups = f.read_i64("records/groups");
+  const std::vector<std::int64_t> ac_row = f.read_i64("records/ac_row");
+  std::map<std::int64_t, std::int64_t> by_step;  // step -> record
+  for (std::int64_t r = 0; r < R; ++r) {
+    const auto u = static_cast<std::size_t>(r);
+    if (r > 0 && steps[u] <= steps[u - 1])
+      fail(fmt::format("record {}: step {} after step {}", r, steps[u], steps[u - 1]));
+    if (groups[u] != G)
+      fail(fmt::format("record {}: {} token groups, expected {}", r, groups[u], G));
+    by_step[steps[u]] = r;
+  }
+  std::vector<std::vector<std::int32_t>> experts(routers.size());
+  std::vector<std::vector<float>> gates(routers.size()), probs(routers.size()), w(routers.size());
+  std::vector<std::vector<std::int32_t>> present(routers.size());
+  for (std::size_t m = 0; m < routers.size(); ++m) {
+    const std::string lg = fmt::format("records/layer{}", m);
+    const std::string want = m == 0 && routers[m] == "ac" ? "topk" : routers[m];
+    if (f.attr_string(lg, "router") != want)
+      fail(fmt::format("{}: router {}, expected {}", lg, f.attr_string(lg, "router"), want));
+    for (const char* ds : {"experts", "gates", "probs"}) {
+      const Shape s = f.shape_of(lg + "/" + ds);
+      if (s != Shape{R, P, K})
+        fail(fmt::format("{}/{}: shape {}, expected [{}, {}, {}]", lg, ds, shape_str(s), R, P, K));
+    }
+    experts[m] = f.read_i32(lg + "/experts");
+    gates[m] = f.read_f32(lg + "/gates");
+    probs[m] = f.read_f32(lg + "/probs");
+    for (std::int32_t e : experts[m]) {
+      if (e < 0 || e >= E) {
+        fail(fmt::format("{}: expert id {}", lg, e));
+        break;
       }
     }
+    const bool ac = want == "ac";
+    if (ac != f.exists(lg + "/ac_weights"))
+      fail(fmt::format("{}: ac_weights {} expected", lg, ac ? "" : "not"));
+    if (f.exists(lg + "/ac_scale")) fail(lg + ": per-token ac_scale in a version-2 trace");
+    if (!ac) continue;
+    if (f.shape_of(lg + "/ac_weights") != Shape{R * G, E, D})
+      fail(fmt::format("{}/ac_weights: shape {}, expected [{}, {}, {}]", lg,
+                       shape_str(f.shape_of(lg + "/ac_weights")), R * G, E, D));
+    if (f.shape_of(lg + "/ac_present") != Shape{R * G, E}) fail(lg + "/ac_present: shape");
+    w[m] = f.read_f32(lg + "/ac_weights");
+    for (std::int32_t v : f.read_i32(lg + "/ac_present")) present[m].push_back(v);
+    for (std::int64_t r = 0; r < R; ++r) {
+      if (ac_row[static_cast<std::size_t>(r)] != r * G)
+        fail(fmt::format("record {}: ac_row {}, expected {}", r,
+                         ac_row[static_cast<std::size_t>(r)], r * G));
+    }
+  }
+  if (bad > 0) {
+    std::printf("check-trace %s: MISMATCH\n", path.c_str());
+    return 1;
   }
   int ckpts = 0;
+  const std::int64_t rowPK = P * K;
+  auto rows_equal = [](const auto& v, std::int64_t r, std::int64_t n, const auto& other) {
+    return std::equal(v.begin() + r * n, v.begin() + (r + 1) * n, other.begin(), other.end());
+  };
   if (!ckpt_dir.empty()) {
     for (const std::string& c : list_checkpoints(ckpt_dir)) {
       const h5::File cf = h5::File::open_read(c);
@@ -631,24 +668,47 @@ int cmd_check_trace(const std::string& path, int records, const std::vector<std:
         fail(fmt::format("{}: no trace record of step {}", c, step));
         continue;
       }
-      const std::string g = by_step[step];
+      const std::int64_t r = by_step[step];
       for (std::size_t m = 0; m < routers.size(); ++m) {
-        const std::string a = fmt::format("routing/layer{}", m),
-                          b = fmt::format("{}/layer{}", g, m);
-        if (cf.read_i32(a + "/experts") != f.read_i32(b + "/experts") ||
-            cf.read_f32(a + "/gates") != f.read_f32(b + "/gates") ||
-            cf.read_f32(a + "/probs") != f.read_f32(b + "/probs")) {
-          fail(fmt::format("{}: {} differs from the trace's {}", c, a, b));
+        const std::string a = fmt::format("routing/layer{}", m);
+        if (!rows_equal(experts[m], r, rowPK, cf.read_i32(a + "/experts")) ||
+            !rows_equal(gates[m], r, rowPK, cf.read_f32(a + "/gates")) ||
+            !rows_equal(probs[m], r, rowPK, cf.read_f32(a + "/probs"))) {
+          fail(fmt::format("{}: {} differs from trace record {}", c, a, r));
+        }
+        if (w[m].empty()) continue;
+        // M_i of the checkpoint against w[group of i, top-1 of i at layer m - 1] of the trace.
+        const std::vector<float> M = cf.read_f32(a + "/ac_scale");
+        std::vector<int> seen(static_cast<std::size_t>(G * E), 0);
+        for (std::int64_t i = 0; i < P; ++i) {
+          const std::int64_t g = i / (P / G);
+          const std::int32_t e = experts[m - 1][static_cast<std::size_t>(r * rowPK + i * K)];
+          const std::int64_t row = (r * G + g) * E + e;
+          seen[static_cast<std::size_t>(g * E + e)] = 1;
+          if (present[m][static_cast<std::size_t>(row)] != 1 ||
+              !std::equal(M.begin() + i * D, M.begin() + (i + 1) * D, w[m].begin() + row * D)) {
+            fail(
+                fmt::format("{}: {} token {}: M_i differs from the trace's w of expert {} in "
+                            "group {}",
+                            c, a, i, e, g));
+            break;
+          }
+        }
+        for (std::int64_t ge = 0; ge < G * E; ++ge) {
+          if (present[m][static_cast<std::size_t>(r * G * E + ge)] !=
+              seen[static_cast<std::size_t>(ge)])
+            fail(fmt::format("{}: {} ac_present of group/expert {} is not 'some token chose it'", c,
+                             a, ge));
         }
       }
       ++ckpts;
     }
   }
   std::printf(
-      "check-trace %s: %zu records, %zu MoE layers, P %ld k %ld; %d checkpoint records matched: "
-      "%s\n",
-      path.c_str(), recs.size(), routers.size(), static_cast<long>(P), static_cast<long>(K), ckpts,
-      bad == 0 ? "OK" : "MISMATCH");
+      "check-trace %s: %ld records, %zu MoE layers, P %ld k %ld, %ld token groups; %d checkpoint "
+      "records matched (ac: per-token M = per-expert w): %s\n",
+      path.c_str(), static_cast<long>(R), routers.size(), static_cast<long>(P),
+      static_cast<long>(K), static_cast<long>(G), ckpts, bad == 0 ? "OK" : "MISMATCH");
   return bad == 0 ? 0 : 1;
 }
 
@@ -822,15 +882,19 @@ int cmd_check_analysis(const std::string& trace_path, const std::string& dir,
   };
   std::vector<Rec> recs;
   std::int64_t P = 0;
-  for (const std::string& name : f.list("records")) {  // 6-digit names sort by index
-    const std::string g = "records/" + name;
-    Rec r{f.attr_int(g, "step"), f.attr_int(g, "epoch"), {}};
-    for (std::int64_t m = 0; m < L; ++m) {
-      Shape s;
-      r.layers.push_back(f.read_i32(fmt::format("{}/layer{}/experts", g, m), &s));
-      P = s.at(0);
+  // Version 2: records are rows of records/step, records/epoch, records/layer<m>/experts.
+  const std::vector<std::int64_t> steps = f.read_i64("records/step");
+  const std::vector<std::int64_t> epochs = f.read_i64("records/epoch");
+  for (std::size_t r = 0; r < steps.size(); ++r) recs.push_back({steps[r], epochs[r], {}});
+  for (std::int64_t m = 0; m < L; ++m) {
+    Shape s;
+    const std::vector<std::int32_t> all = f.read_i32(fmt::format("records/layer{}/experts", m), &s);
+    P = s.at(1);
+    for (std::size_t r = 0; r < recs.size(); ++r) {
+      const auto n = static_cast<std::ptrdiff_t>(P * K);
+      recs[r].layers.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(r) * n,
+                                  all.begin() + static_cast<std::ptrdiff_t>(r + 1) * n);
     }
-    recs.push_back(std::move(r));
   }
   RM_CHECK_KIND(Data, recs.size() >= 2 && P > 0,
                 fmt::format("{}: check-analysis needs >= 2 records", trace_path));
@@ -1024,7 +1088,7 @@ int main(int argc, char** argv) {
   long from = 0, to = 0;
   int flips = 200, truncations = 50, records = 0;
   unsigned seed = 1;
-  std::int64_t P = 0, K = 0, D = 0;
+  std::int64_t P = 0, K = 0, D = 0, G = 1;
   std::vector<std::string> del, set_int, set_str, routers, swap;
 
   CLI::App* compare = app.add_subcommand("compare");
@@ -1069,6 +1133,7 @@ int main(int argc, char** argv) {
   trace->add_option("--k", K)->required();
   trace->add_option("--d", D)->required();
   trace->add_option("--ckpt-dir", ckpt_dir);
+  trace->add_option("--groups", G, "token groups per record (the ranks of the run)");
   CLI::App* same = app.add_subcommand("same-content");
   same->add_option("a", a)->required();
   same->add_option("b", b)->required();
@@ -1093,7 +1158,7 @@ int main(int argc, char** argv) {
       return cmd_fuzz(a, config, fs::canonical("/proc/self/exe").string(), routemoe, work, flips,
                       truncations, seed, fuzz_seconds, fuzz_min_cases);
     }
-    if (trace->parsed()) return cmd_check_trace(a, records, routers, P, K, D, ckpt_dir);
+    if (trace->parsed()) return cmd_check_trace(a, records, routers, P, K, D, G, ckpt_dir);
     if (same->parsed()) return cmd_same_content(a, b);
     if (both->parsed()) return cmd_write_both(config, from_ckpt, a, b);
     if (analysis->parsed()) return cmd_check_analysis(a, b, label);

@@ -29,8 +29,9 @@
 #                      the newest complete checkpoint, ignores the .tmp files and finishes with
 #                      the parameters of an uninterrupted run, bit for bit.
 #   trace              2 ranks, routers topk, similarity, attention, ac over 4 MoE layers: trace.h5
-#                      has one record per expected step, each [P, k] (ac: ac_scale [P, d]), equal
-#                      to the checkpoints' /routing records.
+#                      (version 2) has one record per expected step, each [P, k] (ac: per-expert
+#                      weights [2 token groups, E, d]), equal to the checkpoints' /routing records
+#                      (whose per-token ac_scale [P, d] equals the trace's weights expanded).
 #   trace_analysis     `routemoe trace` on that real trace: every CSV number equals the metric
 #                      recomputed by ckpt_harness check-analysis from the trace's raw datasets (a
 #                      control with one rate off by 1/P must fail), the JSON holds the same
@@ -391,13 +392,15 @@ case $case_name in
       if ((s % 3 == 0 || s % 2 == 0 || s == 7)); then expect=$((expect + 1)); fi
     done
     "$harness" check-trace "$T/trace.h5" --records "$expect" --routers topk,similarity,attention,ac \
-      --P 256 --k 2 --d 32 --ckpt-dir "$T/checkpoints" || fail "trace check"
+      --P 256 --k 2 --d 32 --groups 2 --ckpt-dir "$T/checkpoints" || fail "trace check"
     "$bin" inspect "$T/trace.h5" >"$out/inspect_trace.txt" || fail "inspect trace"
     grep -q "$expect routing records" "$out/inspect_trace.txt" || fail "inspect trace: record count"
     "$bin" inspect --json "$(ckpt "$T" 6)" >"$out/inspect_ckpt.json" || fail "inspect checkpoint"
     grep -q '"ac_scale": \[256, 32\]' "$out/inspect_ckpt.json" || fail "inspect: ac_scale [P, d]"
+    "$bin" inspect --json "$T/trace.h5" >"$out/inspect_trace.json" || fail "inspect trace --json"
+    grep -q '"ac_weights": \[2, 4, 32\]' "$out/inspect_trace.json" || fail "inspect: ac_weights [G, E, d]"
     cat "$out/inspect_trace.txt"
-    echo "ok ($case_name): $expect records of shape [256, 2], ac_scale [256, 32]"
+    echo "ok ($case_name): $expect records of shape [256, 2]; checkpoints ac_scale [256, 32], the trace ac_weights [2 groups, 4, 32] (equal once expanded)"
     ;;
 
   trace_analysis)

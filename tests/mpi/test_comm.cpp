@@ -29,9 +29,11 @@
 #include <functional>
 #include <numeric>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "comm/agree.h"
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
 #include "framework/error.h"
@@ -624,6 +626,48 @@ TEST_P(CommTest, ProcessGroupsRejectBadEpSize) {
       EXPECT_NE(std::string(e.what()).find("ep_size"), std::string::npos) << e.what();
     }
   }
+}
+
+// ------------------------------------------------------------------------------------------
+// Agreed failures (comm/agree.h): a step that fails on some ranks makes every rank throw the same
+// error at the same point, so no rank is left waiting in the next collective.
+
+TEST_P(CommTest, RunAgreedFailureOnOneRank) {
+  const int w = comm().size();
+  const int last = w - 1;
+  // Nobody fails: no error, and the step ran on every rank.
+  int ran = 0;
+  EXPECT_NO_THROW(run_agreed(comm(), "step A", [&] { ran = 1; }));
+  EXPECT_EQ(ran, 1);
+  // Only the last rank fails (an I/O error): every rank throws Error(Io) naming it and its cause.
+  for (int round = 0; round < 2; ++round) {
+    try {
+      run_agreed(comm(), "checkpoint x.h5", [&] {
+        if (comm().rank() == last) RM_FAIL(Io, "x.h5.tmp: cannot write: No space left on device");
+      });
+      ADD_FAILURE() << "rank " << comm().rank() << ": no error although rank " << last << " failed";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Io) << e.what();
+      EXPECT_EQ(e.detail(), "checkpoint x.h5: failed on rank " + std::to_string(last) +
+                                ": x.h5.tmp: cannot write: No space left on device");
+    }
+  }
+  // Rank 0 fails with a non-routemoe exception and the last rank with a Data error: both are
+  // named, in rank order; the kind is the first failed rank's (Check for a std::exception).
+  try {
+    run_agreed(comm(), "step B", [&] {
+      if (comm().rank() == 0) throw std::runtime_error("zero");
+      if (comm().rank() == last) RM_FAIL(Data, "last");
+    });
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Check) << e.what();
+    const std::string want =
+        w == 1 ? "step B: failed on rank 0: zero"
+               : "step B: failed on rank 0: zero; rank " + std::to_string(last) + ": last";
+    EXPECT_EQ(e.detail(), want);
+  }
+  comm().barrier();  // still in step
 }
 
 // ------------------------------------------------------------------------------------------

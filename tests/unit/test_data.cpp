@@ -221,34 +221,68 @@ TEST(Prepare, CountsSplitAndMeta) {
   write_text(a, text_a);
   write_text(b, text_b);
   const std::string out = dir.file("out");
+  // 102 tokens: each document starts with the separator 0x1C. val = floor(102 * 0.25) = 25;
+  // no document or line start lies within 25 / 10 = 2 tokens of the cut at 77, so it stays.
   const PrepareResult r = prepare_text({a, b}, out, 0.25, 30);
-  EXPECT_EQ(r.train_tokens, 75);
+  EXPECT_EQ(r.train_tokens, 77);
   EXPECT_EQ(r.val_tokens, 25);
-  ASSERT_EQ(r.train_shards.size(), 3u);  // 30 + 30 + 15
+  EXPECT_EQ(r.test_tokens, 0);
+  ASSERT_EQ(r.train_shards.size(), 3u);  // 30 + 30 + 17
   ASSERT_EQ(r.val_shards.size(), 1u);
+  EXPECT_TRUE(r.test_shards.empty());
   EXPECT_EQ(fs::path(r.train_shards[0]).filename(), "train_000000.bin");
   EXPECT_EQ(fs::path(r.train_shards[2]).filename(), "train_000002.bin");
   EXPECT_EQ(fs::path(r.val_shards[0]).filename(), "val_000000.bin");
   EXPECT_EQ(load_tokens(r.train_shards[0], 256).tokens.size(), 30u);
-  EXPECT_EQ(load_tokens(r.train_shards[2], 256).tokens.size(), 15u);
+  EXPECT_EQ(load_tokens(r.train_shards[2], 256).tokens.size(), 17u);
+  ASSERT_EQ(r.documents.size(), 2u);
+  EXPECT_EQ(r.documents[0].offset, 0);
+  EXPECT_EQ(r.documents[0].tokens, 61);
+  EXPECT_EQ(r.documents[1].offset, 61);
+  EXPECT_EQ(r.documents[1].tokens, 41);
+  EXPECT_TRUE(r.warnings.empty());
 
-  const std::string all = text_a + text_b;
+  const std::string all = "\x1c" + text_a + "\x1c" + text_b;
   const TokenDataset train(out, "train", 256);
   const TokenDataset val(out, "val", 256);
-  EXPECT_EQ(train.size(), 75);
+  EXPECT_EQ(train.size(), 77);
   EXPECT_EQ(val.size(), 25);
   EXPECT_EQ(train.files().size(), 3u);
-  EXPECT_EQ(decode_bytes(train.tokens()), all.substr(0, 75));
-  EXPECT_EQ(decode_bytes(val.tokens()), all.substr(75));
+  EXPECT_EQ(decode_bytes(train.tokens()), all.substr(0, 77));
+  EXPECT_EQ(decode_bytes(val.tokens()), all.substr(77));
 
   std::ifstream meta_in(r.meta_path);
   const std::string meta((std::istreambuf_iterator<char>(meta_in)),
                          std::istreambuf_iterator<char>());
   EXPECT_NE(meta.find("\"tokenizer\":\"byte\""), std::string::npos) << meta;
   EXPECT_NE(meta.find("\"vocab_size\":256"), std::string::npos) << meta;
-  EXPECT_NE(meta.find("\"train_tokens\":75"), std::string::npos) << meta;
+  EXPECT_NE(meta.find("\"document_separator\":28"), std::string::npos) << meta;
+  EXPECT_NE(meta.find("\"train_tokens\":77"), std::string::npos) << meta;
   EXPECT_NE(meta.find("\"val_tokens\":25"), std::string::npos) << meta;
+  EXPECT_NE(meta.find("\"test_tokens\":0"), std::string::npos) << meta;
   EXPECT_NE(meta.find("a.txt\",\""), std::string::npos) << meta;
+  EXPECT_NE(meta.find("\"splits\":{\"train\":[0,77],\"val\":[77,102],\"test\":[102,102]}"),
+            std::string::npos)
+      << meta;
+}
+
+TEST(Prepare, WithoutSeparatorDocumentsAreConcatenated) {
+  TempDir dir;
+  write_text(dir.file("a.txt"), std::string(60, 'a'));
+  write_text(dir.file("b.txt"), std::string(40, 'b'));
+  PrepareOptions o;
+  o.val_fraction = 0.25;
+  o.doc_separator = false;
+  const PrepareResult r =
+      prepare_corpus({dir.file("a.txt"), dir.file("b.txt")}, dir.file("out"), o);
+  EXPECT_EQ(r.train_tokens, 75);
+  EXPECT_EQ(r.val_tokens, 25);
+  EXPECT_EQ(decode_bytes(TokenDataset(dir.file("out"), "train", 256).tokens()),
+            std::string(60, 'a') + std::string(15, 'b'));
+  std::ifstream meta_in(r.meta_path);
+  const std::string meta((std::istreambuf_iterator<char>(meta_in)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_NE(meta.find("\"document_separator\":null"), std::string::npos) << meta;
 }
 
 TEST(Prepare, RefusesToOverwriteUnlessAsked) {
@@ -256,12 +290,12 @@ TEST(Prepare, RefusesToOverwriteUnlessAsked) {
   const std::string in = dir.file("in.txt");
   write_text(in, std::string(1000, 'x'));
   const std::string out = dir.file("out");
-  prepare_text({in}, out, 0.1, 100);  // train 900 tokens: 9 shards
+  prepare_text({in}, out, 0.1, 100);  // 1001 tokens: train 901 in 10 shards
   EXPECT_TRUE(fs::exists(out + "/train_000008.bin"));
   expect_data_error([&] { prepare_text({in}, out, 0.1, 100); }, {out, "overwrite"});
   EXPECT_TRUE(fs::exists(out + "/train_000008.bin"));  // nothing lost
 
-  write_text(in, std::string(200, 'y'));
+  write_text(in, std::string(199, 'y'));  // + the separator: 200 tokens
   const PrepareResult r = prepare_text({in}, out, 0.5, 100, /*overwrite=*/true);
   EXPECT_EQ(r.train_shards.size(), 1u);
   EXPECT_FALSE(fs::exists(out + "/train_000001.bin"));  // stale shards removed
@@ -285,6 +319,208 @@ TEST(Prepare, BadInputs) {
   EXPECT_THROW(prepare_text({tiny}, out, 1.0, 100), Error);
   EXPECT_THROW(prepare_text({tiny}, out, 0.5, 0), Error);
   EXPECT_FALSE(fs::exists(out));  // nothing was created for failed runs
+}
+
+// Runs `fn`, expects Error(Config) whose one-line message contains every string in `needles`.
+void expect_config_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Config) << e.what();
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
+    for (const std::string& n : needles) {
+      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+    }
+  }
+}
+
+TEST(Prepare, DirectoriesAreDocumentsInPathOrder) {
+  TempDir dir;
+  fs::create_directories(dir.path() / "corpus" / "sub");
+  fs::create_directories(dir.path() / "corpus" / ".git");
+  write_text(dir.file("corpus/b.txt"), std::string(300, 'b'));
+  write_text(dir.file("corpus/a.txt"), std::string(200, 'a'));
+  write_text(dir.file("corpus/sub/c.txt"), std::string(100, 'c'));
+  write_text(dir.file("corpus/.hidden.txt"), "never read");
+  write_text(dir.file("corpus/.git/config"), "never read");
+  write_text(dir.file("corpus/empty.txt"), "");
+  write_text(dir.file("extra.txt"), std::string(400, 'x'));
+  PrepareOptions o;
+  o.val_fraction = 0.1;
+  const PrepareResult r =
+      prepare_corpus({dir.file("corpus"), dir.file("extra.txt")}, dir.file("out"), o);
+  ASSERT_EQ(r.documents.size(), 4u);  // a, b, sub/c (path order), then extra
+  EXPECT_EQ(fs::path(r.documents[0].path).filename(), "a.txt");
+  EXPECT_EQ(fs::path(r.documents[1].path).filename(), "b.txt");
+  EXPECT_EQ(fs::path(r.documents[2].path).filename(), "c.txt");
+  EXPECT_EQ(fs::path(r.documents[3].path).filename(), "extra.txt");
+  EXPECT_EQ(r.documents[3].offset, 201 + 301 + 101);
+  EXPECT_EQ(r.train_tokens + r.val_tokens, 1004);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("empty.txt: empty file skipped"), std::string::npos)
+      << r.warnings[0];
+  const std::string all = decode_bytes(TokenDataset(dir.file("out"), "train", 256).tokens()) +
+                          decode_bytes(TokenDataset(dir.file("out"), "val", 256).tokens());
+  EXPECT_EQ(all.find("never read"), std::string::npos);
+  EXPECT_EQ(all.substr(0, 3),
+            "\x1c"
+            "aa");
+  EXPECT_EQ(all.substr(201, 2),
+            "\x1c"
+            "b");
+}
+
+TEST(Prepare, BadInputLists) {
+  TempDir dir;
+  write_text(dir.file("a.txt"), std::string(100, 'a'));
+  fs::create_directories(dir.path() / "d");
+  write_text(dir.file("d/a.txt"), std::string(100, 'a'));
+  fs::create_directories(dir.path() / "hollow" / "x");
+  write_text(dir.file("hollow/empty.txt"), "");
+  const std::string out = dir.file("out");
+  expect_data_error(
+      [&] {
+        prepare_text({dir.file("a.txt"), dir.file("a.txt")}, out, 0.1, 100);
+      },
+      {"a.txt", "named twice"});
+  expect_data_error(
+      [&] {
+        prepare_text({dir.file("d"), dir.file("d/a.txt")}, out, 0.1, 100);
+      },
+      {"named twice"});
+  expect_data_error([&] { prepare_text({dir.file("hollow")}, out, 0.1, 100); },
+                    {"hollow", "no non-empty files"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(Prepare, InvalidUtf8IsKeptAndReported) {
+  TempDir dir;
+  // Offsets: "valid \xc3\xa9 " is 9 bytes; then \xff (invalid), then "ok", then a truncated
+  // 3-byte sequence \xe2\x82 followed by 'x' (one invalid sequence), then valid text.
+  const std::string text =
+      std::string("valid \xc3\xa9 \xff") + "ok\xe2\x82x" + std::string(200, 'z');
+  write_text(dir.file("latin.txt"), text);
+  write_text(dir.file("fine.txt"), std::string(100, 'f'));
+  const PrepareResult r =
+      prepare_text({dir.file("fine.txt"), dir.file("latin.txt")}, dir.file("out"), 0.1, 1000);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  const std::string& w = r.warnings[0];
+  EXPECT_NE(w.find("latin.txt: not valid UTF-8: 2 invalid byte sequence(s), the first at byte "
+                   "offset 9"),
+            std::string::npos)
+      << w;
+  EXPECT_EQ(r.documents[1].utf8.invalid, 2);
+  EXPECT_EQ(r.documents[1].utf8.first_offset, 9);
+  EXPECT_EQ(r.documents[0].utf8.invalid, 0);
+  const std::string all = decode_bytes(TokenDataset(dir.file("out"), "train", 256).tokens()) +
+                          decode_bytes(TokenDataset(dir.file("out"), "val", 256).tokens());
+  EXPECT_EQ(all.substr(102), text);  // byte for byte
+  std::ifstream meta_in(r.meta_path);
+  const std::string meta((std::istreambuf_iterator<char>(meta_in)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_NE(meta.find("\"invalid_utf8\":2,\"first_invalid\":9"), std::string::npos) << meta;
+}
+
+TEST(Utf8, StrictValidation) {
+  EXPECT_EQ(check_utf8("plain ascii").invalid, 0);
+  EXPECT_EQ(check_utf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80").invalid, 0);  // e-acute, euro, emoji
+  EXPECT_EQ(check_utf8("plain").first_offset, -1);
+  const auto bad = [](std::string_view s) { return check_utf8(s); };
+  EXPECT_EQ(bad("a\xc0\x80").invalid, 1);  // overlong NUL
+  EXPECT_EQ(bad("a\xc0\x80").first_offset, 1);
+  EXPECT_EQ(bad("\xe0\x80\xaf").invalid, 1);      // overlong 3-byte
+  EXPECT_EQ(bad("\xed\xa0\x80").invalid, 1);      // surrogate U+D800
+  EXPECT_EQ(bad("\xf4\x90\x80\x80").invalid, 1);  // above U+10FFFF
+  EXPECT_EQ(bad("\xf5\x80\x80\x80").invalid, 1);  // no such lead byte
+  EXPECT_EQ(bad("ab\xe2\x82").invalid, 1);        // truncated at the end
+  EXPECT_EQ(bad("ab\xe2\x82").first_offset, 2);
+  EXPECT_EQ(bad("\x80\x80 x \xff").invalid, 2);  // a run of stray continuations, then 0xff
+  EXPECT_EQ(bad("\xef\xbb\xbf").invalid, 0);     // a byte order mark is valid UTF-8
+}
+
+TEST(Prepare, FractionsCheckedAgainstSequenceAndProbeUpFront) {
+  TempDir dir;
+  write_text(dir.file("in.txt"), std::string(2999, 'x'));  // 3000 tokens with the separator
+  const std::string out = dir.file("out");
+  PrepareOptions o;
+  o.seq_len = 64;
+  o.batch_size = 4;
+  o.probe_tokens = 512;
+  o.val_fraction = 0.1;  // 300 tokens: enough for one eval batch (257), not for the probe (512)
+  expect_config_error(
+      [&] { prepare_corpus({dir.file("in.txt")}, out, o); },
+      {"--val-fraction 0.1", "val split 300 of 3000 tokens", "the 512 it needs",
+       "--probe-tokens 512", "4 x --seq-len 64 + 1 = 257", "use --val-fraction 0.171 or more"});
+  o.val_fraction = 0.2;
+  o.test_fraction = 0.05;  // 150 < 257
+  expect_config_error([&] { prepare_corpus({dir.file("in.txt")}, out, o); },
+                      {"--test-fraction 0.05", "test split 150 of 3000", "the 257 it needs",
+                       "use --test-fraction 0.0857 or more"});
+  o.seq_len = 1000;  // val needs 4 * 1000 + 1 > 3000: the val check comes first
+  o.val_fraction = 0.5;
+  o.test_fraction = 0.0;
+  expect_config_error([&] { prepare_corpus({dir.file("in.txt")}, out, o); },
+                      {"val split 1500 of 3000", "the 4001 it needs", "use --val-fraction 1.34"});
+  o.batch_size = 1;
+  o.probe_tokens = 0;
+  o.val_fraction = 0.4;
+  o.test_fraction = 0.4;  // train 600 < 1001
+  expect_config_error([&] { prepare_corpus({dir.file("in.txt")}, out, o); },
+                      {"train split 600 of 3000", "the 1001 it needs", "--seq-len 1000 + 1"});
+  EXPECT_FALSE(fs::exists(out));  // checked before anything was written
+  o.seq_len = 64;
+  o.batch_size = 4;
+  o.probe_tokens = 512;
+  o.val_fraction = 0.2;
+  o.test_fraction = 0.1;
+  const PrepareResult r = prepare_corpus({dir.file("in.txt")}, out, o);
+  EXPECT_EQ(r.val_tokens, 600);
+  EXPECT_EQ(r.test_tokens, 300);
+  EXPECT_EQ(r.train_tokens, 2100);
+}
+
+TEST(Prepare, TestSplitAndCutsAtDocumentStarts) {
+  TempDir dir;
+  write_text(dir.file("1.txt"), std::string(500, 'a'));
+  write_text(dir.file("2.txt"), std::string(300, 'b'));
+  write_text(dir.file("3.txt"), std::string(200, 'c'));
+  PrepareOptions o;
+  o.val_fraction = 0.28;  // floor(1003 * 0.28) = 280: target cut 523, document 2 starts at 501
+  o.test_fraction = 0.2;  // floor(1003 * 0.2) = 200: target cut 803, document 3 starts at 802
+  const PrepareResult r =
+      prepare_corpus({dir.file("1.txt"), dir.file("2.txt"), dir.file("3.txt")}, dir.file("out"), o);
+  EXPECT_EQ(r.train_tokens, 501);
+  EXPECT_EQ(r.val_tokens, 301);
+  EXPECT_EQ(r.test_tokens, 201);
+  ASSERT_EQ(r.test_shards.size(), 1u);
+  EXPECT_EQ(fs::path(r.test_shards[0]).filename(), "test_000000.bin");
+  EXPECT_EQ(decode_bytes(TokenDataset(dir.file("out"), "val", 256).tokens()),
+            "\x1c" + std::string(300, 'b'));
+  EXPECT_EQ(decode_bytes(TokenDataset(dir.file("out"), "test", 256).tokens()),
+            "\x1c" + std::string(200, 'c'));
+  // Too far (more than a tenth of the split) from a document start: the cut stays.
+  o.test_fraction = 0.15;  // 150: target 853, document 3 at 802 is 51 > 15 away
+  o.overwrite = true;
+  const PrepareResult r2 =
+      prepare_corpus({dir.file("1.txt"), dir.file("2.txt"), dir.file("3.txt")}, dir.file("out"), o);
+  EXPECT_EQ(r2.test_tokens, 150);
+  EXPECT_EQ(r2.val_tokens, 280);  // target 573, document 2 at 501 is 72 > 28 away
+}
+
+TEST(Prepare, CutsMoveToLineStarts) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += std::string(24, static_cast<char>('a' + i % 26)) + "\n";
+  write_text(dir.file("in.txt"), text);  // 1000 bytes, 1001 tokens; lines start at 1 + 25 k
+  PrepareOptions o;
+  o.val_fraction = 0.21;  // 210: target cut 791, tolerance 21; line starts 801 (10 away), 776 (15)
+  const PrepareResult r = prepare_corpus({dir.file("in.txt")}, dir.file("out"), o);
+  EXPECT_EQ(r.train_tokens, 801);
+  EXPECT_EQ(r.val_tokens, 200);
+  const std::string val = decode_bytes(TokenDataset(dir.file("out"), "val", 256).tokens());
+  EXPECT_EQ(val.substr(0, 25), std::string(24, 'g') + "\n");  // line 32 starts the split
 }
 
 TEST(Dataset, PatternsAndMissingSplits) {

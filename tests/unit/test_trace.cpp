@@ -601,18 +601,126 @@ TEST(TraceReport, CsvJsonTableAndSvg) {
   const std::string load = load_svg(metrics);
   EXPECT_EQ(load.rfind("<svg", 0), 0u);
   EXPECT_TRUE(well_formed(load, &why)) << why;
-  EXPECT_EQ(count_of(load, "<rect"), 1u + 3u * 4u);  // background + 3 panels of 4 bars
+  EXPECT_EQ(count_of(load, "class=\"bar\""), 3u * 4u);       // 3 panels of 4 bars
+  EXPECT_NE(load.find("layer 1: topk"), std::string::npos);  // panels name their router
 
   TempDir dir;
   const auto csvs = write_csv_dir(dir.file("csv"), metrics);
-  EXPECT_EQ(csvs.size(), 4u);
+  EXPECT_EQ(csvs.size(), 5u);
   for (const std::string& p : csvs) EXPECT_TRUE(fs::exists(p)) << p;
   const auto svgs = write_svg_dir(dir.file("svg"), metrics);
-  ASSERT_EQ(svgs.size(), 2u);
+  ASSERT_EQ(svgs.size(), 4u);
+  for (const char* name : {"fluctuation.svg", "entropy.svg", "load.svg", "loss.svg"}) {
+    EXPECT_TRUE(fs::exists(dir.file("svg") + "/" + name)) << name;
+  }
   std::ifstream in(svgs[0]);
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(content, svg);
   EXPECT_FALSE(fs::exists(svgs[0] + ".tmp"));
+}
+
+TEST(TraceReport, LoadEntropyOfEveryRecord) {
+  // Hand-computed from the fixture: layer 0 top-1 r0 (0,1,2,3) uniform: 1; r1 (1,1,2,3) counts
+  // (0,2,1,1): 1.5 ln 2 / ln 4 = 0.75; r2 0.75. Layer 1: r0 = r1 (0,0,1,2): 0.75; r2 h1 / ln 4.
+  const trace::Run run = fixture_run();
+  const RunMetrics m = analyse(run);
+  ASSERT_EQ(m.load_entropy.size(), 6u);  // 3 records x 2 layers
+  const double h1 = -(0.25 * std::log(0.25) + 0.75 * std::log(0.75));
+  const double want[3][2] = {{1.0, 0.75}, {0.75, 0.75}, {0.75, h1 / std::log(4.0)}};
+  for (const EntropyPoint& e : m.load_entropy) {
+    EXPECT_NEAR(e.entropy_norm, want[e.record][e.layer], 1e-12) << e.record << " " << e.layer;
+    EXPECT_NEAR(e.entropy, want[e.record][e.layer] * std::log(4.0), 1e-12);
+    EXPECT_EQ(e.step, kSteps[e.record]);
+  }
+  const std::string csv = load_entropy_csv({m});
+  EXPECT_EQ(csv.substr(0, csv.find('\n')), "run,layer,record,step,epoch,entropy_nats,entropy_norm");
+  EXPECT_NE(csv.find("mem,0,0,0,0,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",1\n"), std::string::npos) << csv;  // layer 0 at record 0: uniform
+  EXPECT_NE(to_json({m}).find("\"load_entropy\": [{\"layer\": 0, \"record\": 0"),
+            std::string::npos);
+  const std::string svg = entropy_svg({m});
+  std::string why;
+  EXPECT_TRUE(well_formed(svg, &why)) << why;
+  EXPECT_EQ(count_of(svg, "<polyline"), 2u);
+  EXPECT_NE(svg.find("layer 1: topk"), std::string::npos);  // one run: layers with routers
+}
+
+TEST(TraceText, WidthsFitAndShortNames) {
+  // DejaVu Sans: "0" is 1303/2048 em, "W" 2025/2048 em; a non-ASCII character counts 1 em.
+  EXPECT_NEAR(text_width("00", 12), 2 * 1303.0 / 2048 * 12, 1e-9);
+  EXPECT_NEAR(text_width("W", 10, true), 2259.0 / 2048 * 10, 1e-9);
+  EXPECT_NEAR(text_width("\xc3\xa9", 12), 12, 1e-9);  // é
+  EXPECT_EQ(fit_text("short", 200, 12), "short");
+  const std::string name = "quickstart-2026-01-15T14-22-41-mixed-routers";
+  const std::string fit = fit_text(name, 150, 12);
+  EXPECT_LE(text_width(fit, 12), 150);
+  EXPECT_NE(fit.find("..."), std::string::npos);
+  EXPECT_EQ(fit.substr(0, 4), "quic");  // both ends kept
+  EXPECT_EQ(fit.substr(fit.size() - 4), "ters");
+  const std::string accents = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+  const std::string cut = fit_text(accents, 60, 12);
+  EXPECT_LE(text_width(cut, 12), 60);
+  EXPECT_EQ(std::count(cut.begin(), cut.end(), '\xc3'), std::count(cut.begin(), cut.end(), '\xa9'))
+      << "a UTF-8 character was split";
+  EXPECT_EQ(fit_text(name, 5, 12), "");  // not even the ellipsis fits
+
+  // All fit: unchanged. Too long: the shared prefix goes (up to a separator), ends stay apart.
+  EXPECT_EQ(short_names({"a", "b"}, 100, 12), (std::vector<std::string>{"a", "b"}));
+  const auto names = short_names({"quickstart-2026-01-15T14-22-33-topk", name}, 150, 12);
+  EXPECT_EQ(names[0], "...33-topk");
+  EXPECT_EQ(names[1], "...41-mixed-routers");
+  // Names that differ only where they are cut get numbered.
+  const std::string x(80, 'x');
+  const auto same = short_names({x + "a" + x, x + "b" + x}, 100, 12);
+  EXPECT_NE(same[0], same[1]);
+  EXPECT_LE(text_width(same[1], 12), 100);
+}
+
+TEST(TraceFile, MetricsNextToTheTraceGiveLossCurves) {
+  TempDir dir;
+  const std::string run_dir = dir.file("run-a");
+  fs::create_directories(run_dir);
+  write_trace(run_dir + "/trace.h5");
+  std::ofstream(run_dir + "/metrics.jsonl")
+      << "{\"step\": 0, \"epoch\": 0, \"loss\": 5.5, \"ce_loss\": 5.4, \"aux_loss\": 0.1}\n"
+      << "{\"step\": 1, \"epoch\": 0, \"loss\": 5.25, \"ce_loss\": 5.2, \"aux_loss\": 0.05}\n"
+      << "{\"step\": 1, \"val_loss\": 5.125}\n"
+      << "{\"step\": 2, \"epoch\": 0, \"lo";  // a line cut by a killed run: skipped
+  const std::vector<trace::Run> runs = load_runs({run_dir}, {});
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].run_dir, run_dir);
+  ASSERT_EQ(runs[0].train_loss.size(), 2u);
+  EXPECT_EQ(runs[0].train_loss[1].step, 1);
+  EXPECT_EQ(runs[0].train_loss[1].loss, 5.25);  // "loss", not "ce_loss"
+  ASSERT_EQ(runs[0].val_loss.size(), 1u);
+  EXPECT_EQ(runs[0].val_loss[0].loss, 5.125);
+  // The trace file named directly finds the same metrics.
+  EXPECT_EQ(load_runs({run_dir + "/trace.h5"}, {})[0].train_loss.size(), 2u);
+  std::vector<RunMetrics> metrics{analyse(runs[0])};
+  const std::string svg = loss_svg(metrics);
+  std::string why;
+  EXPECT_TRUE(well_formed(svg, &why)) << why;
+  EXPECT_EQ(count_of(svg, "<polyline"), 2u);  // training and validation
+  EXPECT_EQ(svg.find("no metrics.jsonl next to the traces"), std::string::npos);
+  // Without metrics: a note instead of curves.
+  trace::Run bare = fixture_run();
+  const std::string none = loss_svg({analyse(bare)});
+  EXPECT_EQ(count_of(none, "<polyline"), 0u);
+  EXPECT_NE(none.find("no metrics.jsonl next to the traces"), std::string::npos);
+}
+
+TEST(TraceReport, HtmlHoldsTablesAndPlotsAndEscapesNames) {
+  trace::Run a = fixture_run();
+  a.label = "run <a> & \"b\"";
+  const std::vector<RunMetrics> metrics{analyse(a)};
+  const std::string html = html_report(metrics);
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_EQ(count_of(html, "<svg "), 4u);
+  EXPECT_EQ(count_of(html, "</svg>"), 4u);
+  EXPECT_NE(html.find("routing fluctuation between consecutive records"), std::string::npos);
+  EXPECT_NE(html.find("run &lt;a&gt; &amp; &quot;b&quot;"), std::string::npos);
+  EXPECT_EQ(html.find("<a>"), std::string::npos);   // never raw
+  EXPECT_EQ(html.find("src="), std::string::npos);  // self-contained
 }
 
 }  // namespace
