@@ -1,5 +1,5 @@
 // Probe routing does not depend on the layout: the routing record of the probe set, computed from
-// the same checkpoint, is bit-identical on 1, 2 and 4 ranks and for every ep_size.
+// the same checkpoint, is the same on 1, 2 and 4 ranks and for every ep_size.
 //
 //   probe_equiv --expect-ranks N --ep E --run DIR [--data DIR --train]
 //
@@ -9,10 +9,14 @@
 // --run. Every entry (this one included) then loads that checkpoint on its own ranks, routes the
 // probe set of the trace with route_probe and compares every dataset of every layer (experts,
 // gates, routing probabilities, AC feature weights) with the checkpoint's /routing record, which
-// the 1-rank trainer wrote: they must be equal bit for bit. The AC weights are taken over the
-// whole probe set on any layout (framework/train/checkpoint.cpp, route_probe); the other
-// routers are per token or per sequence. Tolerance: none — the same tokens, parameters and
-// summation orders must give the same bits.
+// the 1-rank trainer wrote. The AC weights are taken over the whole probe set on any layout
+// (framework/train/checkpoint.cpp, route_probe); the other routers are per token or per sequence.
+// Expert choices must be identical. Values: the layouts differ only in how many rows each GEMM
+// (gate, attention, expert FFN) sees, which may change float32 summation order, so every value
+// is float rounding of the same computation: relative error per layer <= K * eps with K <= 48
+// summed terms (d_ff) and eps = 2^-24, ~3e-6, over three blocks ~1e-5. Hence |gate|, |prob|
+// differences (values in [0, 1]) <= 1e-5 and AC weights relative <= 1e-5. Per-rank AC statistics
+// (the behaviour this test guards against) move M by percents and change expert choices.
 
 #include <fmt/format.h>
 #include <mpi.h>
@@ -37,6 +41,10 @@
 using namespace routemoe;
 
 namespace {
+
+// Tolerances: see the header.
+constexpr double kValueTol = 1e-5;
+constexpr double kAcRelTol = 1e-5;
 
 RunConfig make_config(const std::string& data, const std::string& run) {
   RunConfig cfg;
@@ -150,17 +158,18 @@ int run(int argc, char** argv) {
   load_checkpoint(ckpts[0], model, opt);
   const RoutingRecord got = route_probe(model, probe, cfg.model.seq_len, world);
   const Comparison c = compare(got, expected);
-  // No tolerance (see the header): every value must be the reference's, bit for bit.
-  const bool ok = c.mismatch.empty() && c.gates == 0 && c.probs == 0 && c.ac_scale_bits;
+  const bool ok = c.mismatch.empty() && c.gates <= kValueTol && c.probs <= kValueTol &&
+                  c.ac_scale_rel <= kAcRelTol;
   if (world.rank() == 0) {
     std::printf(
         "probe_equiv: %d rank(s), ep %d: %zu probe tokens, MoE layers %s: expert choices %s; max "
-        "|gate diff| %.3g, max |prob diff| %.3g; AC weights max rel diff %.3g (%s): %s\n",
+        "|gate diff| %.3g, max |prob diff| %.3g (tol %.3g); AC weights max rel diff %.3g (tol "
+        "%.3g, %s): %s\n",
         world.size(), ep, probe.size(),
         runfile::join_routers(model.config().expanded_routers()).c_str(),
         c.mismatch.empty() ? "identical" : ("DIFFER: " + c.mismatch).c_str(), c.gates, c.probs,
-        c.ac_scale_rel, c.ac_scale_bits ? "bit-identical" : "not bit-identical",
-        ok ? "OK" : "MISMATCH");
+        kValueTol, c.ac_scale_rel, kAcRelTol,
+        c.ac_scale_bits ? "bit-identical" : "not bit-identical", ok ? "OK" : "MISMATCH");
   }
   return ok ? 0 : 1;
 }
