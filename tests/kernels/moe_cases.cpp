@@ -1216,7 +1216,7 @@ void add_mixing_row_stats(Table& t, i64 batch, i64 tt, bool causal, double alpha
   c.generate = [=](Gen& g, Data& d) {
     // Rows of distributions over the tokens each row may use, with some exact zeros (0 log 0);
     // causal rows have zeros past the diagonal.
-    auto& a = d.value("a", batch * tt, 0.0);
+    auto& a = d.value("a", batch * tt * tt, 0.0);
     for (i64 r = 0; r < batch * tt; ++r) {
       const i64 n = causal ? r % tt + 1 : tt;
       double sum = 0.0;
