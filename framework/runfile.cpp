@@ -567,13 +567,13 @@ void read_layer(const h5::File& f, const Columns& c, std::size_t m, const Routin
                                   i / static_cast<std::size_t>(c.K), expect.n_experts));
       }
     }
-    if (!expect.values) continue;
-    L.gates.assign(gates.begin() + r * per, gates.begin() + (r + 1) * per);
-    L.probs.assign(probs.begin() + r * per, probs.begin() + (r + 1) * per);
     if (c.graph[m]) {
       const auto at = graph.begin() + r * static_cast<std::int64_t>(kGraphStats);
       L.graph.assign(at, at + static_cast<std::int64_t>(kGraphStats));
     }
+    if (!expect.values) continue;
+    L.gates.assign(gates.begin() + r * per, gates.begin() + (r + 1) * per);
+    L.probs.assign(probs.begin() + r * per, probs.begin() + (r + 1) * per);
   }
   if (!expect.values || !c.ac[m] || R == 0) return;
   const std::int64_t rows = ac_rows.back() + recs.back().groups;
