@@ -55,6 +55,19 @@ void for_each_key(Config& c, Fn&& fn) {
      kNoRange);
   fn("model.aux_loss_coef", m.aux_loss_coef, "Switch load-balancing loss coefficient", kNoRange);
   fn("model.z_loss_coef", m.z_loss_coef, "router z-loss coefficient", kNoRange);
+  fn("model.aux_loss_coef_topk", m.aux_loss_coef_topk,
+     "Switch loss coefficient of topk layers (< 0: model.aux_loss_coef)", kNoRange);
+  fn("model.aux_loss_coef_similarity", m.aux_loss_coef_similarity,
+     "Switch loss coefficient of similarity layers (< 0: model.aux_loss_coef)", kNoRange);
+  fn("model.aux_loss_coef_attention", m.aux_loss_coef_attention,
+     "Switch loss coefficient of attention layers (< 0: model.aux_loss_coef)", kNoRange);
+  fn("model.aux_loss_coef_ac", m.aux_loss_coef_ac,
+     "Switch loss coefficient of ac layers (< 0: model.aux_loss_coef)", kNoRange);
+  fn("model.ac_fixed_norm", m.ac_fixed_norm,
+     "ac: expert embeddings renormalised to this norm every forward, no decay (0: off)", kNoRange);
+  fn("model.graph_mix", m.graph_mix, "similarity/attention: mix gate probs or logits", kNoRange);
+  fn("model.graph_self_weight", m.graph_self_weight,
+     "similarity/attention self-weight alpha: alpha I + (1 - alpha) A", kNoRange);
   fn("model.ln_eps", m.ln_eps, "LayerNorm epsilon", kNoRange);
   fn("model.seed", m.seed, "parameter initialisation seed", MC::kSeed);
   auto& o = c.optim;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <utility>
 
 #include "framework/error.h"
 
@@ -29,6 +30,12 @@ const char* router_name(RouterKind kind) {
       return "ac";
   }
   return "?";
+}
+
+GraphMix parse_graph_mix(const std::string& name) {
+  if (name == "probs") return GraphMix::Probs;
+  if (name == "logits") return GraphMix::Logits;
+  RM_FAIL(Config, fmt::format("model.graph_mix must be \"probs\" or \"logits\", got '{}'", name));
 }
 
 std::string range_problem(std::string_view key, std::int64_t v, IntRange r) {
@@ -102,12 +109,67 @@ void ModelConfig::validate() const {
                 fmt::format("model.z_loss_coef must be >= 0, got {}", z_loss_coef));
   RM_CHECK_KIND(Config, ln_eps > 0, fmt::format("model.ln_eps must be positive, got {}", ln_eps));
   param_count();  // throws when the parameter count overflows
+  validate_router_options();
+}
+
+void ModelConfig::validate_router_options() const {
+  const std::pair<const char*, double> per_router[] = {
+      {"aux_loss_coef_topk", aux_loss_coef_topk},
+      {"aux_loss_coef_similarity", aux_loss_coef_similarity},
+      {"aux_loss_coef_attention", aux_loss_coef_attention},
+      {"aux_loss_coef_ac", aux_loss_coef_ac},
+      {"ac_fixed_norm", ac_fixed_norm},
+      {"graph_self_weight", graph_self_weight}};
+  for (const auto& [key, v] : per_router) {
+    RM_CHECK_KIND(Config, std::isfinite(v),
+                  fmt::format("model.{} must be a finite number, got {}", key, v));
+  }
+  RM_CHECK_KIND(Config, ac_fixed_norm >= 0,
+                fmt::format("model.ac_fixed_norm must be >= 0 (0: off), got {}", ac_fixed_norm));
+  RM_CHECK_KIND(
+      Config, graph_self_weight >= 0 && graph_self_weight <= 1,
+      fmt::format("model.graph_self_weight must lie in [0, 1], got {}", graph_self_weight));
+  parse_graph_mix(graph_mix);
+}
+
+double ModelConfig::aux_coef_of(std::int64_t moe_layer) const {
+  double own = -1.0;
+  switch (effective_router(moe_layer)) {
+    case RouterKind::TopK:
+      own = aux_loss_coef_topk;
+      break;
+    case RouterKind::Similarity:
+      own = aux_loss_coef_similarity;
+      break;
+    case RouterKind::Attention:
+      own = aux_loss_coef_attention;
+      break;
+    case RouterKind::AC:
+      own = aux_loss_coef_ac;
+      break;
+  }
+  return own >= 0 ? own : aux_loss_coef;
 }
 
 RouterKind ModelConfig::router_of(std::int64_t moe_layer) const {
   const std::string& name =
       routers.size() == 1 ? routers[0] : routers.at(static_cast<std::size_t>(moe_layer));
   return parse_router(name);
+}
+
+std::string ModelConfig::describe_router(std::int64_t moe_layer) const {
+  const RouterKind r = effective_router(moe_layer);
+  std::string out =
+      fmt::format("block {}: {}", moe_layer * moe_every + moe_every - 1, router_name(r));
+  if (r != router_of(moe_layer)) out += " (ac needs a previous MoE layer)";
+  if (r == RouterKind::AC && ac_fixed_norm > 0)
+    out += fmt::format(", fixed norm {}", ac_fixed_norm);
+  if (r == RouterKind::Similarity) out += fmt::format(", tau {}", similarity_tau);
+  if ((r == RouterKind::Similarity || r == RouterKind::Attention) &&
+      (graph_mix != "probs" || graph_self_weight > 0)) {
+    out += fmt::format(", mix {}, self-weight {}", graph_mix, graph_self_weight);
+  }
+  return out + fmt::format(", aux {}", aux_coef_of(moe_layer));
 }
 
 RouterKind ModelConfig::effective_router(std::int64_t moe_layer) const {

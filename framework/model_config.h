@@ -10,9 +10,16 @@ namespace routemoe {
 
 enum class RouterKind { TopK, Similarity, Attention, AC };
 
+// What the graph routers (similarity, attention) mix over the tokens of a sequence
+// (docs/model.md, "Graph mixing"): the gate probabilities p (the papers' p~ = A p, the default) or
+// the gate logits z (p~ = softmax(A z)).
+enum class GraphMix { Probs, Logits };
+
 // "topk" | "similarity" | "attention" | "ac"; throws Error(Config) for anything else.
 RouterKind parse_router(const std::string& name);
 const char* router_name(RouterKind kind);
+// "probs" | "logits"; throws Error(Config) for anything else.
+GraphMix parse_graph_mix(const std::string& name);
 
 // The valid values of an integer configuration key, both ends included.
 struct IntRange {
@@ -64,6 +71,19 @@ struct ModelConfig {
   bool similarity_causal = true;
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.0;
+  // Switch-loss coefficient of the MoE layers that really route with each router (the first
+  // MoE layer's `ac` counts as topk); < 0: model.aux_loss_coef.
+  double aux_loss_coef_topk = -1.0;
+  double aux_loss_coef_similarity = -1.0;
+  double aux_loss_coef_attention = -1.0;
+  double aux_loss_coef_ac = -1.0;
+  // ac: > 0 renormalises every expert embedding to this norm before each forward and exempts the
+  // embeddings from weight decay (the authors' code: 1.5); 0: free embeddings (default).
+  double ac_fixed_norm = 0.0;
+  // similarity and attention: what is mixed ("probs" or "logits"), and the self-weight alpha of
+  // the mixing matrix alpha I + (1 - alpha) A (0: the papers' form).
+  std::string graph_mix = "probs";
+  double graph_self_weight = 0.0;
   double ln_eps = 1e-5;
   std::uint64_t seed = 1234;  // parameter initialisation
 
@@ -79,6 +99,14 @@ struct ModelConfig {
   // The router MoE layer m actually routes with: `ac` on the first MoE layer falls back to topk.
   RouterKind effective_router(std::int64_t moe_layer) const;
   std::vector<std::string> expanded_routers() const;
+  // Switch-loss coefficient of MoE layer m (by the router it really uses).
+  double aux_coef_of(std::int64_t moe_layer) const;
+  // What MoE layer m really routes with, for the training banner: "block B: ROUTER" with the
+  // router's options that apply (e.g. "block 1: topk (ac needs a previous MoE layer), aux 0.01",
+  // "block 3: ac, fixed norm 1.5, aux 0").
+  std::string describe_router(std::int64_t moe_layer) const;
+  // The checks of the router options above (called by validate()).
+  void validate_router_options() const;
   // Parameters of the model (layers/model.cpp declares exactly these), in checked arithmetic.
   ParamCount param_count() const;
 };

@@ -363,6 +363,12 @@ void ac_expert_weights(const Exec& ex, const double* absdev, const double* count
 }
 
 template <typename T>
+void mixing_row_stats(const Exec& ex, const T* a, double alpha, std::int64_t batch, std::int64_t t,
+                      bool causal, double* out) {
+  RM_OP_CPU(mixing_row_stats, a, alpha, batch, t, causal, out);
+}
+
+template <typename T>
 void grouped_linear_forward(const Exec& ex, const T* x, const T* w, const T* b, T* y,
                             const std::int64_t* offset, std::int64_t groups, std::int64_t in,
                             std::int64_t out) {
@@ -482,6 +488,8 @@ double mean_square(const Exec& ex, const T* x, std::int64_t n) {
                                     std::int64_t);                                                 \
   template void ac_expert_weights<T>(const Exec&, const double*, const double*, T*, std::int64_t,  \
                                      std::int64_t, double, double);                                \
+  template void mixing_row_stats<T>(const Exec&, const T*, double, std::int64_t, std::int64_t,     \
+                                    bool, double*);                                                \
   template void grouped_linear_forward<T>(const Exec&, const T*, const T*, const T*, T*,           \
                                           const std::int64_t*, std::int64_t, std::int64_t,         \
                                           std::int64_t);                                           \
@@ -518,7 +526,9 @@ template void copy<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*
 template void to_device<float>(const Exec&, const float*, float*, std::int64_t);
 template void to_device<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*,
                                       std::int64_t);
+template void to_device<double>(const Exec&, const double*, double*, std::int64_t);
 template void to_host<float>(const Exec&, const float*, float*, std::int64_t);
+template void to_host<double>(const Exec&, const double*, double*, std::int64_t);
 template void to_host<std::int32_t>(const Exec&, const std::int32_t*, std::int32_t*, std::int64_t);
 
 }  // namespace routemoe::ops

@@ -189,6 +189,9 @@ template <typename T>
 void ac_expert_weights(const Exec& ex, const double* absdev, const double* count, T* w,
                        std::int64_t d, std::int64_t e, double eps, double clip_factor);
 template <typename T>
+void mixing_row_stats(const Exec& ex, const T* a, double alpha, std::int64_t batch, std::int64_t t,
+                      bool causal, double* out);
+template <typename T>
 void grouped_linear_forward(const Exec& ex, const T* x, const T* w, const T* b, T* y,
                             const std::int64_t* offset, std::int64_t groups, std::int64_t in,
                             std::int64_t out);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <utility>
 
 #include "framework/error.h"
@@ -367,7 +368,8 @@ std::string trace_layer(std::size_t m) {
 // What the datasets of a version-2 trace fix.
 struct Columns {
   std::int64_t layers = 0, P = 0, K = 0, E = 0, d = 0;
-  std::vector<bool> ac;  // per layer: stores AC weights
+  std::vector<bool> ac;     // per layer: stores AC weights
+  std::vector<bool> graph;  // per layer: stores graph diagnostics (optional; newer traces)
 };
 
 Columns columns_of(const h5::File& f) {
@@ -384,6 +386,7 @@ Columns columns_of(const h5::File& f) {
   for (std::size_t m = 0; std::cmp_less(m, c.layers); ++m) {
     const std::string w = trace_layer(m) + "/ac_weights";
     c.ac.push_back(f.exists(w));
+    c.graph.push_back(f.exists(trace_layer(m) + "/graph"));
     if (!c.ac.back()) continue;
     const Shape ws = f.shape_of(w);
     RM_CHECK_KIND(
@@ -416,6 +419,10 @@ Columns create_columns(h5::File& f, const RoutingRecord& r) {
     f.create_rows(g + "/gates", Elem::F32, {c.P, c.K}, 1);
     f.create_rows(g + "/probs", Elem::F32, {c.P, c.K}, 1);
     f.set_attr(g, "router", r.layers[m].router);
+    c.graph.push_back(!r.layers[m].graph.empty());
+    if (c.graph.back())
+      f.create_rows(g + "/graph", Elem::F32, {static_cast<std::int64_t>(kGraphStats)},
+                    kColumnChunk);
     c.ac.push_back(!r.layers[m].ac_weights.empty());
     if (!c.ac.back()) continue;
     f.create_rows(g + "/ac_weights", Elem::F32, {c.E, c.d}, 1);
@@ -456,6 +463,11 @@ void write_record_row(h5::File& f, const Columns& c, std::int64_t row, std::int6
     f.write_rows(g + "/experts", Elem::I32, row, 1, L.experts.data());
     f.write_rows(g + "/gates", Elem::F32, row, 1, L.gates.data());
     f.write_rows(g + "/probs", Elem::F32, row, 1, L.probs.data());
+    if (c.graph[m]) {  // a record without diagnostics (cannot happen for one model): NaN
+      std::vector<float> stats(kGraphStats, std::numeric_limits<float>::quiet_NaN());
+      if (L.graph.size() == kGraphStats) stats = L.graph;
+      f.write_rows(g + "/graph", Elem::F32, row, 1, stats.data());
+    }
     if (!c.ac[m]) continue;
     f.write_rows(g + "/ac_weights", Elem::F32, ac_row, r.groups, L.ac_weights.data());
     f.write_rows(g + "/ac_present", Elem::U8, ac_row, r.groups, L.ac_present.data());
@@ -537,6 +549,11 @@ void read_layer(const h5::File& f, const Columns& c, std::size_t m, const Routin
     f.read_rows(g + "/probs", Elem::F32, 0, R, probs.data());
   }
   const std::string router = f.has_attr(g, "router") ? f.attr_string(g, "router") : "";
+  std::vector<float> graph;
+  if (c.graph[m]) {
+    graph.resize(static_cast<std::size_t>(R) * kGraphStats);
+    f.read_rows(g + "/graph", Elem::F32, 0, R, graph.data());
+  }
   for (std::int64_t r = 0; r < R; ++r) {
     LayerRouting& L = recs[static_cast<std::size_t>(r)].layers[m];
     L.router = router;
@@ -549,6 +566,10 @@ void read_layer(const h5::File& f, const Columns& c, std::size_t m, const Routin
                                   recs[static_cast<std::size_t>(r)].origin, m, e,
                                   i / static_cast<std::size_t>(c.K), expect.n_experts));
       }
+    }
+    if (c.graph[m]) {
+      const auto at = graph.begin() + r * static_cast<std::int64_t>(kGraphStats);
+      L.graph.assign(at, at + static_cast<std::int64_t>(kGraphStats));
     }
     if (!expect.values) continue;
     L.gates.assign(gates.begin() + r * per, gates.begin() + (r + 1) * per);

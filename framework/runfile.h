@@ -100,7 +100,16 @@ struct LayerRouting {
                                          // derive_ac_weights; else empty)
   std::vector<std::uint8_t> ac_present;  // [G, E] 1 where group g sent tokens to expert e at
                                          // the previous MoE layer (w_e exists), else 0
+  // Graph diagnostics of similarity/attention layers (docs/model.md, "Graph diagnostics"): the
+  // mixing matrix's mean self-weight, mean row entropy (nats), mean effective number of
+  // neighbours exp(H) and mean normalised entropy H / log(n_i) over the probe tokens; empty for
+  // other routers and for traces written before them.
+  std::vector<float> graph;
 };
+// Entries of LayerRouting::graph.
+inline constexpr std::size_t kGraphStats = 4;
+inline constexpr const char* kGraphStatNames[kGraphStats] = {"self_weight", "entropy", "neighbours",
+                                                             "entropy_norm"};
 
 // The routing record of the probe set: a checkpoint's /routing, or one trace /records/<index>.
 struct RoutingRecord {
@@ -110,8 +119,9 @@ struct RoutingRecord {
   std::int64_t tokens = 0;   // P
   std::int64_t top_k = 0;    // k
   std::int64_t d_model = 0;  // d: row width of ac_scale (read: 0 when no layer has ac_scale)
-  // Token groups the probe set was routed in, one per rank, each the next P/G tokens: the AC
-  // statistics of a record come from each group's own tokens.
+  // Token groups whose tokens the AC statistics of a record came from, each the next P/G tokens:
+  // 1 since probe routing takes them over the whole probe set on any layout; older runs routed
+  // each rank's slice separately (one group per rank).
   std::int64_t groups = 1;
   std::int64_t n_experts = 0;        // E: rows of ac_weights per group (0 when no layer has them)
   std::vector<LayerRouting> layers;  // one per MoE layer

@@ -59,11 +59,12 @@ struct Model::Block {
   float* x_in = nullptr;  // [N, d] residual stream entering the block
   LayerNormOut ln1_out;
   AttentionCache<float> attn;
-  float* avg_probs = nullptr;               // [B, T, T] (attention router)
-  float* x_mid = nullptr;                   // [N, d] after the attention residual
-  LayerNormOut ln2_out;                     // u
-  const std::int32_t* prev_top1 = nullptr;  // the previous MoE layer's first choices (ac)
-  float* fc_pre = nullptr;                  // dense [N, d_ff]
+  float* avg_probs = nullptr;                   // [B, T, T] (attention router)
+  float* x_mid = nullptr;                       // [N, d] after the attention residual
+  LayerNormOut ln2_out;                         // u
+  const std::int32_t* prev_top1 = nullptr;      // the previous MoE layer's first choices (ac)
+  comm::Communicator* routing_stats = nullptr;  // evaluation routing over all ranks, else null
+  float* fc_pre = nullptr;                      // dense [N, d_ff]
   float* fc_act = nullptr;
 
   layers::AttentionWeights<float> attn_weights() const {
@@ -83,7 +84,12 @@ struct Model::Block {
     return g;
   }
   layers::RouterInputs<float> router_inputs() const {
-    return {ln2_out.y, avg_probs, prev_top1, nullptr};
+    return {ln2_out.y, avg_probs, prev_top1, nullptr, routing_stats};
+  }
+  std::vector<float*> router_values() const {
+    std::vector<float*> v;
+    for (const Param* p : router) v.push_back(value(p));
+    return v;
   }
 };
 
@@ -92,6 +98,7 @@ struct Model::Pass {
   std::int64_t batch = 0, seq = 0, tokens = 0;
   bool backward = false;
   bool dropless = false;
+  comm::Communicator* routing_stats = nullptr;
   double grad_scale = 1.0;
   std::int32_t* inputs = nullptr;     // [N] on the device
   std::int32_t* targets = nullptr;    // [N]
@@ -234,8 +241,9 @@ std::unique_ptr<Model::Block> Model::declare_block(const Declarer& decl, std::in
     b->fcp_b = decl.dense(p + "mlp.proj.bias", {d}, decl.zeros);
     return b;
   }
-  const layers::RouterOptions ro{c.effective_router(moe_index++), c.similarity_tau,
-                                 c.similarity_causal};
+  const layers::RouterOptions ro{
+      c.effective_router(moe_index++), c.similarity_tau,    c.similarity_causal,
+      parse_graph_mix(c.graph_mix),    c.graph_self_weight, c.ac_fixed_norm};
   b->moe = std::make_unique<MoeLayer<float>>(ro, ep_);
   for (const layers::ParamSpec& s : b->moe->router().params(d, E)) {
     b->router.push_back(&params_.declare(p + "moe." + s.name, s.shape, s.init, s.decay));
@@ -259,8 +267,9 @@ StepStats Model::forward_backward(const std::int32_t* inputs, const std::int32_t
 }
 
 StepStats Model::forward(const std::int32_t* inputs, const std::int32_t* targets,
-                         std::int64_t batch, std::int64_t seq, float* logits, bool dropless) {
-  return run(inputs, targets, batch, seq, false, 0.0, logits, dropless);
+                         std::int64_t batch, std::int64_t seq, float* logits, bool dropless,
+                         comm::Communicator* routing_stats) {
+  return run(inputs, targets, batch, seq, false, 0.0, logits, dropless, routing_stats);
 }
 
 void Model::set_timers(TimerSet* timers) {
@@ -272,6 +281,14 @@ void Model::set_timers(TimerSet* timers) {
 
 std::vector<RoutingView> Model::last_routing() const {
   return routing_;
+}
+
+std::vector<std::vector<layers::RouterDiagnostic>> Model::routing_diagnostics() const {
+  std::vector<std::vector<layers::RouterDiagnostic>> out;
+  for (const auto& b : blocks_) {
+    if (b->moe != nullptr) out.push_back(b->moe->router().diagnostics(exec_));
+  }
+  return out;
 }
 
 std::vector<ArenaStats> Model::memory_report() const {
@@ -304,7 +321,7 @@ double Model::step_flops(std::int64_t batch, std::int64_t seq) const {
 
 StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
                      std::int64_t seq, bool backward, double grad_scale, float* logits_out,
-                     bool dropless) {
+                     bool dropless, comm::Communicator* routing_stats) {
   RM_CHECK_KIND(Shape, batch >= 1 && seq >= 1 && seq <= config_.seq_len,
                 fmt::format("batch {} x seq {} (seq_len {})", batch, seq, config_.seq_len));
   activations_.reset();
@@ -314,6 +331,7 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
   pass.tokens = batch * seq;
   pass.backward = backward;
   pass.dropless = dropless;
+  pass.routing_stats = routing_stats;
   pass.grad_scale = grad_scale;
   pass.want_logits = logits_out != nullptr;
   pass.host_targets.assign(targets, targets + pass.tokens);
@@ -329,8 +347,10 @@ StepStats Model::run(const std::int32_t* inputs, const std::int32_t* targets, st
   if (logits_out != nullptr) {
     ops::to_host<float>(exec_, pass.logits, logits_out, pass.tokens * config_.vocab_size);
   }
-  for (const MoeLayerStats& m : pass.moe) {
-    stats.aux_loss += config_.aux_loss_coef * m.switch_loss + config_.z_loss_coef * m.z_loss;
+  for (std::size_t m = 0; m < pass.moe.size(); ++m) {
+    const MoeLayerStats& ms = pass.moe[m];
+    stats.aux_loss += config_.aux_coef_of(static_cast<std::int64_t>(m)) * ms.switch_loss +
+                      config_.z_loss_coef * ms.z_loss;
   }
   stats.loss = stats.ce_loss + stats.aux_loss;
   stats.moe = std::move(pass.moe);
@@ -387,8 +407,11 @@ void Model::block_forward(Block& b, Pass& p) {
   float* branch = ops::alloc<float>(ex, A, N * d);
   if (b.moe != nullptr) {
     b.prev_top1 = p.prev_top1;
+    b.routing_stats = p.routing_stats;
     const layers::MoeDims dims{
         p.batch, p.seq, d, F, c.n_experts, c.top_k, p.dropless ? 0.0 : c.capacity_factor};
+    const std::vector<float*> rw = b.router_values();
+    b.moe->router().constrain(ex, dims.router(), rw, A);
     b.moe->forward(ex, dims, b.moe_weights(), b.router_inputs(), branch, A);
     const auto& sel = b.moe->selection();
     p.prev_top1 = sel.top1;
@@ -487,8 +510,9 @@ void Model::block_backward(Block& b, Pass& p) {
   const std::int64_t N = p.tokens, d = c.d_model, F = c.d_ff;
   float* d_avg =
       b.avg_probs != nullptr ? ops::zeros<float>(ex, A, p.batch * p.seq * p.seq) : nullptr;
-  if (b.moe != nullptr) {  // the branch gets dx unchanged
-    const layers::MoeLossCoefs coef{c.aux_loss_coef * p.grad_scale, c.z_loss_coef * p.grad_scale};
+  if (b.moe != nullptr) {                                     // the branch gets dx unchanged
+    const double aux = c.aux_coef_of(b.index / c.moe_every);  // block l is MoE layer l / moe_every
+    const layers::MoeLossCoefs coef{aux * p.grad_scale, c.z_loss_coef * p.grad_scale};
     b.moe->backward(ex, b.moe_weights(), b.moe_grads(), b.router_inputs(), coef, p.dx, p.du, d_avg,
                     A);
   } else {

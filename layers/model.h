@@ -12,6 +12,7 @@
 #include "framework/model_config.h"
 #include "framework/params.h"
 #include "framework/timer.h"
+#include "layers/routers/router.h"
 
 namespace routemoe {
 
@@ -69,9 +70,14 @@ class Model {
   StepStats forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                              std::int64_t batch, std::int64_t seq, double grad_scale = 1.0);
   // Forward only. When logits is non-null it receives [batch, seq, vocab]. `dropless` ignores
-  // the capacity factor (evaluation of routing: every slot kept).
+  // the capacity factor (evaluation of routing: every slot kept). `routing_stats` non-null
+  // (evaluation routing of the probe set): router statistics over several tokens (the AC
+  // weights) are taken over the tokens of all ranks of that group, so that the routing does not
+  // depend on how the sequences are split over ranks (collective over it; every rank passes the
+  // same batch and seq). Null: over this call's tokens, as in training.
   StepStats forward(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
-                    std::int64_t seq, float* logits = nullptr, bool dropless = false);
+                    std::int64_t seq, float* logits = nullptr, bool dropless = false,
+                    comm::Communicator* routing_stats = nullptr);
 
   // Profile: the phases (framework/timer.h, namespace phase) of every later forward/backward
   // are added to `timers`, which must outlive its use; null (the default) turns it off.
@@ -79,6 +85,9 @@ class Model {
 
   // Routing of each MoE layer in the last forward (in MoE-layer order).
   std::vector<RoutingView> last_routing() const;
+  // Each MoE layer's router diagnostics of the last forward (in MoE-layer order; empty for
+  // routers without any), valid until the next forward.
+  std::vector<std::vector<layers::RouterDiagnostic>> routing_diagnostics() const;
   std::vector<ArenaStats> memory_report() const;
   // GEMM floating-point operations of one training step (forward + backward = 3 x forward) on
   // `batch` sequences of `seq` tokens; elementwise work is not counted.
@@ -99,7 +108,7 @@ class Model {
   void embed_backward(Pass& pass);
   StepStats run(const std::int32_t* inputs, const std::int32_t* targets, std::int64_t batch,
                 std::int64_t seq, bool backward, double grad_scale, float* logits_out,
-                bool dropless);
+                bool dropless, comm::Communicator* routing_stats = nullptr);
 
   ModelConfig config_;
   comm::Communicator* ep_ = nullptr;

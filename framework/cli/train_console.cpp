@@ -60,14 +60,10 @@ void TrainConsole::on_start(const RunConfig& cfg, const RunInfo& info) {
   }
   fmt::print("routemoe train: {} parameters, {} layers ({} MoE), {} experts top-{}\n",
              info.parameters, mc.n_layers, mc.n_moe_layers(), mc.n_experts, mc.top_k);
-  // Each MoE block with the router it really runs (model.routers expanded over the layers).
-  const std::vector<std::string> routers = mc.expanded_routers();
-  std::string moe_blocks;
-  for (std::size_t m = 0; m < routers.size(); ++m) {
-    const std::int64_t block = static_cast<std::int64_t>(m + 1) * mc.moe_every - 1;
-    moe_blocks += fmt::format("{}block {} {}", m ? ", " : "", block, routers[m]);
-  }
-  fmt::print("routers: {}\n", moe_blocks);
+  // Each MoE block with the router it really runs and its options (ModelConfig::describe_router).
+  std::vector<std::string> layers;
+  for (std::int64_t m = 0; m < mc.n_moe_layers(); ++m) layers.push_back(mc.describe_router(m));
+  fmt::print("routers: {}\n", fmt::join(layers, "; "));
   fmt::print("device: cpu, {} thread(s) per rank\n", ops::num_threads());
   fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
              info.train_tokens, info.val_tokens, cfg.data.path, info.unigram_entropy);

@@ -386,6 +386,35 @@ void ac_expert_weights(const double* absdev, const double* count, T* w, std::int
 // ----------------------------------------------------------------------------------------------
 // Grouped linear layer
 
+// ----------------------------------------------------------------------------------------------
+// Graph routers
+
+template <typename T>
+void mixing_row_stats(const T* a, double alpha, std::int64_t batch, std::int64_t t, bool causal,
+                      double* out) {
+  detail::check_sizes("mixing_row_stats", {{"batch", batch}, {"t", t}});
+  RM_CHECK_KIND(Data, alpha >= 0 && alpha <= 1,
+                fmt::format("mixing_row_stats: alpha = {} is outside [0, 1]", alpha));
+  std::fill(out, out + 5, 0.0);
+  for (std::int64_t r = 0; r < batch * t; ++r) {
+    const std::int64_t i = r % t;
+    const std::int64_t n = causal ? i + 1 : t;
+    const T* row = a + r * t;
+    double h = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double m = (1.0 - alpha) * static_cast<double>(row[j]) + (j == i ? alpha : 0.0);
+      if (m > 0) h -= m * std::log(m);
+    }
+    out[0] += (1.0 - alpha) * static_cast<double>(row[i]) + alpha;
+    out[1] += h;
+    out[2] += std::exp(h);
+    if (n >= 2) {
+      out[3] += h / std::log(static_cast<double>(n));
+      out[4] += 1.0;
+    }
+  }
+}
+
 template <typename T>
 void grouped_linear_forward(const T* x, const T* w, const T* b, T* y, const std::int64_t* offset,
                             std::int64_t groups, std::int64_t in, std::int64_t out) {
@@ -441,6 +470,7 @@ void grouped_linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, 
                                     double*, std::int64_t, std::int64_t, std::int64_t);            \
   template void ac_expert_weights<T>(const double*, const double*, T*, std::int64_t, std::int64_t, \
                                      double, double);                                              \
+  template void mixing_row_stats<T>(const T*, double, std::int64_t, std::int64_t, bool, double*);  \
   template void grouped_linear_forward<T>(const T*, const T*, const T*, T*, const std::int64_t*,   \
                                           std::int64_t, std::int64_t, std::int64_t);               \
   template void grouped_linear_backward<T>(const T*, const T*, const T*, T*, T*, T*,               \

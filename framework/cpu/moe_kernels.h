@@ -137,6 +137,19 @@ void ac_expert_weights(const double* absdev, const double* count, T* w, std::int
                        std::int64_t e, double eps, double clip_factor);
 
 // ----------------------------------------------------------------------------------------------
+// Graph routers (docs/model.md, "Graph diagnostics").
+// Statistics of the mixing matrices M_b = alpha I + (1 - alpha) a_b of a[batch, t, t] (rows are
+// distributions: non-negative, summing to one; row r is query i = r % t). Row i may use n_i
+// tokens: i + 1 when `causal` (entries j > i are not read), else t. Per row: the self-weight M_ii,
+// the entropy H_i = -sum_j M_ij log M_ij (0 log 0 = 0), exp(H_i), and for rows with n_i >= 2
+// H_i / log(n_i) (1: uniform over the tokens it may use). out[5] (host memory, overwritten):
+// the sums over all rows of the first three, the sum of the fourth and the number of rows it
+// covers. Requires 0 <= alpha <= 1.
+template <typename T>
+void mixing_row_stats(const T* a, double alpha, std::int64_t batch, std::int64_t t, bool causal,
+                      double* out);
+
+// ----------------------------------------------------------------------------------------------
 // Grouped linear layer (the expert FFN GEMMs over all local experts): for g < groups, rows
 // [offset[g], offset[g + 1]) of x[R, in] give rows of y[R, out] = x @ w[g]^T + b[g], with
 // w[groups, out, in] and b[groups, out]. Groups run one after another.

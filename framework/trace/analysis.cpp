@@ -557,6 +557,39 @@ std::vector<Run> load_runs(const std::vector<std::string>& inputs,
 // ---------------------------------------------------------------------------------------------
 // Reports
 
+namespace {
+
+// The graph diagnostics of the records that have them (similarity/attention layers of newer
+// traces): one row per record, per layer "self-weight / entropy / neighbours"; "" without any.
+std::string graph_table(const Run& run) {
+  const auto has = [](const runfile::RoutingRecord& r) {
+    return std::any_of(r.layers.begin(), r.layers.end(),
+                       [](const runfile::LayerRouting& l) { return !l.graph.empty(); });
+  };
+  if (std::none_of(run.records.begin(), run.records.end(), has)) return "";
+  std::string out =
+      "\n   graph mixing matrix per record (mean self-weight / row entropy nats / effective "
+      "neighbours exp(H) / H over log of the tokens a row may use)\n";
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> head{"step"};
+  for (std::size_t m = 0; m < run.records.front().layers.size(); ++m)
+    head.push_back(fmt::format("layer {}", m));
+  rows.push_back(head);
+  for (const runfile::RoutingRecord& r : run.records) {
+    std::vector<std::string> row{fmt::format("{}", r.step)};
+    for (const runfile::LayerRouting& l : r.layers) {
+      row.push_back(l.graph.size() == runfile::kGraphStats
+                        ? fmt::format("{} / {} / {:.2f} / {}", f4(l.graph[0]), f4(l.graph[1]),
+                                      l.graph[2], f4(l.graph[3]))
+                        : std::string("-"));
+    }
+    rows.push_back(row);
+  }
+  return out + render(rows, "   ");
+}
+
+}  // namespace
+
 std::string format_table(const std::vector<RunMetrics>& metrics) {
   std::string out;
   for (const RunMetrics& rm : metrics) {
@@ -614,6 +647,7 @@ std::string format_table(const std::vector<RunMetrics>& metrics) {
     } else if (!run.records.empty()) {
       out += "\n   routing fluctuation: no pairs of consecutive records\n";
     }
+    out += graph_table(run);
 
     if (!rm.last_change.empty()) {
       out +=

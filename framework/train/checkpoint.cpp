@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <regex>
 
@@ -53,6 +54,31 @@ std::string foreign_reason(const std::string& path, const std::string& run_id) {
   return owner.empty() ? "no run id: written before run ids" : fmt::format("run {}", owner);
 }
 
+// A layer's graph diagnostics over the probe tokens of every rank (runfile::kGraphStatNames
+// order): each named sum and count added over the ranks, then divided. Empty without any.
+std::vector<float> graph_stats(const std::vector<layers::RouterDiagnostic>& diag,
+                               comm::Communicator& world) {
+  if (diag.empty()) return {};
+  std::vector<double> sums(2 * runfile::kGraphStats, 0.0);
+  for (std::size_t i = 0; i < runfile::kGraphStats; ++i) {
+    const auto it = std::find_if(diag.begin(), diag.end(), [&](const auto& x) {
+      return x.name == runfile::kGraphStatNames[i];
+    });
+    RM_CHECK(it != diag.end(),
+             fmt::format("router diagnostic '{}' missing", runfile::kGraphStatNames[i]));
+    sums[2 * i] = it->sum;
+    sums[2 * i + 1] = it->count;
+  }
+  world.all_reduce(sums.data(), static_cast<std::int64_t>(sums.size()), comm::DataType::F64,
+                   comm::ReduceOp::Sum);
+  std::vector<float> out(runfile::kGraphStats);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = sums[2 * i + 1] > 0 ? static_cast<float>(sums[2 * i] / sums[2 * i + 1])
+                                 : std::numeric_limits<float>::quiet_NaN();
+  }
+  return out;
+}
+
 }  // namespace
 
 RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
@@ -68,13 +94,16 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   const std::int64_t n_local = rows * seq_len;
   const std::int32_t* in = probe.data() + world.rank() * n_local;
   std::vector<std::int32_t> targets(static_cast<std::size_t>(n_local), -1);
-  model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true);
+  // Router statistics (AC weights) over the whole probe set, not this rank's slice, so that the
+  // record does not depend on the rank count or ep_size.
+  model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true, &world);
   const std::vector<RoutingView> views = model.last_routing();
+  const std::vector<std::vector<layers::RouterDiagnostic>> diag = model.routing_diagnostics();
   RoutingRecord rec;
   rec.tokens = sequences * seq_len;
   rec.top_k = mc.top_k;
   rec.d_model = mc.d_model;
-  rec.groups = W;  // each rank routed its own sequences: AC statistics per rank
+  rec.groups = 1;  // AC statistics over the whole probe set, whatever the rank count
   const std::int64_t K = mc.top_k, E = mc.n_experts, d = mc.d_model;
   for (std::size_t m = 0; m < views.size(); ++m) {
     const RoutingView& v = views[m];
@@ -95,6 +124,7 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
       L.ac_scale.resize(static_cast<std::size_t>(rec.tokens * d));
       world.all_gather(v.ac_scale, L.ac_scale.data(), n_local * d, comm::DataType::F32);
     }
+    L.graph = graph_stats(diag.at(m), world);
     rec.layers.push_back(std::move(L));
   }
   return rec;

@@ -3,6 +3,10 @@
 // similarity graph S = softmax(mask(u u^T / (tau sqrt d))) (similarity) or the same block's
 // head-averaged attention probabilities (attention). Top-k, gates and the Switch loss use p~.
 // Gradients flow into p, into S (hence u) or into the attention probabilities.
+//
+// Two documented readings beside that form (docs/model.md, "Graph mixing"): the mixing matrix
+// alpha I + (1 - alpha) A with a self-weight alpha (0: the form above), and mixing the gate
+// logits z instead of p, p~ = softmax((alpha I + (1 - alpha) A) z).
 
 #include <cmath>
 
@@ -26,14 +30,15 @@ class GraphRouter final : public Router<T> {
 
   RouteOutput<T> forward(const Exec& ex, const RouterDims& dims, std::span<const T* const> w,
                          const RouterInputs<T>& in, Arena& arena) override {
-    const std::int64_t B = dims.batch, Tn = dims.seq, E = dims.experts;
-    gate_.forward(ex, dims.tokens(), dims.d, E, in.u, w[0], arena);
+    const std::int64_t N = dims.tokens(), E = dims.experts;
+    dims_ = dims;
+    gate_.forward(ex, N, dims.d, E, in.u, w[0], arena);
     graph_ = needs_attention() ? in.attn_avg : similarity_graph(ex, dims, in.u, arena);
     RM_CHECK(graph_ != nullptr, "attention router without attention probabilities");
-    T* mixed = ops::alloc<T>(ex, arena, dims.tokens() * E);
-    // mixed_b[T, E] = A_b[T, T] @ p_b[T, E] for every sequence b.
-    ops::gemm_strided_batched<T>(ex, false, false, Tn, E, Tn, T(1), graph_, Tn, Tn * Tn,
-                                 gate_.probs, E, Tn * E, T(0), mixed, E, Tn * E, B);
+    T* mixed = ops::alloc<T>(ex, arena, N * E);
+    mix(ex, dims, mixed_source(), mixed);
+    if (options_.graph_mix == GraphMix::Logits) ops::softmax_forward<T>(ex, mixed, mixed, N, E);
+    mixed_ = mixed;
     return {mixed, mixed, gate_.lse};
   }
 
@@ -43,20 +48,26 @@ class GraphRouter final : public Router<T> {
     const std::int64_t B = dims.batch, Tn = dims.seq, E = dims.experts, N = dims.tokens();
     T* dmix = ops::alloc<T>(ex, arena, N * E);  // select and probs are both p~
     ops::add<T>(ex, d.dselect, d.dprobs, dmix, N * E);
-    // dp_b = A_b^T dmix_b; dA_b = dmix_b p_b^T.
-    T* dp = ops::alloc<T>(ex, arena, N * E);
-    ops::gemm_strided_batched<T>(ex, true, false, Tn, E, Tn, T(1), graph_, Tn, Tn * Tn, dmix, E,
-                                 Tn * E, T(0), dp, E, Tn * E, B);
+    const bool logits = options_.graph_mix == GraphMix::Logits;
+    if (logits) ops::softmax_backward<T>(ex, mixed_, dmix, dmix, N, E);  // to A' z
+    T* dsrc = ops::alloc<T>(ex, arena, N * E);
     T* dgraph = ops::alloc<T>(ex, arena, B * Tn * Tn);
-    ops::gemm_strided_batched<T>(ex, false, true, Tn, Tn, E, T(1), dmix, E, Tn * E, gate_.probs, E,
-                                 Tn * E, T(0), dgraph, Tn, Tn * Tn, B);
+    mix_backward(ex, dims, mixed_source(), dmix, dsrc, dgraph, arena);
     if (needs_attention()) {
       RM_CHECK(d_attn_avg != nullptr, "attention router backward without d_attn_avg");
       ops::axpy<T>(ex, T(1), dgraph, d_attn_avg, B * Tn * Tn);
     } else {
       similarity_backward(ex, dims, in.u, dgraph, du);
     }
-    gate_.backward(ex, N, dims.d, E, in.u, w[0], dp, d.dlse, du, g[0], arena);
+    if (!logits) {
+      gate_.backward(ex, N, dims.d, E, in.u, w[0], dsrc, d.dlse, du, g[0], arena);
+      return;
+    }
+    // dz = dsrc + dlse * p (the z-loss is on the raw logits).
+    T* dz = ops::zeros<T>(ex, arena, N * E);
+    ops::softmax_lse_backward<T>(ex, gate_.probs, dz, d.dlse, dz, N, E);
+    ops::add<T>(ex, dz, dsrc, dz, N * E);
+    gate_.backward_logits(ex, N, dims.d, E, in.u, w[0], dz, du, g[0]);
   }
 
   double flops(const RouterDims& dims) const override {
@@ -67,7 +78,53 @@ class GraphRouter final : public Router<T> {
     return f;
   }
 
+  // The mixing matrix alpha I + (1 - alpha) A of the last forward over its B*T rows.
+  std::vector<RouterDiagnostic> diagnostics(const Exec& ex) const override {
+    if (graph_ == nullptr) return {};
+    double s[5];
+    const bool causal = needs_attention() || options_.causal;
+    ops::mixing_row_stats<T>(ex, graph_, options_.self_weight, dims_.batch, dims_.seq, causal, s);
+    const auto rows = static_cast<double>(dims_.tokens());
+    return {{"self_weight", s[0], rows},
+            {"entropy", s[1], rows},
+            {"neighbours", s[2], rows},
+            {"entropy_norm", s[3], s[4]}};
+  }
+
  private:
+  const T* mixed_source() const {
+    return options_.graph_mix == GraphMix::Logits ? gate_.logits : gate_.probs;
+  }
+
+  // y_b = (1 - alpha) A_b x_b + alpha x_b for every sequence b (x, y [N, E]).
+  void mix(const Exec& ex, const RouterDims& dims, const T* x, T* y) const {
+    const std::int64_t B = dims.batch, Tn = dims.seq, E = dims.experts;
+    const T alpha = static_cast<T>(options_.self_weight);
+    ops::gemm_strided_batched<T>(ex, false, false, Tn, E, Tn, T(1) - alpha, graph_, Tn, Tn * Tn, x,
+                                 E, Tn * E, T(0), y, E, Tn * E, B);
+    if (options_.self_weight > 0) ops::axpy<T>(ex, alpha, x, y, dims.tokens() * E);
+  }
+
+  // dx_b = (1 - alpha) A_b^T dy_b + alpha dy_b (overwritten); dA_b = (1 - alpha) dy_b x_b^T
+  // (overwritten).
+  void mix_backward(const Exec& ex, const RouterDims& dims, const T* x, const T* dy, T* dx,
+                    T* dgraph, Arena& arena) const {
+    const std::int64_t B = dims.batch, Tn = dims.seq, E = dims.experts, N = dims.tokens();
+    const T alpha = static_cast<T>(options_.self_weight);
+    const T* dys = dy;
+    if (options_.self_weight > 0) {
+      T* scaled = ops::alloc<T>(ex, arena, N * E);
+      ops::copy<T>(ex, dy, scaled, N * E);
+      ops::scale<T>(ex, scaled, T(1) - alpha, N * E);
+      dys = scaled;
+    }
+    ops::gemm_strided_batched<T>(ex, true, false, Tn, E, Tn, T(1), graph_, Tn, Tn * Tn, dys, E,
+                                 Tn * E, T(0), dx, E, Tn * E, B);
+    if (options_.self_weight > 0) ops::axpy<T>(ex, alpha, dy, dx, N * E);
+    ops::gemm_strided_batched<T>(ex, false, true, Tn, Tn, E, T(1), dys, E, Tn * E, x, E, Tn * E,
+                                 T(0), dgraph, Tn, Tn * Tn, B);
+  }
+
   T inv_temperature(std::int64_t d) const {
     return static_cast<T>(1.0 / (options_.tau * std::sqrt(static_cast<double>(d))));
   }
@@ -97,7 +154,9 @@ class GraphRouter final : public Router<T> {
 
   RouterOptions options_;
   SoftmaxGate<T> gate_;
+  RouterDims dims_;
   const T* graph_ = nullptr;  // [B, T, T] A of the last forward
+  const T* mixed_ = nullptr;  // [N, E] p~ of the last forward
 };
 
 }  // namespace

@@ -39,6 +39,7 @@ void SoftmaxGate<T>::forward(const Exec& ex, std::int64_t n, std::int64_t d, std
   ops::linear_forward<T>(ex, u, gate, nullptr, logits, n, d, e);
   ops::row_logsumexp<T>(ex, logits, l, n, e);
   ops::softmax_forward<T>(ex, logits, p, n, e);
+  this->logits = logits;
   probs = p;
   lse = l;
 }
@@ -49,6 +50,13 @@ void SoftmaxGate<T>::backward(const Exec& ex, std::int64_t n, std::int64_t d, st
                               T* dgate, Arena& arena) const {
   T* dz = ops::alloc<T>(ex, arena, n * e);
   ops::softmax_lse_backward<T>(ex, probs, dp, dlse, dz, n, e);
+  backward_logits(ex, n, d, e, u, gate, dz, du, dgate);
+}
+
+template <typename T>
+void SoftmaxGate<T>::backward_logits(const Exec& ex, std::int64_t n, std::int64_t d, std::int64_t e,
+                                     const T* u, const T* gate, const T* dz, T* du,
+                                     T* dgate) const {
   ops::gemm<T>(ex, true, false, e, d, n, T(1), dz, e, u, d, T(1), dgate, d);   // dW_g += dz^T u
   ops::gemm<T>(ex, false, false, n, d, e, T(1), dz, e, gate, d, T(1), du, d);  // du += dz W_g
 }

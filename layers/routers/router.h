@@ -7,9 +7,9 @@
 // equations; docs/architecture.md the recipe for adding one.
 //
 // A Router object belongs to one MoE layer and keeps what its last forward saved for the
-// backward (arena memory, valid until the arena resets). Templated on the element type: float
-// is what the model runs, double runs the same code for gradient checks. All work goes through
-// the device seam (framework/ops.h).
+// backward and for diagnostics() (arena memory, valid until the arena resets). Templated on the
+// element type: float is what the model runs, double runs the same code for gradient checks. All
+// work goes through the device seam (framework/ops.h).
 
 #include <cstdint>
 #include <memory>
@@ -22,6 +22,10 @@
 #include "framework/model_config.h"
 #include "framework/ops.h"
 #include "framework/params.h"
+
+namespace routemoe::comm {
+class Communicator;
+}
 
 namespace routemoe::layers {
 
@@ -40,9 +44,13 @@ struct ParamSpec {
 };
 
 struct RouterOptions {
-  RouterKind kind = RouterKind::TopK;  // the router actually used (ac on the first layer: topk)
-  double tau = 1.0;                    // similarity temperature
-  bool causal = true;                  // similarity graph restricted to j <= i
+  RouterKind kind = RouterKind::TopK;    // the router actually used (ac on the first layer: topk)
+  double tau = 1.0;                      // similarity temperature
+  bool causal = true;                    // similarity graph restricted to j <= i
+  GraphMix graph_mix = GraphMix::Probs;  // similarity/attention: mix probabilities or logits
+  double self_weight =
+      0.0;  // similarity/attention: alpha of the mixing matrix alpha I + (1-alpha) A
+  double ac_fixed_norm = 0.0;  // ac: > 0 keeps every expert embedding at this norm (constrain())
 };
 
 struct RouterDims {
@@ -60,6 +68,18 @@ struct RouterInputs {
   const T* attn_avg = nullptr;              // [B, T, T] head-averaged attention (needs_attention)
   const std::int32_t* prev_top1 = nullptr;  // [N] previous MoE layer's first choices (ac)
   const T* ac_scale = nullptr;              // [N, d] fixed AC weights (gradient checks), else null
+  // Evaluation routing only (route_probe): statistics that depend on several tokens (the AC
+  // weights) are taken over the tokens of every rank of this group, each rank holding the same
+  // number of whole sequences; null (training): over this call's tokens, as in the papers.
+  comm::Communicator* stats = nullptr;
+};
+
+// One diagnostic of the last forward: `sum` over `count` items (e.g. rows of a mixing matrix), so
+// that callers can add sums and counts over ranks before dividing.
+struct RouterDiagnostic {
+  std::string name;
+  double sum = 0.0;
+  double count = 0.0;
 };
 
 // What forward produces (arena memory).
@@ -113,6 +133,13 @@ class Router {
   virtual double flops(const RouterDims& dims) const = 0;
   // AC feature weights M [N, d] of the last forward (ac only, else null).
   virtual const T* feature_weights() const { return nullptr; }
+  // Called by the model on the router's parameters (params() order) before every forward, in
+  // training and in evaluation: a router may project them onto a constraint set in place (ac
+  // with a fixed norm rescales its expert embeddings, as the authors' gate does). Default: none.
+  virtual void constrain(const Exec& /*ex*/, const RouterDims& /*dims*/, std::span<T* const> /*w*/,
+                         Arena& /*arena*/) {}
+  // Named diagnostics of the last forward (graph routers: the mixing matrix; others: none).
+  virtual std::vector<RouterDiagnostic> diagnostics(const Exec& /*ex*/) const { return {}; }
   // The per-expert weights w [E, d] that M gathers from, and which experts had tokens, of the
   // last forward (ac computing them from the previous assignment, else both null).
   virtual AcExpertWeights<T> expert_weights() const { return {}; }
@@ -123,23 +150,31 @@ template <typename T>
 std::unique_ptr<Router<T>> make_router(const RouterOptions& options);
 
 // AC feature weights M[N, d] = w_{c_i} (docs/model.md, "ac") from u[N, d] and the previous MoE
-// layer's top-1 assignment c = prev[N]; w comes from the tokens of this call only.
-// `stats`, when given, receives w [E, d] and the token counts [E] (arena memory).
+// layer's top-1 assignment c = prev[N]. `stats`, when given, receives w [E, d] and the token
+// counts [E] (arena memory). `group` null: w comes from the tokens of this call. Otherwise w
+// comes from the tokens of every rank of `group` (collective; each rank passes the same dims):
+// the sums of each sequence are gathered and added in global sequence order (rank order, then
+// sequence order within a rank), so every rank gets the same w, bit for bit, however the
+// sequences are split over ranks.
 template <typename T>
 void ac_feature_weights(const Exec& ex, const RouterDims& dims, const T* u,
                         const std::int32_t* prev, T* m, Arena& arena,
-                        AcExpertWeights<T>* stats = nullptr);
+                        AcExpertWeights<T>* stats = nullptr, comm::Communicator* group = nullptr);
 
 // Shared by the softmax-gated families (topk, graph): logits z = u W_g^T, p = softmax(z).
 template <typename T>
 struct SoftmaxGate {
-  const T* probs = nullptr;  // [N, E] p
-  const T* lse = nullptr;    // [N]
+  const T* logits = nullptr;  // [N, E] z
+  const T* probs = nullptr;   // [N, E] p
+  const T* lse = nullptr;     // [N]
   void forward(const Exec& ex, std::int64_t n, std::int64_t d, std::int64_t e, const T* u,
                const T* gate, Arena& arena);
   // dp [N, E] arriving at p, dlse [N] at lse: dW_g += dz^T u, du += dz W_g.
   void backward(const Exec& ex, std::int64_t n, std::int64_t d, std::int64_t e, const T* u,
                 const T* gate, const T* dp, const T* dlse, T* du, T* dgate, Arena& arena) const;
+  // The same from the gradient dz [N, E] arriving at the logits directly.
+  void backward_logits(const Exec& ex, std::int64_t n, std::int64_t d, std::int64_t e, const T* u,
+                       const T* gate, const T* dz, T* du, T* dgate) const;
   static ParamSpec param(std::int64_t d, std::int64_t e);
   static double flops(std::int64_t n, std::int64_t d, std::int64_t e);
 };

@@ -166,7 +166,7 @@ case $case_name in
     expect 0 "$bin" train "${tiny[@]}" --train.steps=6 --train.log_every=2 --optim.warmup=10 \
       --model.capacity_factor=1.0 --checkpoint.every=6 --model.moe_every=2 --train.out_dir="$out/run"
     grep -q "^device: cpu, 1 thread(s) per rank$" "$log" || fail "the banner names no device"
-    grep -q "^routers: block 1 topk$" "$log" || fail "the banner does not name block 1's router"
+    grep -q "^routers: block 1: topk, " "$log" || fail "the banner does not name block 1's router"
     grep -q "^routemoe: warning: optim.warmup 10 >= train.steps 6" "$log" ||
       fail "no warning for optim.warmup >= train.steps"
     line=$(grep -E '^[0-9]{2}:[0-9]{2}:[0-9]{2} step +6/6 ' "$log") || fail "no time-stamped line"

@@ -1206,6 +1206,84 @@ void ac_cases(Table& t) {
 }
 
 // ================================================================================================
+// Graph routers: statistics of the mixing matrix
+// ================================================================================================
+
+void add_mixing_row_stats(Table& t, i64 batch, i64 tt, bool causal, double alpha) {
+  Case c;
+  c.kernel = "mixing_row_stats";
+  c.name = fmt::format("batch={} t={} causal={} alpha={}", batch, tt, causal, alpha);
+  c.generate = [=](Gen& g, Data& d) {
+    // Rows of distributions over the tokens each row may use, with some exact zeros (0 log 0);
+    // causal rows have zeros past the diagonal.
+    auto& a = d.value("a", batch * tt * tt, 0.0);
+    for (i64 r = 0; r < batch * tt; ++r) {
+      const i64 n = causal ? r % tt + 1 : tt;
+      double sum = 0.0;
+      for (i64 j = 0; j < n; ++j)
+        sum += a[at(r * tt + j)] = g.coin(0.2) ? 0.0 : g.uniform1(0.05, 1);
+      if (sum == 0.0) sum = a[at(r * tt)] = 1.0;
+      for (i64 j = 0; j < n; ++j) a[at(r * tt + j)] /= sum;
+    }
+    d.wide("out", 5);
+  };
+  c.forward.cpu = cpu_call([=](const auto& b) {
+    cpu::mixing_row_stats(b["a"], alpha, batch, tt, causal, b.wide("out"));
+  });
+  // In double from the stored values. Per row, m_j = (1 - alpha) a_j (+ alpha) costs 2 roundings
+  // and m log m one more plus the log's, which moves m log m by ~u m (|log m| + 1) per rounding
+  // of m: |dH_i| <= (n + 6) u S_i with S_i = sum_j m_j (|log m_j| + 1); the sums over the R rows
+  // add R roundings. exp(H_i) inherits |dH_i| as a relative error, H_i / log n_i one rounding
+  // and the log's. Bounds: ck = 2 (n + R + 8) for the sums over rows (factor 2: safety), with
+  // S = sum of the magnitudes; the row count out[4] is exact.
+  c.forward.reference = [=](const Data& in, Expect& ex) {
+    const auto& a = in["a"];
+    double self = 0, ent = 0, nb = 0, norm = 0, rows2 = 0, s_self = 0, s_ent = 0, s_nb = 0,
+           s_norm = 0;
+    for (i64 r = 0; r < batch * tt; ++r) {
+      const i64 i = r % tt, n = causal ? i + 1 : tt;
+      double h = 0, mag = 0;
+      for (i64 j = 0; j < n; ++j) {
+        const double m = (1.0 - alpha) * a[at(r * tt + j)] + (j == i ? alpha : 0.0);
+        if (m > 0) {
+          h -= m * std::log(m);
+          mag += m * (std::abs(std::log(m)) + 1.0);
+        }
+      }
+      self += (1.0 - alpha) * a[at(r * tt + i)] + alpha;
+      s_self += (1.0 - alpha) * a[at(r * tt + i)] + alpha;
+      ent += h;
+      s_ent += mag;
+      nb += std::exp(h);
+      s_nb += std::exp(h) * (1.0 + mag);
+      if (n >= 2) {
+        norm += h / std::log(static_cast<double>(n));
+        s_norm += (mag + h) / std::log(static_cast<double>(n));
+        rows2 += 1.0;
+      }
+    }
+    const double ck = 2.0 * (static_cast<double>(tt + batch * tt) + 8.0);
+    auto& out = ex.out("out", 5, Rule::Wide);
+    out[0] = {self, ck, s_self, 0.0};
+    out[1] = {ent, ck, s_ent, 0.0};
+    out[2] = {nb, ck, s_nb, 0.0};
+    out[3] = {norm, ck, s_norm, 0.0};
+    out[4] = {rows2, 0.0, 0.0, 0.0};
+  };
+  push(t, std::move(c));
+}
+
+void mixing_cases(Table& t) {
+  for (double alpha : {0.0, 0.3, 1.0}) {
+    add_mixing_row_stats(t, 2, 5, true, alpha);
+    add_mixing_row_stats(t, 3, 4, false, alpha);
+  }
+  add_mixing_row_stats(t, 4, 33, true, 0.25);
+  add_mixing_row_stats(t, 1, 1, true, 0.0);  // one row, one token: no normalised entropy
+  add_mixing_row_stats(t, 0, 4, true, 0.5);  // no rows
+}
+
+// ================================================================================================
 // Grouped linear layer (the experts' GEMMs)
 // ================================================================================================
 
@@ -1350,6 +1428,7 @@ void moe_cases(std::vector<Case>& t) {
   aux_cases(t);
   slot_cases(t);
   ac_cases(t);
+  mixing_cases(t);
   grouped_cases(t);
 }
 

@@ -106,7 +106,7 @@ TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
       "mask_future", "head_mean", "mul", "row_logsumexp", "softmax_lse_backward", "row_normalize",
       "broadcast_row", "topk_rows", "topk_gates", "top1_fraction", "switch_loss", "mean_square",
       "capacity_keep", "expert_offsets", "slot_plan", "ac_expert_sums", "ac_expert_absdev",
-      "ac_expert_weights", "grouped_linear",
+      "ac_expert_weights", "mixing_row_stats", "grouped_linear",
       // the fused kernels (framework/cpu/fused.cpp, cases_fused.cpp)
       "causal_attention", "grouped_ffn", "cross_entropy_fused"};
   std::set<std::string> expected = with_twin;

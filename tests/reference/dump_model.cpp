@@ -3,7 +3,8 @@
 // trajectory. check_parity.py recomputes all of it with the independent PyTorch model.
 //
 //   dump_model --out DUMP.h5 --router topk [--routers topk,ac] [--moe-every 1] [--capacity 0]
-//              [--tau 1] [--causal true] [--steps 10] [--seed 7]
+//              [--tau 1] [--causal true] [--graph-mix probs|logits] [--graph-self-weight 0]
+//              [--ac-fixed-norm 0] [--aux-coef-<router> -1] [--steps 10] [--seed 7]
 
 #include <fmt/format.h>
 
@@ -32,11 +33,16 @@ std::string config_json(const ModelConfig& m, const OptimConfig& o, std::int64_t
       "\"capacity_factor\": {}, \"similarity_tau\": {}, \"similarity_causal\": {}, "
       "\"aux_loss_coef\": {}, \"z_loss_coef\": {}, \"ln_eps\": {}, \"lr\": {}, \"lr_min\": {}, "
       "\"warmup\": {}, \"steps\": {}, \"beta1\": {}, \"beta2\": {}, \"eps\": {}, "
-      "\"weight_decay\": {}, \"grad_clip\": {}}}",
+      "\"weight_decay\": {}, \"grad_clip\": {}, \"aux_loss_coef_topk\": {}, "
+      "\"aux_loss_coef_similarity\": {}, \"aux_loss_coef_attention\": {}, "
+      "\"aux_loss_coef_ac\": {}, \"ac_fixed_norm\": {}, \"graph_mix\": \"{}\", "
+      "\"graph_self_weight\": {}}}",
       m.vocab_size, m.seq_len, m.d_model, m.n_heads, m.n_layers, m.d_ff, m.n_experts, m.top_k,
       m.moe_every, routers, m.capacity_factor, m.similarity_tau,
       m.similarity_causal ? "true" : "false", m.aux_loss_coef, m.z_loss_coef, m.ln_eps, o.lr,
-      o.lr_min, o.warmup, steps, o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip);
+      o.lr_min, o.warmup, steps, o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip,
+      m.aux_loss_coef_topk, m.aux_loss_coef_similarity, m.aux_loss_coef_attention,
+      m.aux_loss_coef_ac, m.ac_fixed_norm, m.graph_mix, m.graph_self_weight);
 }
 
 // Token batch drawn from Philox; a few targets are ignored (-1) to exercise that path.
@@ -94,6 +100,15 @@ int main(int argc, char** argv) {
   app.add_option("--capacity", mc.capacity_factor, "capacity factor (<= 0: dropless)");
   app.add_option("--causal", mc.similarity_causal, "similarity graph causal");
   app.add_option("--tau", mc.similarity_tau, "similarity temperature tau (> 0)");
+  app.add_option("--graph-mix", mc.graph_mix, "graph routers mix probs or logits");
+  app.add_option("--graph-self-weight", mc.graph_self_weight, "graph routers' self-weight alpha");
+  app.add_option("--ac-fixed-norm", mc.ac_fixed_norm, "ac expert embedding norm (0: free)");
+  app.add_option("--aux-coef-topk", mc.aux_loss_coef_topk, "Switch coefficient of topk layers");
+  app.add_option("--aux-coef-similarity", mc.aux_loss_coef_similarity,
+                 "Switch coefficient of similarity layers");
+  app.add_option("--aux-coef-attention", mc.aux_loss_coef_attention,
+                 "Switch coefficient of attention layers");
+  app.add_option("--aux-coef-ac", mc.aux_loss_coef_ac, "Switch coefficient of ac layers");
   app.add_option("--steps", steps, "AdamW steps in the trajectory");
   app.add_option("--batch", batch, "sequences per batch");
   app.add_option("--seed", seed, "initialisation and data seed");

@@ -37,6 +37,15 @@ DEFAULTS = {
     "aux_loss_coef": 0.01,
     "z_loss_coef": 0.0,
     "ln_eps": 1e-5,
+    # router options (docs/model.md): Switch coefficient per router (< 0: aux_loss_coef), the AC
+    # fixed norm (0: off), the graph routers' mixing (what is mixed, self-weight alpha)
+    "aux_loss_coef_topk": -1.0,
+    "aux_loss_coef_similarity": -1.0,
+    "aux_loss_coef_attention": -1.0,
+    "aux_loss_coef_ac": -1.0,
+    "ac_fixed_norm": 0.0,
+    "graph_mix": "probs",
+    "graph_self_weight": 0.0,
     # optimiser
     "lr": 1e-3,
     "lr_min": 0.0,
@@ -81,6 +90,12 @@ class Config:
             if r not in ROUTERS:
                 raise ValueError(f"unknown router {r!r}")
         self.routers = routers
+        if self.graph_mix not in ("probs", "logits"):
+            raise ValueError(f"graph_mix must be probs or logits, got {self.graph_mix!r}")
+        if not 0.0 <= self.graph_self_weight <= 1.0:
+            raise ValueError("graph_self_weight must lie in [0, 1]")
+        if self.ac_fixed_norm < 0:
+            raise ValueError("ac_fixed_norm must be >= 0")
 
     def moe_blocks(self):
         """Block l (0-based) is an MoE block iff l % moe_every == moe_every - 1."""
@@ -94,6 +109,12 @@ class Config:
         (there is no previous assignment)."""
         r = self.routers[m]
         return "topk" if (r == "ac" and m == 0) else r
+
+    def aux_coef(self, m):
+        """Switch-loss coefficient of MoE layer m: aux_loss_coef_<router it really uses> when that
+        is >= 0, else aux_loss_coef."""
+        own = getattr(self, "aux_loss_coef_" + self.effective_router(m))
+        return own if own >= 0 else self.aux_loss_coef
 
     def to_dict(self):
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -173,16 +194,19 @@ def init_params(cfg, seed=0, dtype=torch.float32, bias_std=0.0):
     return params
 
 
-def no_weight_decay(name):
-    """No decay on parameters whose name ends in `bias` or that belong to a LayerNorm."""
+def no_weight_decay(name, cfg=None):
+    """No decay on parameters whose name ends in `bias` or that belong to a LayerNorm, nor on the
+    AC expert embeddings when they have a fixed norm (cfg.ac_fixed_norm > 0)."""
     parts = name.split(".")
+    if cfg is not None and cfg.ac_fixed_norm > 0 and name.endswith("moe.expert_emb"):
+        return True
     return name.endswith("bias") or any(p in ("ln1", "ln2", "ln_f") for p in parts)
 
 
 def param_groups(params, cfg):
     """Two AdamW parameter groups: decay (weight_decay from config) and no decay (0)."""
-    decay = [t for n, t in params.items() if not no_weight_decay(n)]
-    nodecay = [t for n, t in params.items() if no_weight_decay(n)]
+    decay = [t for n, t in params.items() if not no_weight_decay(n, cfg)]
+    nodecay = [t for n, t in params.items() if no_weight_decay(n, cfg)]
     return [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": nodecay, "weight_decay": 0.0},
@@ -311,6 +335,11 @@ def moe_layer(u, P, pre, cfg, router, Abar, c_prev, B, T, forced=None):
         # s_ij = (u_i (.) M_i) . e_j/||e_j||,  M constant
         M = ac_feature_weights(u, c_prev, E)
         emb = P[pre + "moe.expert_emb"]
+        if cfg.ac_fixed_norm > 0:
+            # the parameter itself is put back on the sphere of radius r before the scores, outside
+            # autograd (so the gradient is the one of e/||e|| at ||e|| = r)
+            with torch.no_grad():
+                emb.div_(emb.norm(dim=1, keepdim=True)).mul_(cfg.ac_fixed_norm)
         emb_n = emb / emb.norm(dim=1, keepdim=True)
         s = (u * M) @ emb_n.T                                            # [N,E]
         sel, z = s, s
@@ -320,18 +349,24 @@ def moe_layer(u, P, pre, cfg, router, Abar, c_prev, B, T, forced=None):
         p = torch.softmax(z, dim=-1)
         if router == "topk":
             sel = p
-        elif router == "similarity":
-            # S_ij = softmax_j (u_i.u_j)/(tau sqrt(d)) within the sequence (j <= i if causal)
-            ub = u.reshape(B, T, d)
-            a = ub @ ub.transpose(1, 2) / (cfg.similarity_tau * math.sqrt(d))   # [B,T,T]
-            if cfg.similarity_causal:
-                a = a.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-            S = torch.softmax(a, dim=-1)
-            sel = (S @ p.reshape(B, T, E)).reshape(N, E)                 # p~ = S p
-        elif router == "attention":
-            sel = (Abar @ p.reshape(B, T, E)).reshape(N, E)              # p~ = Abar p
         else:
-            raise ValueError(router)
+            if router == "similarity":
+                # S_ij = softmax_j (u_i.u_j)/(tau sqrt(d)) within the sequence (j <= i if causal)
+                ub = u.reshape(B, T, d)
+                a = ub @ ub.transpose(1, 2) / (cfg.similarity_tau * math.sqrt(d))   # [B,T,T]
+                if cfg.similarity_causal:
+                    a = a.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+                A = torch.softmax(a, dim=-1)
+            elif router == "attention":
+                A = Abar
+            else:
+                raise ValueError(router)
+            # mixing matrix alpha I + (1 - alpha) A applied to p (p~ = A' p, the papers' form with
+            # alpha = 0) or to the logits (p~ = softmax(A' z))
+            alpha = cfg.graph_self_weight
+            x = z if cfg.graph_mix == "logits" else p
+            mixed = (1.0 - alpha) * (A @ x.reshape(B, T, E)).reshape(N, E) + alpha * x
+            sel = torch.softmax(mixed, dim=-1) if cfg.graph_mix == "logits" else mixed
         r = sel
 
     own = topk_desc(sel.detach(), k)                                     # the reference's own choice
@@ -420,8 +455,8 @@ def forward(P, cfg, inputs, targets, forced_routing=None):
     ce_sum = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1, reduction="sum")
     ce = ce_sum / max(n_valid, 1)
     aux = logits.new_zeros(())
-    for info in routing:
-        aux = aux + cfg.aux_loss_coef * info["switch"] + cfg.z_loss_coef * info["zloss"]
+    for m, info in enumerate(routing):
+        aux = aux + cfg.aux_coef(m) * info["switch"] + cfg.z_loss_coef * info["zloss"]
     loss = ce + aux
     return {"logits": logits, "loss": loss, "ce_loss": ce, "aux_loss": aux, "routing": routing}
 

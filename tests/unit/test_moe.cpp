@@ -1,5 +1,6 @@
 // MoE layer and attention: gradient checks by central finite differences through the whole
-// layer for each router (double instantiation), and routing edge cases.
+// layer for each router and each documented router option (double instantiation), the options'
+// own effects (the AC fixed norm, the graph diagnostics), and routing edge cases.
 //
 // Tolerance reasoning (double): the objective is L = sum(r .* y) + aux_coef * switch +
 // z_coef * z with O(1) terms. Central differences with h = 1e-6 have truncation error
@@ -12,6 +13,7 @@
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -55,6 +57,9 @@ struct MoeCase {
   double capacity = 0.0;
   std::int64_t top_k = 2;
   const char* name;
+  GraphMix mix = GraphMix::Probs;  // graph routers: mix probabilities or logits
+  double self_weight = 0.0;        // graph routers: alpha
+  double fixed_norm = 0.0;         // ac: expert embeddings held at this norm
 };
 
 class MoeGradient : public ::testing::TestWithParam<MoeCase> {};
@@ -62,7 +67,7 @@ class MoeGradient : public ::testing::TestWithParam<MoeCase> {};
 TEST_P(MoeGradient, MatchesFiniteDifferences) {
   const MoeCase tc = GetParam();
   MoeDims dims{2, 5, 6, 7, 4, tc.top_k, tc.capacity};
-  const RouterOptions opts{tc.kind, 0.7, tc.causal};
+  const RouterOptions opts{tc.kind, 0.7, tc.causal, tc.mix, tc.self_weight, tc.fixed_norm};
   const MoeLossCoefs coef{0.3, 0.2};
   const Exec ex = Exec::cpu();
   const std::int64_t N = dims.tokens(), d = dims.d, E = dims.experts, F = dims.d_ff, B = dims.batch,
@@ -90,6 +95,17 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
   ac_feature_weights<double>(ex, dims.router(), u.data(), prev.data(), scale.data(), arena);
 
   MoeLayer<double> layer(opts, nullptr);
+  if (tc.fixed_norm > 0) {
+    // What the model does before every forward: the embeddings are put on the sphere of radius
+    // r (the gradient is checked there; the scores use e / |e| and do not change).
+    layer.router().constrain(ex, dims.router(), std::vector<double*>{emb.data()}, arena);
+    for (std::int64_t e = 0; e < E; ++e) {
+      double s = 0;
+      for (std::int64_t f = 0; f < d; ++f) s += emb[e * d + f] * emb[e * d + f];
+      EXPECT_NEAR(std::sqrt(s), tc.fixed_norm, 1e-12) << "expert " << e;
+    }
+    EXPECT_FALSE(layer.router().params(d, E)[0].decay) << "a fixed-norm embedding must not decay";
+  }
   auto weights = [&] {
     MoeWeights<double> w;
     w.router = {tc.kind == RouterKind::AC ? emb.data() : gate.data()};
@@ -140,16 +156,111 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(
     Routers, MoeGradient,
-    ::testing::Values(MoeCase{RouterKind::TopK, true, 0.0, 2, "topk"},
-                      MoeCase{RouterKind::TopK, true, 0.0, 1, "topk_k1"},
-                      MoeCase{RouterKind::TopK, true, 0.0, 4, "topk_kE"},
-                      MoeCase{RouterKind::TopK, true, 0.6, 2, "topk_capacity"},
-                      MoeCase{RouterKind::Similarity, true, 0.0, 2, "similarity"},
-                      MoeCase{RouterKind::Similarity, false, 0.0, 2, "similarity_noncausal"},
-                      MoeCase{RouterKind::Attention, true, 0.0, 2, "attention"},
-                      MoeCase{RouterKind::AC, true, 0.0, 2, "ac"},
-                      MoeCase{RouterKind::AC, true, 0.6, 2, "ac_capacity"}),
+    ::testing::Values(
+        MoeCase{RouterKind::TopK, true, 0.0, 2, "topk"},
+        MoeCase{RouterKind::TopK, true, 0.0, 1, "topk_k1"},
+        MoeCase{RouterKind::TopK, true, 0.0, 4, "topk_kE"},
+        MoeCase{RouterKind::TopK, true, 0.6, 2, "topk_capacity"},
+        MoeCase{RouterKind::Similarity, true, 0.0, 2, "similarity"},
+        MoeCase{RouterKind::Similarity, false, 0.0, 2, "similarity_noncausal"},
+        MoeCase{RouterKind::Attention, true, 0.0, 2, "attention"},
+        MoeCase{RouterKind::AC, true, 0.0, 2, "ac"},
+        MoeCase{RouterKind::AC, true, 0.6, 2, "ac_capacity"},
+        MoeCase{RouterKind::Similarity, true, 0.0, 2, "similarity_logits", GraphMix::Logits},
+        MoeCase{RouterKind::Similarity, true, 0.0, 2, "similarity_self_weight", GraphMix::Probs,
+                0.3},
+        MoeCase{RouterKind::Similarity, false, 0.0, 2, "similarity_logits_self_weight_noncausal",
+                GraphMix::Logits, 0.3},
+        MoeCase{RouterKind::Attention, true, 0.0, 2, "attention_logits", GraphMix::Logits},
+        MoeCase{RouterKind::Attention, true, 0.0, 2, "attention_self_weight", GraphMix::Probs, 0.3},
+        MoeCase{RouterKind::Attention, true, 0.0, 2, "attention_logits_self_weight",
+                GraphMix::Logits, 0.6},
+        MoeCase{RouterKind::AC, true, 0.0, 2, "ac_fixed_norm", GraphMix::Probs, 0.0, 1.5}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------------------------------------
+// Router options: what they change besides the gradients checked above.
+
+// The AC fixed norm rescales each embedding row to norm r in place, direction unchanged.
+TEST(AcFixedNorm, ConstrainRescalesEveryEmbeddingToTheNormAndKeepsItsDirection) {
+  const RouterDims dims{1, 1, 3, 2};
+  Vec emb = {3, 0, 4, 0, 0.5, 0};  // norms 5 and 0.5
+  Arena arena("test", Device::CPU);
+  auto router =
+      make_router<double>(RouterOptions{RouterKind::AC, 1.0, true, GraphMix::Probs, 0.0, 1.5});
+  router->constrain(Exec::cpu(), dims, std::vector<double*>{emb.data()}, arena);
+  const Vec want = {0.9, 0, 1.2, 0, 1.5, 0};  // 1.5 * (3, 0, 4) / 5 and 1.5 * (0, 1, 0)
+  for (std::size_t i = 0; i < emb.size(); ++i) EXPECT_NEAR(emb[i], want[i], 1e-15) << i;
+  // Off (0): untouched, and the embeddings decay as before.
+  auto free_router = make_router<double>(RouterOptions{RouterKind::AC});
+  Vec emb2 = {3, 0, 4, 0, 0.5, 0};
+  free_router->constrain(Exec::cpu(), dims, std::vector<double*>{emb2.data()}, arena);
+  EXPECT_EQ(emb2, (Vec{3, 0, 4, 0, 0.5, 0}));
+  EXPECT_TRUE(free_router->params(3, 2)[0].decay);
+}
+
+// Diagnostics of the mixing matrix alpha I + (1 - alpha) A, here with the attention router and a
+// hand-made causal A of one sequence of 3 tokens, uniform over each prefix:
+//   A = [1 0 0; 1/2 1/2 0; 1/3 1/3 1/3].
+// alpha = 0: self-weights 1, 1/2, 1/3; entropies 0, ln 2, ln 3; effective neighbours 1, 2, 3;
+//   normalised entropies (rows with >= 2 tokens) ln 2 / ln 2 = 1, ln 3 / ln 3 = 1.
+// alpha = 1/2: M = [1 0 0; 3/4 1/4 0; 2/3 1/6 1/6]; self-weights 1, 3/4, 2/3; entropies 0,
+//   h1 = -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623, h2 = -(2/3 ln 2/3 + 2 (1/6) ln 1/6) = 0.8676.
+TEST(GraphDiagnostics, MixingMatrixSelfWeightEntropyAndNeighbours) {
+  const MoeDims dims{1, 3, 2, 2, 2, 1, 0.0};
+  const Vec u = {1, 0, 0, 1, 1, 1}, gate = {1, 0, 0, 1}, w1(2 * 2 * 2, 0.1), b1(2 * 2, 0.0),
+            w2(2 * 2 * 2, 0.1), b2(2 * 2, 0.0);
+  const Vec avg = {1, 0, 0, 0.5, 0.5, 0, 1.0 / 3, 1.0 / 3, 1.0 / 3};
+  const auto diag = [&](double alpha) {
+    Arena arena("test", Device::CPU);
+    MoeLayer<double> layer(RouterOptions{RouterKind::Attention, 1.0, true, GraphMix::Probs, alpha},
+                           nullptr);
+    Vec y(3 * 2);
+    layer.forward(Exec::cpu(), dims,
+                  MoeWeights<double>{{gate.data()}, w1.data(), b1.data(), w2.data(), b2.data()},
+                  RouterInputs<double>{u.data(), avg.data()}, y.data(), arena);
+    std::map<std::string, double> mean;
+    for (const RouterDiagnostic& r : layer.router().diagnostics(Exec::cpu()))
+      mean[r.name] = r.sum / r.count;
+    return mean;
+  };
+  const double l2 = std::log(2.0), l3 = std::log(3.0);
+  auto m0 = diag(0.0);
+  EXPECT_NEAR(m0["self_weight"], (1 + 0.5 + 1.0 / 3) / 3, 1e-12);
+  EXPECT_NEAR(m0["entropy"], (l2 + l3) / 3, 1e-12);
+  EXPECT_NEAR(m0["neighbours"], 2.0, 1e-12);
+  EXPECT_NEAR(m0["entropy_norm"], 1.0, 1e-12);
+  auto m5 = diag(0.5);
+  const double h1 = -(0.75 * std::log(0.75) + 0.25 * std::log(0.25));
+  const double h2 = -(2.0 / 3 * std::log(2.0 / 3) + 2.0 / 6 * std::log(1.0 / 6));
+  EXPECT_NEAR(m5["self_weight"], (1 + 0.75 + 2.0 / 3) / 3, 1e-12);
+  EXPECT_NEAR(m5["entropy"], (h1 + h2) / 3, 1e-12);
+  EXPECT_NEAR(m5["neighbours"], (1 + std::exp(h1) + std::exp(h2)) / 3, 1e-12);
+  EXPECT_NEAR(m5["entropy_norm"], (h1 / l2 + h2 / l3) / 2, 1e-12);
+  // topk has no graph: no diagnostics.
+  auto topk = make_router<double>(RouterOptions{RouterKind::TopK});
+  EXPECT_TRUE(topk->diagnostics(Exec::cpu()).empty());
+}
+
+// alpha = 1 makes the graph routers route like topk: p~ = p (probabilities) and
+// softmax(z) = p (logits).
+TEST(GraphMixing, FullSelfWeightRoutesLikeTopk) {
+  const MoeDims dims{2, 4, 3, 2, 4, 2, 0.0};
+  std::mt19937 rng(3);
+  const Vec u = random_vec(rng, 8 * 3, 1.0), gate = random_vec(rng, 4 * 3, 1.0), w1(4 * 2 * 3, 0.1),
+            b1(4 * 2, 0.0), w2(4 * 3 * 2, 0.1), b2(4 * 3, 0.0);
+  const MoeWeights<double> w{{gate.data()}, w1.data(), b1.data(), w2.data(), b2.data()};
+  Arena arena("test", Device::CPU);
+  Vec y(8 * 3);
+  MoeLayer<double> topk(RouterOptions{RouterKind::TopK}, nullptr);
+  topk.forward(Exec::cpu(), dims, w, RouterInputs<double>{u.data()}, y.data(), arena);
+  for (GraphMix mix : {GraphMix::Probs, GraphMix::Logits}) {
+    MoeLayer<double> sim(RouterOptions{RouterKind::Similarity, 1.0, true, mix, 1.0}, nullptr);
+    sim.forward(Exec::cpu(), dims, w, RouterInputs<double>{u.data()}, y.data(), arena);
+    for (std::int64_t i = 0; i < 8 * 4; ++i)
+      EXPECT_NEAR(sim.route().probs[i], topk.route().probs[i], 1e-14) << i;
+  }
+}
 
 TEST(AttentionGradient, MatchesFiniteDifferencesIncludingAveragedProbabilities) {
   AttentionDims dims{2, 5, 8, 2};

@@ -649,6 +649,43 @@ TEST(RunfileTraceV2, CreateAppendReadKeepEveryRecord) {
   EXPECT_TRUE(few[2].layers[1].ac_weights.empty());
 }
 
+TEST(RunfileTraceV2, GraphDiagnosticsAreAnOptionalPerLayerDataset) {
+  TempDir dir;
+  const TraceInfo info = ac_info();
+  // A trace of records with graph diagnostics on layer 0 (values exact in float).
+  const std::string with = dir.file("with.h5");
+  std::vector<RoutingRecord> recs{ac_record(10, 1, 1), ac_record(20, 1, 2)};
+  recs[0].layers[0].graph = {0.5f, 1.25f, 3.5f, 0.75f};
+  recs[1].layers[0].graph = {0.25f, 2.0f, 7.5f, 1.0f};
+  for (const RoutingRecord& r : recs) append_trace_record(with, info, kProbe.data(), r);
+  {
+    const h5::File f = h5::File::open_read(with);
+    EXPECT_EQ(f.shape_of("records/layer0/graph"), (Shape{2, kGraphStats}));
+    EXPECT_FALSE(f.exists("records/layer1/graph"));
+    RoutingExpect lean;  // read with or without the values
+    lean.values = false;
+    for (const RoutingExpect& e : {RoutingExpect{}, lean}) {
+      const std::vector<RoutingRecord> got = read_trace_records(f, e);
+      ASSERT_EQ(got.size(), 2u);
+      for (std::size_t r = 0; r < 2; ++r) {
+        EXPECT_EQ(got[r].layers[0].graph, recs[r].layers[0].graph);
+        EXPECT_TRUE(got[r].layers[1].graph.empty());
+      }
+    }
+  }
+  // A trace without them (older writers) still reads, and appending a record that has them
+  // writes none (the column does not exist).
+  const std::string without = dir.file("without.h5");
+  append_trace_record(without, info, kProbe.data(), ac_record(10, 1, 1));
+  append_trace_record(without, info, kProbe.data(), recs[1]);
+  const h5::File f = h5::File::open_read(without);
+  EXPECT_FALSE(f.exists("records/layer0/graph"));
+  const std::vector<RoutingRecord> got = read_trace_records(f);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_TRUE(got[1].layers[0].graph.empty());
+  EXPECT_EQ(got[1].layers[0].experts, recs[1].layers[0].experts);
+}
+
 TEST(RunfileTraceV2, RowsBeyondTheCommittedStepsAreIgnored) {
   // What an append killed after its data but before records/step leaves: longer data columns.
   TempDir dir;
