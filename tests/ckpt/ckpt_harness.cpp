@@ -23,9 +23,9 @@
 //   --seed S]
 //       writes N copies of F with one flipped byte and M truncated copies, and for each runs
 //       `ckpt_harness load` and `routemoe inspect --json` in subprocesses. Each must either
-//       fail cleanly (exit 1, exactly one stderr line naming the file) or succeed with exactly
-//       the original's digest / inspect output. A signal, a hang (30 s), another exit code, a
-//       multi-line or anonymous error, or different values is a failure.
+//       fail cleanly (exit 1 for load, 2 for inspect; exactly one stderr line naming the file) or
+//       succeed with exactly the original's digest / inspect output. A signal, a hang (30 s),
+//       another exit code, a multi-line or anonymous error, or different values is a failure.
 //   ckpt_harness same-content A.h5 B.h5
 //       every object (groups; datasets: type, shape, chunking, filters, raw bytes) and every
 //       attribute of A equals B's, whatever wrote them.
@@ -418,15 +418,17 @@ Outcome run_process(const std::vector<std::string>& argv, const std::string& wor
   return o;
 }
 
-// "" when `o` is acceptable for the damaged file `file` given the original's output `good`.
-std::string judge(const Outcome& o, const Outcome& good, const std::string& file) {
+// "" when `o` is acceptable for the damaged file `file` given the original's output `good`;
+// a clean refusal exits with `refused` (the harness's load: 1; `routemoe inspect`: 2, the exit
+// status of bad input, docs/architecture.md "Messages and exit statuses").
+std::string judge(const Outcome& o, const Outcome& good, const std::string& file, int refused) {
   if (o.timed_out) return "hung (killed after 30 s)";
   if (o.status < 0) return fmt::format("crashed with signal {}", -o.status);
   if (o.status == 0) return o.out == good.out ? "" : "loaded DIFFERENT values without an error";
-  if (o.status != 1) return fmt::format("exit code {} (expected 1)", o.status);
+  if (o.status != refused) return fmt::format("exit code {} (expected {})", o.status, refused);
   std::string err = o.err;
   while (!err.empty() && err.back() == '\n') err.pop_back();
-  if (err.empty()) return "exit 1 without a message";
+  if (err.empty()) return fmt::format("exit {} without a message", refused);
   if (err.find('\n') != std::string::npos) return "error message is not one line: " + o.err;
   if (err.find(file) == std::string::npos) return "error message does not name the file: " + err;
   return "";
@@ -528,7 +530,7 @@ int cmd_fuzz(const std::string& orig, const std::string& config, const std::stri
     { std::ofstream(victim, std::ios::binary | std::ios::trunc) << damaged; }
     const Outcome l = run_process(loader(victim), work);
     const Outcome i = run_process(inspector(victim), work);
-    const std::string jl = judge(l, good_load, victim), ji = judge(i, good_inspect, victim);
+    const std::string jl = judge(l, good_load, victim, 1), ji = judge(i, good_inspect, victim, 2);
     if (!jl.empty() || !ji.empty()) {
       ++bad;
       std::printf("FAIL %s:%s%s%s%s\n", what.c_str(), jl.empty() ? "" : " load: ", jl.c_str(),

@@ -50,7 +50,8 @@ got=$(train_steps "$R/metrics.jsonl" | awk '{print $1}' | tr '\n' ' ')
 [[ $got == "1 2 3 4 5 6 " ]] || fail "metrics.jsonl training steps are '$got', expected '1 2 3 4 5 6 '"
 got=$(val_steps "$R/metrics.jsonl" | tr '\n' ' ')
 [[ $got == "3 6 " ]] || fail "metrics.jsonl validation steps are '$got', expected '3 6 '"
-got=$(sed -nE 's/^step +([0-9]+)\/6 .*\| val .*/\1/p' "$out/console.txt" | tr '\n' ' ')
+# Console lines start with a UTC time stamp: "14:02:13 step      3/6 | ... | val ...".
+got=$(sed -nE 's/^(.* )?step +([0-9]+)\/6 .*\| val .*/\2/p' "$out/console.txt" | tr '\n' ' ')
 [[ $got == "3 6 " ]] || fail "the console shows validation at steps '$got', expected '3 6 '"
 
 record_steps "$R/trace.h5" >"$out/records.txt" || fail "inspect of the trace failed"

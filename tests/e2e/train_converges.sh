@@ -32,7 +32,10 @@ awk -v v="$val" -v u="$uni" 'BEGIN {
 [[ -s $run/metrics.jsonl && -s $run/config.toml ]] || { echo "FAIL: run directory incomplete"; exit 1; }
 # "expert_load": [[a, b, c, d], [..], [..]] of the last training line -> one layer per line.
 loads=$({ grep '"expert_load"' "$run/metrics.jsonl" || true; } | tail -n 1 |
-  sed -E -e 's/.*"expert_load": \[(.*)\]\}$/\1/' -e 's/\], \[/\n/g' -e 's/[][ ]//g')
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    for layer in json.loads(line)["expert_load"]:
+        print(",".join(str(x) for x in layer))')
 [[ -n $loads ]] || { echo "FAIL: no expert_load in $run/metrics.jsonl"; exit 1; }
 awk -F, -v layers=3 -v experts=4 -v floor=0.025 '
   NF != experts { printf "FAIL: layer %d has %d expert loads, expected %d\n", NR - 1, NF, experts; bad = 1; next }
