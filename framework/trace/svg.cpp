@@ -545,13 +545,13 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
 // ---------------------------------------------------------------------------------------------
 // Plots
 
-std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
-  const XAxis ax = x_axis(metrics);
-  LineChart c;
-  c.title = "Routing fluctuation: top-1 flip rate between consecutive records";
-  c.xlabel = ax.label("of the later record");
-  c.ylabel = "top-1 flip rate (share of probe tokens)";
-  c.empty_note = "no pairs of consecutive records (fewer than 2 records)";
+// One series per (run, MoE layer): colour per run (per layer when there is one run), dash per
+// layer, the router in the tooltip; the points are `point(run, item)` of the items of
+// `rm.*items` that belong to the layer.
+template <typename Item, typename Point>
+std::vector<Series> run_layer_series(const std::vector<RunMetrics>& metrics,
+                                     std::vector<Item> RunMetrics::*items, Point point) {
+  std::vector<Series> out;
   const bool one = metrics.size() == 1;
   for (std::size_t i = 0; i < metrics.size(); ++i) {
     const RunMetrics& rm = metrics[i];
@@ -560,13 +560,25 @@ std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
       s.color = color_of(one ? m : i);
       s.dash = m;
       s.title = fmt::format("{} / layer {} ({})", rm.run->label, m, router_of(*rm.run, m));
-      for (const PairFlip& p : rm.flips) {
-        if (static_cast<std::size_t>(p.layer) == m)
-          s.points.emplace_back(ax.x(*rm.run, p.to_step), p.top1_flip_rate);
+      for (const Item& item : rm.*items) {
+        if (static_cast<std::size_t>(item.layer) == m) s.points.push_back(point(*rm.run, item));
       }
-      c.series.push_back(std::move(s));
+      out.push_back(std::move(s));
     }
   }
+  return out;
+}
+
+std::string fluctuation_svg(const std::vector<RunMetrics>& metrics) {
+  const XAxis ax = x_axis(metrics);
+  LineChart c;
+  c.title = "Routing fluctuation: top-1 flip rate between consecutive records";
+  c.xlabel = ax.label("of the later record");
+  c.ylabel = "top-1 flip rate (share of probe tokens)";
+  c.empty_note = "no pairs of consecutive records (fewer than 2 records)";
+  c.series = run_layer_series(metrics, &RunMetrics::flips, [&](const Run& run, const PairFlip& p) {
+    return std::pair{ax.x(run, p.to_step), p.top1_flip_rate};
+  });
   c.legend = run_layer_legend(metrics, kWidth - 2 * kMargin);
   return render(c);
 }
@@ -580,21 +592,10 @@ std::string entropy_svg(const std::vector<RunMetrics>& metrics) {
   c.fixed_y = true;
   c.reference_y = {1.0};
   c.empty_note = "no routing records";
-  const bool one = metrics.size() == 1;
-  for (std::size_t i = 0; i < metrics.size(); ++i) {
-    const RunMetrics& rm = metrics[i];
-    for (std::size_t m = 0; m < static_cast<std::size_t>(rm.run->n_moe_layers); ++m) {
-      Series s;
-      s.color = color_of(one ? m : i);
-      s.dash = m;
-      s.title = fmt::format("{} / layer {} ({})", rm.run->label, m, router_of(*rm.run, m));
-      for (const EntropyPoint& e : rm.load_entropy) {
-        if (static_cast<std::size_t>(e.layer) == m)
-          s.points.emplace_back(ax.x(*rm.run, e.step), e.entropy_norm);
-      }
-      c.series.push_back(std::move(s));
-    }
-  }
+  c.series = run_layer_series(metrics, &RunMetrics::load_entropy,
+                              [&](const Run& run, const EntropyPoint& e) {
+                                return std::pair{ax.x(run, e.step), e.entropy_norm};
+                              });
   c.legend = run_layer_legend(metrics, kWidth - 2 * kMargin);
   c.legend.push_back({"", {{"uniform load (H = log E)", kGrey, 1}}});
   return render(c);
