@@ -14,6 +14,7 @@
 #include "framework/data.h"
 #include "framework/error.h"
 #include "framework/memory_estimate.h"
+#include "framework/train/preempt.h"
 #include "framework/train/trainer.h"
 
 namespace routemoe::cli {
@@ -111,6 +112,11 @@ Runner register_train(CLI::App& app) {
       mem = estimate_memory(st->cfg, world->size(), static_cast<int>(st->cfg.parallel.ep_size));
       check_memory_fits(mem, node_ranks, available_memory());
     });
+    // The stop signals are handled from here until MPI has ended: one that arrives before the
+    // first step stops the run after it (run_training's own guard keeps it), one that arrives
+    // after the last step (while the plots are drawn or the ranks finalise) finds the run
+    // finished and must not kill the process.
+    const StopSignals signals(st->cfg.train.stop_signals);
     const int world_size = world->size();
     if (world->rank() == 0) warn_about(st->cfg);
     comm::ProcessGroups groups =
@@ -121,7 +127,14 @@ Runner register_train(CLI::App& app) {
       return 0;
     }
     TrainConsole console(st->cfg.train.progress);
-    run_training(st->cfg, groups, &console);
+    const TrainSummary summary = run_training(st->cfg, groups, &console);
+    const int late = StopSignals::received();
+    if (late != 0 && summary.stop_signal == 0 && groups.world->rank() == 0) {
+      fmt::print("{} arrived after the last step; the run is finished, nothing to stop\n",
+                 signal_name(late));
+      std::fflush(stdout);
+    }
+    comm::finalize_mpi();  // inside the guard (main's own call then finds MPI ended)
     return 0;
   };
 }

@@ -26,7 +26,6 @@ extern "C" void on_stop_signal(int signo) {
 }  // namespace
 
 StopSignals::StopSignals(const std::vector<std::string>& names) {
-  g_received.store(0);
   std::vector<int> numbers;
   for (const std::string& name : names) {
     if (name.empty()) continue;
@@ -38,6 +37,15 @@ StopSignals::StopSignals(const std::vector<std::string>& names) {
   sigset_t all;
   sigemptyset(&all);
   for (int signo : numbers) sigaddset(&all, signo);
+  // Inside a guard that already handles these signals (the train command holds one from its
+  // start to the end of MPI, run_training another), a signal recorded earlier is kept.
+  bool nested = !numbers.empty();
+  for (int signo : numbers) {
+    struct sigaction current {};
+    nested =
+        nested && sigaction(signo, nullptr, &current) == 0 && current.sa_handler == on_stop_signal;
+  }
+  if (!nested) g_received.store(0);
   for (int signo : numbers) {
     const std::string name = signal_name(signo);
     struct sigaction action {};

@@ -19,7 +19,9 @@ namespace routemoe {
 inline constexpr int kExitPreempted = 75;
 
 // Installs the handlers of the named signals (framework/stop_signals.h names) for its lifetime
-// and clears the record of an earlier signal; the destructor restores the previous handlers.
+// and clears the record of an earlier signal, unless it is nested in a guard that handles the
+// same signals (then an earlier signal stays recorded); the destructor restores the previous
+// handlers.
 class StopSignals {
  public:
   explicit StopSignals(const std::vector<std::string>& names);

@@ -251,8 +251,13 @@ case $case_name in
     ;;
 
   signal_requeue)
-    # No periodic checkpoint (every > steps): only the signal can make one.
-    jid=$(submit sigreq -- --train.steps="$mid_steps" --checkpoint.every=100000)
+    # No periodic checkpoint (every > steps): only the signal can make one. The run must still
+    # be going when the signal has passed scancel, slurmd, the batch shell and srun: 120 steps
+    # once ended first on a fast machine (the signal then found a finished run), so this run is
+    # 600 steps (about 12 s in a release build on 2 idle cores), and a run that ends before the
+    # signal lands is reported as too short rather than as a missing requeue.
+    sig_steps=600
+    jid=$(submit sigreq -- --train.steps="$sig_steps" --checkpoint.every=100000)
     run=$(run_of sigreq)
     slurm_poll 120 steps_at_least "$run" 10 || fail "no 10 training steps within 120 s"
     scancel --batch --signal=USR1 "$jid" || fail "scancel --batch --signal=USR1 failed"
@@ -260,15 +265,18 @@ case $case_name in
       [[ -f $run/logs/slurm-$jid.1.log ]] || job_in_state "$jid" COMPLETED FAILED CANCELLED TIMEOUT
     }
     slurm_poll 120 requeued_or_ended || fail "job $jid neither requeued nor ended within 120 s of SIGUSR1"
-    [[ -f $run/logs/slurm-$jid.1.log ]] ||
+    if [[ ! -f $run/logs/slurm-$jid.1.log ]]; then
+      [[ $(newest_ckpt "$run") != "ckpt_$(printf '%08d' "$sig_steps").h5" ]] ||
+        fail "the run ended before SIGUSR1 reached it (the run is too short for this machine)"
       fail "the job was not requeued after SIGUSR1 (needs routemoe's checkpoint-on-signal)"
+    fi
     log_has "$run/logs/slurm-$jid.0.log" "requeueing job $jid" || fail "attempt 0 did not requeue itself"
     wait_state "$jid" "$run_budget" COMPLETED FAILED CANCELLED TIMEOUT
     expect_done_ok "$jid"
     got=$(resumed_step "$run/logs/slurm-$jid.1.log") || fail "the requeued attempt did not resume"
-    ((got >= 10 && got < mid_steps)) || fail "resumed at step $got; the signal came after step 10"
+    ((got >= 10 && got < sig_steps)) || fail "resumed at step $got; the signal came after step 10"
     echo "ok: SIGUSR1 -> checkpoint at step $got -> requeue -> resumed"
-    check_metrics "$run" "$mid_steps"
+    check_metrics "$run" "$sig_steps"
     ;;
 
   timelimit_chain)
