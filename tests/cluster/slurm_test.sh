@@ -82,11 +82,11 @@ tiny=(--model.d_model=32 --model.n_heads=2 --model.seq_len=32 --model.n_layers=2
   --data.path="$data")
 
 # Runs cut mid-way: the test acts right after the first checkpoint (step mid_every), which
-# leaves mid_steps - mid_every steps (about 2.5 s of a release build, far more under a
+# leaves mid_steps - mid_every steps (about 5 s of a release build, far more under a
 # sanitizer) for the cancel or requeue to land. run_budget bounds one job's whole run (measured:
 # 120 steps take 5 s in a release build on 2 idle cores, 90 s in the asan build on a loaded
 # machine).
-mid_steps=120
+mid_steps=240
 mid_every=20
 mid=(--train.steps="$mid_steps" --checkpoint.every="$mid_every")
 run_budget=200
