@@ -2,14 +2,15 @@
 """The router-comparison experiment of issue 11 in one command (docs/results.md).
 
     examples/router_comparison/run.sh [--size quick|small|full] [--quick] [--out DIR]
-                                      [--data DIR] [--routemoe BIN] [--seeds N]
+                                      [--data DIR] [--routemoe BIN] [--seeds N] [--jobs N]
 
 Trains the same model with every router variant (topk, similarity at a few temperatures,
 attention, ac in the authors' layout) for several seeds with the same data order and rank
 count, evaluates each final checkpoint on the clean and corrupted test splits, and writes
 OUT/report.md, OUT/results.json and OUT/svg/*.svg. Progress with an ETA goes to stdout.
 Running the same command again resumes: finished runs and evaluations are skipped, a run that
-was interrupted continues from its newest checkpoint (`--resume auto`).
+was interrupted continues from its newest checkpoint (`--resume auto`). `--jobs N` runs N
+trainings at a time (each one process with --threads threads).
 """
 
 import argparse
@@ -19,7 +20,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -182,24 +185,56 @@ def steps_done(run_dir):
 
 
 class Progress:
-    """Steps done against steps to do, with an ETA from the rate measured in this invocation."""
+    """Units done against units to do, with an ETA from the rate measured in this invocation.
+    Thread-safe: runs in flight report their own units (update), finished ones add theirs
+    (finish)."""
 
     def __init__(self, total_units, done_units):
         self.total, self.done, self.start_done = total_units, done_units, done_units
+        self.active = {}
+        self.lock = threading.Lock()
         self.t0 = time.time()
         self.last_print = 0.0
 
-    def show(self, what, units_now, force=False):
-        now = time.time()
-        if not force and now - self.last_print < 15:
-            return
-        self.last_print = now
-        done = self.done + units_now
+    def update(self, key, units):
+        with self.lock:
+            self.active[key] = units
+
+    def finish(self, key, units):
+        with self.lock:
+            self.active.pop(key, None)
+            self.done += units
+
+    def show(self, what, force=False):
+        with self.lock:
+            now = time.time()
+            if not force and now - self.last_print < 15:
+                return
+            self.last_print = now
+            done = self.done + sum(self.active.values())
         rate = (done - self.start_done) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
         log(f"[{100.0 * done / self.total:5.1f}%] {what}  elapsed "
             f"{time.strftime('%H:%M:%S', time.gmtime(now - self.t0))}  ETA {eta_s}")
+
+
+# The training processes running now, so that an interrupt can stop every one of them.
+LIVE = set()
+LIVE_LOCK = threading.Lock()
+STOPPING = threading.Event()
+
+
+def stop_all():
+    """Ctrl-C or SIGTERM: every running training gets a stop signal (it checkpoints, exits 75)."""
+    STOPPING.set()
+    with LIVE_LOCK:
+        procs = list(LIVE)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        proc.wait()
 
 
 def train_run(args, cmd, run_dir, steps, progress, label):
@@ -215,22 +250,28 @@ def train_run(args, cmd, run_dir, steps, progress, label):
         log(f"{label}: interrupted before its first checkpoint; starting it again")
         shutil.rmtree(run_dir)
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    before = steps_done(run_dir)
     logfile = run_dir + ".log"
     with open(logfile, "a", encoding="utf-8") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                rc = proc.wait(timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                progress.show(f"{label}: step {steps_done(run_dir)}/{steps}",
-                              steps_done(run_dir))
-            except BaseException:  # Ctrl-C or SIGTERM (see main): stop the run cleanly
-                proc.terminate()  # a stop signal: the run checkpoints and exits 75
-                proc.wait()
-                raise
+        with LIVE_LOCK:
+            if STOPPING.is_set():
+                raise SystemExit("router_comparison: stopping")
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+            LIVE.add(proc)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    progress.update(run_dir, steps_done(run_dir) - before)
+                    progress.show(f"{label}: step {steps_done(run_dir)}/{steps}")
+        finally:
+            with LIVE_LOCK:
+                LIVE.discard(proc)
+    progress.update(run_dir, 0)
     if rc == 75:
         raise SystemExit(f"router_comparison: {label} was stopped (it wrote a checkpoint); "
                          "run the same command again to resume")
@@ -262,10 +303,14 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
     p.add_argument("--threads", type=int, default=1, help="train.threads and eval --threads (default 1: "
                    "these small models ran up to 10x slower with 2 threads on a loaded machine)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run at a time (default 1; "
+                   "2 on 2 idle cores with --threads 1 halves the wall time)")
     p.add_argument("--no-download", action="store_true", help="never run get-corpus.sh")
     args = p.parse_args(argv)
-    # SIGTERM ends the experiment like Ctrl-C: the running training gets a stop signal, writes a
-    # checkpoint, and the next invocation resumes it
+    if args.jobs < 1 or args.threads < 1:
+        p.error("--jobs and --threads must be at least 1")
+    # SIGTERM ends the experiment like Ctrl-C: the running trainings get a stop signal, write a
+    # checkpoint, and the next invocation resumes them
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.quick:
         args.size = "quick"
@@ -294,23 +339,46 @@ def main(argv=None):
                                  for k in dirs)
     progress = Progress(per_run * len(plan), done)
     os.makedirs(os.path.join(out, "eval"), exist_ok=True)
-    for i, ((name, routers, extra), seed) in enumerate(plan):
+
+    def one(i, name, routers, extra, seed):
+        """Train one (variant, seed) and evaluate it on every test split."""
         label = f"run {i + 1}/{len(plan)} {name} seed {seed}"
         run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
-        done_before = progress.done
+        units = 0
         before = steps if os.path.exists(final_ckpt(run_dir, steps)) else steps_done(run_dir)
         cmd = train_cmd(args, size, name, routers, extra, seed, dirs["test"], run_dir)
         train_run(args, cmd, run_dir, steps, progress, label)
-        progress.done += steps - before
+        progress.finish(run_dir, steps - before)
+        units += steps - before
         for k, d in dirs.items():
             js = os.path.join(out, "eval", f"{name}-s{seed}.{k}.json")
             if not os.path.exists(js):
                 eval_run(args, size, run_dir, steps, k, d, js, run_dir + ".log")
-                progress.done += eval_units
-        if progress.done > done_before:
-            progress.show(f"{label}: done", 0, force=True)
+                progress.finish(run_dir, eval_units)
+                units += eval_units
+        if units > 0:
+            progress.show(f"{label}: done", force=True)
         else:
             log(f"{label}: finished earlier, reused")
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one, i, name, routers, extra, seed)
+                   for i, ((name, routers, extra), seed) in enumerate(plan)]
+        try:
+            pending = futures
+            while pending:
+                finished, pending = wait(pending, timeout=1, return_when=FIRST_EXCEPTION)
+                for fut in finished:
+                    if fut.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        stop_all()
+                        raise fut.exception()
+        except KeyboardInterrupt:
+            for other in futures:
+                other.cancel()
+            stop_all()
+            raise
     runs = []
     for (name, routers, _), seed in plan:
         run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
