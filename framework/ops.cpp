@@ -92,6 +92,14 @@ int num_threads() {
   return cpu::num_threads();
 }
 
+RowStableGemm::RowStableGemm() : previous_(cpu::gemm_order()) {
+  cpu::set_gemm_order(cpu::GemmOrder::RowStable);
+}
+
+RowStableGemm::~RowStableGemm() {
+  cpu::set_gemm_order(previous_);
+}
+
 std::int64_t capacity_keep(const Exec& ex, const std::int32_t* choice, std::uint8_t* kept,
                            std::int64_t* counts, std::int64_t n, std::int64_t e, std::int64_t k,
                            std::int64_t cap) {

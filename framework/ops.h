@@ -46,6 +46,20 @@ void to_host(const Exec& ex, const T* src, T* host, std::int64_t n);
 void set_num_threads(int threads);
 int num_threads();
 
+// For its lifetime, every CPU GEMM sums each element in one fixed order, whatever the matrix
+// shapes and threads (cpu::GemmOrder::RowStable), so that the same rows give the same bits on
+// any layout of the ranks; restores the previous order after. No effect on CUDA work.
+class RowStableGemm {
+ public:
+  RowStableGemm();
+  ~RowStableGemm();
+  RowStableGemm(const RowStableGemm&) = delete;
+  RowStableGemm& operator=(const RowStableGemm&) = delete;
+
+ private:
+  cpu::GemmOrder previous_;
+};
+
 // ----------------------------------------------------------------------------------------------
 // framework/cpu/kernels.h
 template <typename T>

@@ -4,9 +4,12 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "framework/cpu/check_sizes.h"
 #include "framework/cpu/detail.h"
@@ -64,6 +67,74 @@ void scale_c(std::int64_t m, std::int64_t n, T beta, T* c, std::int64_t ldc) {
   }
 }
 
+std::atomic<GemmOrder> g_gemm_order{GemmOrder::Blas};
+
+// GemmOrder::RowStable: c = alpha op(a) op(b) + beta c with every element summed over k in
+// increasing order (acc += a_ik * b_kj, k = 0, 1, ...). Tiles of 4 rows x 8 columns are kept in
+// registers over the whole k loop; the columns past the last full tile take a plain loop with
+// the same order. Which path a column takes depends only on n, so the bits of a row depend on
+// neither m, nor the other rows, nor the threads. op(b) is first copied to [k, n] row-major
+// when transposed.
+constexpr std::int64_t kStableRows = 4, kStableCols = 8;
+
+template <typename T>
+void row_stable_tile(bool trans_a, std::int64_t i0, std::int64_t rows, std::int64_t j0,
+                     std::int64_t k, const T* a, std::int64_t lda, const T* bk, std::int64_t ldbk,
+                     T acc[kStableRows][kStableCols]) {
+  for (std::int64_t r = 0; r < kStableRows; ++r)
+    for (std::int64_t j = 0; j < kStableCols; ++j) acc[r][j] = T(0);
+  for (std::int64_t kk = 0; kk < k; ++kk) {
+    const T* brow = bk + kk * ldbk + j0;
+    for (std::int64_t r = 0; r < kStableRows; ++r) {
+      const std::int64_t i = i0 + std::min(r, rows - 1);  // a short last group repeats its row
+      const T aik = trans_a ? a[kk * lda + i] : a[i * lda + kk];
+      for (std::int64_t j = 0; j < kStableCols; ++j) acc[r][j] += aik * brow[j];
+    }
+  }
+}
+
+template <typename T>
+void gemm_row_stable(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                     T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta,
+                     T* c, std::int64_t ldc) {
+  std::vector<T> bt;
+  const T* bk = b;
+  std::int64_t ldbk = ldb;
+  if (trans_b) {
+    bt.resize(static_cast<std::size_t>(k * n));
+    for (std::int64_t j = 0; j < n; ++j) {
+      for (std::int64_t kk = 0; kk < k; ++kk)
+        bt[static_cast<std::size_t>(kk * n + j)] = b[j * ldb + kk];
+    }
+    bk = bt.data();
+    ldbk = n;
+  }
+  const auto store = [&](T* crow, std::int64_t j, T v) {
+    crow[j] = beta == T(0) ? alpha * v : alpha * v + beta * crow[j];
+  };
+  const std::int64_t groups = (m + kStableRows - 1) / kStableRows;
+  const std::int64_t full_cols = n / kStableCols * kStableCols;
+#pragma omp parallel for schedule(static) if (m * n * k > (1 << 16))
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const std::int64_t i0 = g * kStableRows, rows = std::min(kStableRows, m - i0);
+    T acc[kStableRows][kStableCols];
+    for (std::int64_t j0 = 0; j0 < full_cols; j0 += kStableCols) {
+      row_stable_tile(trans_a, i0, rows, j0, k, a, lda, bk, ldbk, acc);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t j = 0; j < kStableCols; ++j) store(c + (i0 + r) * ldc, j0 + j, acc[r][j]);
+    }
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t i = i0 + r;
+      for (std::int64_t j = full_cols; j < n; ++j) {
+        T v = T(0);
+        for (std::int64_t kk = 0; kk < k; ++kk)
+          v += (trans_a ? a[kk * lda + i] : a[i * lda + kk]) * bk[kk * ldbk + j];
+        store(c + i * ldc, j, v);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -75,6 +146,10 @@ void gemm_nocheck(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
   if (m == 0 || n == 0) return;
   if (k == 0) {
     scale_c(m, n, beta, c, ldc);
+    return;
+  }
+  if (g_gemm_order.load(std::memory_order_relaxed) == GemmOrder::RowStable) {
+    gemm_row_stable(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
@@ -174,6 +249,14 @@ void set_num_threads(int threads) {
 
 int num_threads() {
   return omp_get_max_threads();
+}
+
+void set_gemm_order(GemmOrder order) {
+  g_gemm_order.store(order);
+}
+
+GemmOrder gemm_order() {
+  return g_gemm_order.load();
 }
 
 template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,

@@ -170,4 +170,16 @@ double sum_squares(const T* x, std::int64_t n);
 void set_num_threads(int threads);
 int num_threads();
 
+// The summation order of every GEMM (gemm, gemm_strided_batched, linear and the fused kernels),
+// a process-wide setting like the thread count:
+//   Blas       OpenBLAS, fast; an element's rounding can depend on m, n and the thread count
+//              (measured: rows of A·B differ in the last bits when A has 64 rows instead of 256);
+//   RowStable  every element c[i][j] summed over k in increasing order by one loop, whatever
+//              m, n, the thread count or the layout of the ranks: the same inputs give the
+//              same bits. Several times slower; route_probe uses it (RowStableGemm in
+//              framework/ops.h) so that probe routing records do not depend on the rank count.
+enum class GemmOrder { Blas, RowStable };
+void set_gemm_order(GemmOrder order);
+GemmOrder gemm_order();
+
 }  // namespace routemoe::cpu

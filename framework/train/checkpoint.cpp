@@ -22,6 +22,7 @@
 #include "comm/watchdog.h"
 #include "framework/error.h"
 #include "framework/h5.h"
+#include "framework/ops.h"
 #include "framework/optim.h"
 #include "framework/runfile.h"
 #include "layers/model.h"
@@ -94,8 +95,10 @@ RoutingRecord route_probe(Model& model, const std::vector<std::int32_t>& probe,
   const std::int64_t n_local = rows * seq_len;
   const std::int32_t* in = probe.data() + world.rank() * n_local;
   std::vector<std::int32_t> targets(static_cast<std::size_t>(n_local), -1);
-  // Router statistics (AC weights) over the whole probe set, not this rank's slice, so that the
-  // record does not depend on the rank count or ep_size.
+  // Router statistics (AC weights) over the whole probe set, not this rank's slice, and GEMMs
+  // whose bits do not depend on how many rows a rank holds: the record is the same, bit for
+  // bit, on any rank count and ep_size.
+  const ops::RowStableGemm stable;
   model.forward(in, targets.data(), rows, seq_len, nullptr, /*dropless=*/true, &world);
   const std::vector<RoutingView> views = model.last_routing();
   const std::vector<std::vector<layers::RouterDiagnostic>> diag = model.routing_diagnostics();

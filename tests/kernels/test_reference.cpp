@@ -88,6 +88,74 @@ INSTANTIATE_TEST_SUITE_P(Table, KernelReference,
                          ::testing::ValuesIn(kernels([](const Case&) { return true; })),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
+// The same cases of every kernel built on GEMMs with cpu::GemmOrder::RowStable (route_probe's
+// order): the same reference and rounding bounds (a sequential sum over k is one of the orders
+// the bounds allow), the same thread checks.
+class RowStableOrder {
+ public:
+  RowStableOrder() : saved_(cpu::gemm_order()) { cpu::set_gemm_order(cpu::GemmOrder::RowStable); }
+  ~RowStableOrder() { cpu::set_gemm_order(saved_); }
+  RowStableOrder(const RowStableOrder&) = delete;
+  RowStableOrder& operator=(const RowStableOrder&) = delete;
+
+ private:
+  cpu::GemmOrder saved_;
+};
+
+TEST(KernelReferenceRowStable, GemmKernels) {
+  const RowStableOrder order;
+  const std::set<std::string> gemm_kernels = {"gemm",           "gemm_strided_batched",
+                                              "linear",         "causal_attention",
+                                              "grouped_linear", "grouped_ffn"};
+  int n = 0;
+  for (const Case& c : cases()) {
+    if (gemm_kernels.count(c.kernel) == 0 || c.gpu_scale) continue;
+    run_case<float>(c);
+    run_case<double>(c);
+    ++n;
+  }
+  EXPECT_GE(n, 6);
+}
+
+// RowStable's promise: a row of the product has the same bits whatever the other rows are, how
+// many there are, the transposes and the thread count (OpenBLAS does not promise this: the
+// first 64 rows of a 256-row product differed in the last bits when computed alone).
+TEST(KernelReferenceRowStable, RowsDoNotDependOnTheOtherRows) {
+  ThreadGuard guard;
+  const RowStableOrder order;
+  const std::int64_t m = 67, n = 45, k = 130;
+  std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n));
+  std::vector<float> at(a.size()), bt(b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = std::sin(0.37f * static_cast<float>(i));
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = std::cos(0.11f * static_cast<float>(i));
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < k; ++j) at[j * m + i] = a[i * k + j];
+  for (std::int64_t i = 0; i < k; ++i)
+    for (std::int64_t j = 0; j < n; ++j) bt[j * k + i] = b[i * n + j];
+  cpu::set_num_threads(2);
+  std::vector<float> full(static_cast<std::size_t>(m * n));
+  cpu::gemm<float>(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, full.data(), n);
+  for (int threads : {1, 2}) {
+    cpu::set_num_threads(threads);
+    for (std::int64_t rows : {1, 3, 4, 5, 17, 64}) {
+      for (int form = 0; form < 4; ++form) {
+        const bool ta = (form & 1) != 0, tb = (form & 2) != 0;
+        std::vector<float> part(static_cast<std::size_t>(rows * n));
+        // rows [m - rows, m) on their own: op(A) restricted to those rows
+        std::vector<float> sub(static_cast<std::size_t>(rows * k));
+        for (std::int64_t i = 0; i < rows; ++i)
+          for (std::int64_t j = 0; j < k; ++j)
+            sub[ta ? j * rows + i : i * k + j] = a[(m - rows + i) * k + j];
+        cpu::gemm<float>(ta, tb, rows, n, k, 1.0f, sub.data(), ta ? rows : k,
+                         tb ? bt.data() : b.data(), tb ? k : n, 0.0f, part.data(), n);
+        const std::vector<float> want(full.end() - rows * n, full.end());
+        EXPECT_TRUE(same_bits(part, want)) << rows << " rows, trans_a " << ta << ", trans_b " << tb
+                                           << ", " << threads << " thread(s)";
+      }
+    }
+  }
+}
+
 TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
   std::set<std::string> seen;
   for (const Case& c : cases())
