@@ -46,7 +46,8 @@ SIZES = {
         train=dict(steps=60, batch_size=4, eval_every=10, eval_batches=4),
         optim=dict(lr=3e-3, lr_min=3e-4, warmup=6),
         checkpoint=dict(every=20, record_every=4, probe_tokens=512),
-        taus=[1.0], seeds=2, corpus="shipped", corruptions=["wordswap"], test_batches=8),
+        taus=[1.0], seeds=2, corpus="shipped", corruptions=["wordswap"], test_batches=8,
+        graph_readings=False),
     # The size run for docs/results.md on the shared 2-core machine (18 runs, 16 min there
     # with 1 thread at a load of ~12).
     "small": dict(
@@ -56,7 +57,7 @@ SIZES = {
         optim=dict(lr=2e-3, lr_min=2e-4, warmup=50),
         checkpoint=dict(every=200, record_every=20, probe_tokens=2048),
         taus=[0.5, 1.0, 2.0], seeds=3, corpus="real", corruptions=["wordswap", "charnoise"],
-        test_batches=100),
+        test_batches=100, graph_readings=True),
     # The quickstart's model (4 MoE layers: ac = topk, ac, ac, ac) for 1000 steps, 18 runs;
     # sized from the step time measured with 1 thread to take about 1.5 to 2 hours on 2 idle
     # cores (not run to the end yet: docs/results.md).
@@ -67,18 +68,24 @@ SIZES = {
         optim=dict(lr=2e-3, lr_min=2e-4, warmup=60),
         checkpoint=dict(every=250, record_every=20, probe_tokens=2048),
         taus=[0.5, 1.0, 2.0], seeds=3, corpus="real", corruptions=["wordswap", "charnoise"],
-        test_batches=0),
+        test_batches=0, graph_readings=True),
 }
 
 
 def variants(size):
     """(name, routers, extra overrides) of every router variant: plain routers on every MoE
-    layer, ac in the authors' layout (topk on the first MoE layer, ac after)."""
+    layer, ac in the authors' layout (topk on the first MoE layer, ac after), and, where the
+    size asks for them, the two readings of the graph-of-tokens paper that its abstract leaves
+    open, for `attention` (docs/model.md, "Graph mixing"): mixing the gate logits instead of
+    the probabilities, and a self-weight of 0.5."""
     n_moe = size["model"]["n_layers"]
     out = [("topk", ["topk"], {})]
     for tau in size["taus"]:
         out.append((f"similarity-tau{tau:g}", ["similarity"], {"model.similarity_tau": tau}))
     out.append(("attention", ["attention"], {}))
+    if size.get("graph_readings"):
+        out.append(("attention-logits", ["attention"], {"model.graph_mix": "logits"}))
+        out.append(("attention-self0.5", ["attention"], {"model.graph_self_weight": 0.5}))
     out.append(("ac", ["topk"] + ["ac"] * (n_moe - 1), {}))
     return out
 
