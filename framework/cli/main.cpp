@@ -22,6 +22,7 @@
 #include "comm/mpi_runtime.h"
 #include "framework/cli/commands.h"
 #include "framework/config.h"
+#include "framework/cpu/kernels.h"
 #include "framework/error.h"
 
 namespace {
@@ -90,6 +91,7 @@ std::string command_problem(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  routemoe::cpu::reuse_freed_memory();
   CLI::App app{
       "routemoe: expert-parallel Mixture-of-Experts training with graph-of-tokens and "
       "adaptive-clustering routers"};

@@ -3,6 +3,9 @@
 #include <cblas.h>
 #include <fmt/format.h>
 #include <omp.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -249,6 +252,16 @@ void set_num_threads(int threads) {
 
 int num_threads() {
   return omp_get_max_threads();
+}
+
+void reuse_freed_memory() {
+#if defined(__GLIBC__)
+  // Above 1 GiB glibc still maps (a buffer that size is rare and long-lived); the heap's top is
+  // returned to the system only when 1 GiB of it is free.
+  constexpr int kMmapThreshold = 1 << 30;
+  mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
+  mallopt(M_TRIM_THRESHOLD, kMmapThreshold);
+#endif
 }
 
 void set_gemm_order(GemmOrder order) {

@@ -170,6 +170,14 @@ double sum_squares(const T* x, std::int64_t n);
 void set_num_threads(int threads);
 int num_threads();
 
+// Large scratch buffers of the CPU kernels (the fused expert FFN's: hundreds of MB per call at
+// d_ff 2048) stay in the process's heap once freed and are reused by the next call, instead of
+// being mapped and unmapped by every call (glibc maps allocations above its threshold, and each
+// call then pays first-touch page faults: measured 12 % of the step of `bench train --d 512
+// --d-ff 2048 --experts 16 --seq-len 512`). The routemoe executable calls it once at start;
+// no effect without glibc.
+void reuse_freed_memory();
+
 // The summation order of every GEMM (gemm, gemm_strided_batched, linear and the fused kernels),
 // a process-wide setting like the thread count:
 //   Blas       OpenBLAS, fast; an element's rounding can depend on m, n and the thread count
