@@ -17,6 +17,7 @@
 #include "framework/cpu/kernels.h"
 #include "framework/cpu/moe_kernels.h"
 #include "framework/error.h"
+#include "framework/ops.h"
 #include "tests/kernels/cases.h"
 
 namespace routemoe::kerneltest {
@@ -89,21 +90,10 @@ INSTANTIATE_TEST_SUITE_P(Table, KernelReference,
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 // The same cases of every kernel built on GEMMs with cpu::GemmOrder::RowStable (route_probe's
-// order): the same reference and rounding bounds (a sequential sum over k is one of the orders
-// the bounds allow), the same thread checks.
-class RowStableOrder {
- public:
-  RowStableOrder() : saved_(cpu::gemm_order()) { cpu::set_gemm_order(cpu::GemmOrder::RowStable); }
-  ~RowStableOrder() { cpu::set_gemm_order(saved_); }
-  RowStableOrder(const RowStableOrder&) = delete;
-  RowStableOrder& operator=(const RowStableOrder&) = delete;
-
- private:
-  cpu::GemmOrder saved_;
-};
-
+// order, set by ops::RowStableGemm): the same reference and rounding bounds (a sequential sum
+// over k is one of the orders the bounds allow), the same thread checks.
 TEST(KernelReferenceRowStable, GemmKernels) {
-  const RowStableOrder order;
+  const ops::RowStableGemm order;
   const std::set<std::string> gemm_kernels = {"gemm",           "gemm_strided_batched",
                                               "linear",         "causal_attention",
                                               "grouped_linear", "grouped_ffn"};
@@ -122,7 +112,7 @@ TEST(KernelReferenceRowStable, GemmKernels) {
 // first 64 rows of a 256-row product differed in the last bits when computed alone).
 TEST(KernelReferenceRowStable, RowsDoNotDependOnTheOtherRows) {
   ThreadGuard guard;
-  const RowStableOrder order;
+  const ops::RowStableGemm order;
   const std::int64_t m = 67, n = 45, k = 130;
   std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n));
   std::vector<float> at(a.size()), bt(b.size());
@@ -154,6 +144,15 @@ TEST(KernelReferenceRowStable, RowsDoNotDependOnTheOtherRows) {
       }
     }
   }
+}
+
+TEST(KernelReferenceRowStable, GuardRestoresTheOrder) {
+  ASSERT_EQ(cpu::gemm_order(), cpu::GemmOrder::Blas);
+  {
+    const ops::RowStableGemm order;
+    EXPECT_EQ(cpu::gemm_order(), cpu::GemmOrder::RowStable);
+  }
+  EXPECT_EQ(cpu::gemm_order(), cpu::GemmOrder::Blas);
 }
 
 TEST(KernelTable, NamesAreUniqueAndEveryKernelIsCovered) {
