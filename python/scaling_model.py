@@ -160,21 +160,21 @@ GPU_MODEL = dict(d=2048, T=2048, F=4096, k=2, E=64, V=50304, L=24)
 GPU_TOKENS = 16384  # tokens per GPU per step (8 sequences of 2048)
 
 
-def gpu_exchange(remote_bytes, ep):
+def gpu_exchange(remote_bytes, ep, hw=GPU):
     """One all-to-all of `remote_bytes` per GPU over NVLink inside a node and InfiniBand across."""
-    g = GPU["gpus_per_node"]
+    g = hw["gpus_per_node"]
     in_node = min(ep, g)
     # of the remote bytes, those to GPUs of the same node vs other nodes
     frac_node = (in_node - 1) / (ep - 1)
-    t_node = remote_bytes * frac_node / GPU["nvlink"]
-    t_net = remote_bytes * (1 - frac_node) / GPU["ib"]
-    return GPU["alpha"] + GPU["alpha_per_peer"] * (ep - 1) + max(t_node, t_net)
+    t_node = remote_bytes * frac_node / hw["nvlink"]
+    t_net = remote_bytes * (1 - frac_node) / hw["ib"]
+    return hw["alpha"] + hw["alpha_per_peer"] * (ep - 1) + max(t_node, t_net)
 
 
-def gpu_allreduce(size, ranks):
+def gpu_allreduce(size, ranks, hw=GPU):
     """Ring all-reduce; the ring's slowest link is InfiniBand once it leaves the node."""
-    bw = GPU["nvlink"] if ranks <= GPU["gpus_per_node"] else GPU["ib"]
-    return 2 * (ranks - 1) / ranks * size / bw + 2 * (ranks - 1) * GPU["alpha_per_peer"]
+    bw = hw["nvlink"] if ranks <= hw["gpus_per_node"] else hw["ib"]
+    return 2 * (ranks - 1) / ranks * size / bw + 2 * (ranks - 1) * hw["alpha_per_peer"]
 
 
 # ---- output ----
@@ -282,15 +282,14 @@ def main(argv=None):
     print("Exchange time / expert time per step (below 1: hidden behind the experts):\n")
     print("| EP | NDR 400 Gb/s, 35 % MFU | HDR 200 Gb/s, 35 % MFU | NDR 400 Gb/s, 60 % MFU |")
     print("|---|---|---|---|")
-    saved = dict(GPU)
     for ep in (2, 4, 8, 16, 32, 64):
         row = []
         for ib, mfu in ((50e9, 0.35), (25e9, 0.35), (50e9, 0.60)):
-            GPU.update(ib=ib, rate=mfu * 722e12)
-            st = step_time(m, ep, ep, GPU_TOKENS, GPU["rate"], gpu_exchange, gpu_allreduce, 2)
+            hw = dict(GPU, ib=ib, rate=mfu * 722e12)
+            st = step_time(m, ep, ep, GPU_TOKENS, hw["rate"],
+                           lambda b, e, hw=hw: gpu_exchange(b, e, hw),
+                           lambda z, r, hw=hw: gpu_allreduce(z, r, hw), 2)
             row.append(f"{st['exchange'] / st['experts']:.2f}")
-        GPU.clear()
-        GPU.update(saved)
         print(f"| {ep} | " + " | ".join(row) + " |")
     print()
     if first_exposed is None:
