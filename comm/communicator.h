@@ -101,6 +101,20 @@ class Communicator {
                                  const std::int64_t* send_first, void* recv,
                                  const Block* recv_blocks, const std::int64_t* recv_first,
                                  DataType type);
+  // Shared memory between the ranks of one node: enable_shared_memory(true), a collective,
+  // lets all_to_all_blocks move blocks through a shared-memory window instead of messages when
+  // every rank of this communicator is on one node (MPI backend; comm/mpi_shared_exchange.h:
+  // one copy in, one copy out, one all-reduce per exchange). Returns whether it will, the same
+  // on every rank; false: messages (other backends, ranks on several nodes, want false). Should
+  // the window later fail to grow (no room in the shared-memory directory), the exchange falls
+  // back to messages for good and rank 0 prints one line saying why. The rows delivered are
+  // the same either way. isend/irecv always use messages.
+  virtual bool enable_shared_memory(bool want) {
+    (void)want;
+    return false;
+  }
+  // Whether all_to_all_blocks currently moves blocks through shared memory.
+  virtual bool shared_memory() const { return false; }
   virtual void broadcast(void* buf, std::int64_t count, DataType type, int root) = 0;
   virtual void barrier() = 0;
 
@@ -178,7 +192,10 @@ struct ProcessGroups {
   int ep_size = 1;
 
   // Splits `world` (taking ownership); throws Error(Config) unless ep_size divides its size.
-  static ProcessGroups create(std::unique_ptr<Communicator> world, int ep_size);
+  // `shared_memory`: the ep group's exchange goes through shared memory when its ranks are on
+  // one node (Communicator::enable_shared_memory; config key parallel.shared_memory).
+  static ProcessGroups create(std::unique_ptr<Communicator> world, int ep_size,
+                              bool shared_memory = true);
   // Collective over the world: release() of edp, ep and world, in that order.
   void release();
 };

@@ -5,6 +5,8 @@
 #include <mpi.h>
 
 #include <climits>
+#include <cstdio>
+#include <memory>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -12,6 +14,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_runtime.h"
+#include "comm/mpi_shared_exchange.h"
 #include "comm/watchdog.h"
 #include "framework/error.h"
 
@@ -131,6 +134,23 @@ class MpiCommunicator final : public Communicator {
                          DataType type) override {
     check_live();
     const WatchedOp watched("all_to_all_blocks");
+    if (shm_ != nullptr) {
+      std::string why;
+      if (shm_->exchange(send, send_blocks, send_first, recv, recv_blocks, recv_first,
+                         datatype_size(type), why)) {
+        return;
+      }
+      // Every rank got the same answer (the sizes are all-reduced): all fall back together.
+      shm_->release();
+      shm_.reset();
+      if (rank_ == 0) {
+        std::fprintf(stderr,
+                     "note: the expert exchange uses MPI messages from now on instead of shared "
+                     "memory: %s (parallel.shared_memory = false chooses messages from the "
+                     "start)\n",
+                     why.c_str());
+      }
+    }
     // Blocks correspond one to one (see communicator.h): the k-th block to a peer is matched
     // by that peer's k-th receive block, so each non-empty block travels as its own message,
     // contiguous on both ends (no packing, no datatype engine).
@@ -196,6 +216,22 @@ class MpiCommunicator final : public Communicator {
     return done != 0;
   }
 
+  bool enable_shared_memory(bool want) override {
+    check_live();
+    const WatchedOp watched("enable_shared_memory");
+    if (!want || size_ == 1) {
+      if (shm_ != nullptr) shm_->release();  // collective: every rank makes this call
+      shm_.reset();
+      return false;
+    }
+    if (shm_ == nullptr && detail::SharedBlockExchange::one_node(comm_)) {
+      shm_ = std::make_unique<detail::SharedBlockExchange>(comm_, rank_, size_);
+    }
+    return shm_ != nullptr;
+  }
+
+  bool shared_memory() const override { return shm_ != nullptr; }
+
   void broadcast(void* buf, std::int64_t count, DataType type, int root) override {
     check_live();
     const WatchedOp watched("broadcast");
@@ -229,6 +265,8 @@ class MpiCommunicator final : public Communicator {
     RM_CHECK(pending_.empty(), "MPI communicator: release() with " +
                                    std::to_string(pending_.size()) +
                                    " non-blocking request(s) not completed");
+    if (shm_ != nullptr) shm_->release();
+    shm_.reset();
     if (owned_ && mpi_active()) RM_MPI_CHECK(MPI_Comm_free(&comm_));
     comm_ = MPI_COMM_NULL;
   }
@@ -270,6 +308,8 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   bool owned_;
   std::unordered_map<Request, MPI_Request> pending_;  // non-blocking requests in flight
+  // all_to_all_blocks through shared memory (enable_shared_memory); null: messages.
+  std::unique_ptr<detail::SharedBlockExchange> shm_;
   Request next_request_ = 1;
   int rank_ = 0;
   int size_ = 1;

@@ -8,7 +8,8 @@
 
 namespace routemoe::comm {
 
-ProcessGroups ProcessGroups::create(std::unique_ptr<Communicator> world, int ep_size) {
+ProcessGroups ProcessGroups::create(std::unique_ptr<Communicator> world, int ep_size,
+                                    bool shared_memory) {
   RM_CHECK(world != nullptr, "ProcessGroups::create: no world communicator");
   const int n = world->size();
   const int r = world->rank();
@@ -29,6 +30,7 @@ ProcessGroups ProcessGroups::create(std::unique_ptr<Communicator> world, int ep_
            "ProcessGroups::create: expert-parallel group has the wrong shape");
   RM_CHECK(g.edp->size() == n / ep_size && g.edp->rank() == r / ep_size,
            "ProcessGroups::create: expert-data-parallel group has the wrong shape");
+  g.ep->enable_shared_memory(shared_memory);
   g.world = std::move(world);
   return g;
 }

@@ -111,6 +111,10 @@ void for_each_key(Config& c, Fn&& fn) {
   fn("parallel.timeout_s", c.parallel.timeout_s,
      "seconds a collective or file write may wait before the job is ended (0: no timeout)",
      kNoRange);
+  fn("parallel.shared_memory", c.parallel.shared_memory,
+     "expert-parallel ranks on one node exchange rows through shared memory (false: MPI "
+     "messages, overlapped with the experts)",
+     kNoRange);
   auto& k = c.checkpoint;
   fn("checkpoint.every", k.every, "steps between checkpoints (0: none)", kSteps);
   fn("checkpoint.keep_last", k.keep_last, "checkpoints kept (older are deleted)",

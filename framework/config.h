@@ -54,8 +54,9 @@ struct DataConfig {
 };
 
 struct ParallelConfig {
-  std::int64_t ep_size = 1;  // expert-parallel group size; divides the world size and n_experts
-  double timeout_s = 300.0;  // a collective or file write waiting longer ends the job (0: off)
+  std::int64_t ep_size = 1;   // expert-parallel group size; divides the world size and n_experts
+  double timeout_s = 300.0;   // a collective or file write waiting longer ends the job (0: off)
+  bool shared_memory = true;  // ep ranks on one node exchange through a shared-memory window
   bool operator==(const ParallelConfig&) const = default;
 };
 

@@ -113,6 +113,11 @@ void MoeLayer<T>::slot_plan(const Exec& ex, Arena& arena) {
                     slots_.slot_token, slots_.slot_pos, slots_.slot_gate, N, E, K);
 }
 
+template <typename T>
+bool MoeLayer<T>::overlaps() const {
+  return plan_.exchanges() && dims_.overlap_exchange && !ep_->shared_memory();
+}
+
 // Permutation into slot order and the dispatch plan; without overlap, the exchange to the
 // experts' owners.
 template <typename T>
@@ -125,11 +130,12 @@ void MoeLayer<T>::dispatch(const Exec& ex, const T* u, Arena& arena) {
   }
   Phase ph(timers_, phase::kExchange);
   plan_ = plan_dispatch(slots_.expert_offset, dims_.experts, d, ep_, arena);
+  overlap_ = overlaps();  // latched: a fallback to messages inside this forward changes nothing
   act_.ex_in = act_.x_in;
   act_.y_out = nullptr;
   if (plan_.exchanges()) {
     act_.ex_in = ops::alloc<T>(ex, arena, plan_.owner_rows * d);
-    if (!dims_.overlap_exchange) dispatch_rows<T>(plan_, *ep_, act_.x_in, act_.ex_in);
+    if (!overlap_) dispatch_rows<T>(plan_, *ep_, act_.x_in, act_.ex_in);
   }
 }
 
@@ -143,7 +149,7 @@ void MoeLayer<T>::experts(const Exec& ex, const MoeWeights<T>& w, Arena& arena) 
   act_.ex_out = ops::alloc<T>(ex, arena, R * d);
   const double flops =
       4.0 * static_cast<double>(R) * static_cast<double>(d) * static_cast<double>(F);
-  if (!plan_.exchanges() || !dims_.overlap_exchange) {
+  if (!overlap_) {
     Phase ph(timers_, phase::kExperts, flops);
     ops::grouped_ffn_forward<T>(ex, act_.ex_in, w.w1, w.b1, w.w2, w.b2, act_.h_pre, act_.ex_out,
                                 plan_.local_offset, L, d, F);
@@ -240,7 +246,7 @@ T* MoeLayer<T>::experts_backward(const Exec& ex, const MoeWeights<T>& w, const M
   const std::int64_t d = dims_.d, F = dims_.d_ff, R = plan_.owner_rows, L = plan_.local_experts;
   const double flops =
       8.0 * static_cast<double>(R) * static_cast<double>(d) * static_cast<double>(F);
-  if (plan_.exchanges() && dims_.overlap_exchange) {
+  if (overlaps()) {
     T* dex_out = ops::alloc<T>(ex, arena, R * d);
     T* dex_in = ops::alloc<T>(ex, arena, R * d);
     T* dx_in = ops::alloc<T>(ex, arena, slots_.slots * d);

@@ -38,9 +38,12 @@ struct MoeDims {
   std::int64_t experts = 1;      // E
   std::int64_t top_k = 1;        // k
   double capacity_factor = 0.0;  // <= 0: dropless
-  // With expert parallelism: overlap the exchange with the experts' computation, expert by
-  // expert (layers/dispatch.h, exchange_overlapped); false: one blocking exchange each way
-  // around all experts. The results are the same.
+  // With expert parallelism over messages: overlap the exchange with the experts' computation,
+  // expert by expert (layers/dispatch.h, exchange_overlapped); false: one blocking exchange
+  // each way around all experts. When the ep communicator exchanges through shared memory (its
+  // ranks on one node, Communicator::shared_memory) the exchange is a copy by the CPU that
+  // nothing could overlap, so it is always one blocking exchange each way around all experts
+  // (one grouped call for the local experts). The results are the same.
   bool overlap_exchange = true;
   std::int64_t tokens() const { return batch * seq; }
   RouterDims router() const { return {batch, seq, d, experts}; }
@@ -150,6 +153,8 @@ class MoeLayer {
   const SlotPlan<T>& slots() const { return slots_; }
 
  private:
+  // Whether an exchange with the current plan overlaps the experts (MoeDims::overlap_exchange).
+  bool overlaps() const;
   void select_and_gate(const Exec& ex, Arena& arena);
   void aux_losses(const Exec& ex, Arena& arena);
   void capacity(const Exec& ex, Arena& arena);
@@ -176,6 +181,7 @@ class MoeLayer {
   AuxLosses<T> aux_;
   SlotPlan<T> slots_;
   DispatchPlan plan_;
+  bool overlap_ = false;  // the forward's choice, made in dispatch (overlaps())
   ExpertActivations<T> act_;
 };
 

@@ -120,7 +120,8 @@ Runner register_train(CLI::App& app) {
     const int world_size = world->size();
     if (world->rank() == 0) warn_about(st->cfg);
     comm::ProcessGroups groups =
-        comm::ProcessGroups::create(std::move(world), static_cast<int>(st->cfg.parallel.ep_size));
+        comm::ProcessGroups::create(std::move(world), static_cast<int>(st->cfg.parallel.ep_size),
+                                    st->cfg.parallel.shared_memory);
     if (st->dry_run) {
       const DryRunReport rep = dry_run(st->cfg, groups);
       if (groups.world->rank() == 0) print_dry_run(st->cfg, mem, rep, world_size);

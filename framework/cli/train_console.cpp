@@ -67,8 +67,9 @@ void TrainConsole::on_start(const RunConfig& cfg, const RunInfo& info) {
   fmt::print("device: cpu, {} thread(s) per rank\n", ops::num_threads());
   fmt::print("data: {} train tokens, {} val tokens from {}; unigram entropy {:.3f} nats\n",
              info.train_tokens, info.val_tokens, cfg.data.path, info.unigram_entropy);
-  fmt::print("parallel: {} rank(s), expert-parallel size {}, data-parallel groups {}\n",
-             info.world_size, cfg.parallel.ep_size, info.world_size / cfg.parallel.ep_size);
+  fmt::print("parallel: {} rank(s), expert-parallel size {}, data-parallel groups {}{}\n",
+             info.world_size, cfg.parallel.ep_size, info.world_size / cfg.parallel.ep_size,
+             info.exchange.empty() ? "" : "; expert exchange by " + info.exchange);
   fmt::print("run directory: {}\n", cfg.train.out_dir);
   fmt::print("console lines: avg loss = mean training loss since the previous line\n");
   std::fflush(stdout);

@@ -297,9 +297,11 @@ TrainSummary run_training(const RunConfig& cfg, comm::ProcessGroups& groups,
   L.summary.run_id = run.run_id;
   L.summary.unigram_entropy = unigram_entropy(data->train.tokens(), cfg.model.vocab_size);
   if (L.lead() && observer != nullptr) {
-    observer->on_start(
-        cfg, RunInfo{cfg.model.param_count().total(), data->train.size(), data->val.size(),
-                     L.summary.unigram_entropy, world.size(), resumed.checkpoint, resumed.step});
+    const std::string exchange =
+        groups.ep_size <= 1 ? "" : (groups.ep->shared_memory() ? "shared memory" : "messages");
+    observer->on_start(cfg, RunInfo{cfg.model.param_count().total(), data->train.size(),
+                                    data->val.size(), L.summary.unigram_entropy, world.size(),
+                                    exchange, resumed.checkpoint, resumed.step});
   }
   // A fresh run's routing before the first update: record "initial" at step 0.
   if (resumed.checkpoint.empty() && cfg.checkpoint.trace) record_routing(L, 0, 0, "initial");

@@ -51,6 +51,9 @@ struct RunInfo {
   std::int64_t val_tokens = 0;
   double unigram_entropy = 0.0;
   int world_size = 1;
+  // How the ep group exchanges rows: "shared memory" (its ranks on one node), "messages", or
+  // "" without expert parallelism.
+  std::string exchange;
   std::string resumed_from;  // checkpoint path, empty for a fresh run
   std::int64_t start_step = 0;
 };

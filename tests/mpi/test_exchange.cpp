@@ -9,6 +9,10 @@
 // rows that come back equal combine_rows of the same outputs, bit for bit. Every row carries
 // its (source rank, slot, column) in its values, so a misplaced row cannot pass.
 //
+// The shared-memory transport of all_to_all_blocks (Communicator::enable_shared_memory) must
+// deliver the same rows as messages for the same layouts, across a growing window and
+// alternating halves, and fall back to messages when the window has no room.
+//
 // main(): `--expect-ranks N` fails unless the world has N ranks; failures on any rank fail all
 // of them (the flag is all-reduced); only rank 0 prints GoogleTest's report. Exit code 77 (ctest
 // "skipped") when a test was skipped (the exchange tests with a single rank) and none failed.
@@ -244,6 +248,82 @@ TEST(ExchangeOverlapped, OneExpertPerRankWideRows) {
 TEST(ExchangeOverlapped, NoTokensAnywhere) {
   if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
   check_overlapped({2 * comm::world_size(), 0, 1, false, -1, -1}, 4);
+}
+
+// ---- the shared-memory transport of all_to_all_blocks -----------------------------------------
+
+// dispatch_rows + combine_rows of `lay` at each width in turn (growing and shrinking: the window
+// grows, and successive exchanges alternate its halves), on a communicator that exchanges
+// through shared memory and on one that sends messages: the rows delivered must be the same,
+// bit for bit, in both directions. Returns whether the shared-memory communicator still used
+// shared memory at the end.
+bool check_shared_memory(const Layout& lay, const std::vector<std::int64_t>& widths) {
+  auto messages = world();
+  auto shared = messages->split(0, messages->rank());
+  const bool on = shared->enable_shared_memory(true);
+  EXPECT_EQ(on, comm::ranks_on_node() == messages->size())
+      << "shared memory is used exactly when every rank is on this node";
+  const int me = messages->rank();
+  const std::vector<std::int64_t> offset = route(lay, me);
+  for (const std::int64_t width : widths) {
+    Arena a1("test-shm-msg", Device::CPU), a2("test-shm", Device::CPU);
+    const layers::DispatchPlan pm =
+        layers::plan_dispatch(offset.data(), lay.experts, width, messages.get(), a1);
+    const layers::DispatchPlan ps =
+        layers::plan_dispatch(offset.data(), lay.experts, width, shared.get(), a2);
+    const std::int64_t S = pm.slots, R = pm.owner_rows;
+    EXPECT_EQ(ps.owner_rows, R);
+    std::vector<float> slot_in(static_cast<std::size_t>(S * width));
+    for (std::int64_t s = 0; s < S; ++s)
+      for (std::int64_t c = 0; c < width; ++c)
+        slot_in[static_cast<std::size_t>(s * width + c)] = tag_value(me, s, c);
+    std::vector<float> own_m(static_cast<std::size_t>(R * width), -1.0f),
+        own_s(own_m.size(), -2.0f);
+    layers::dispatch_rows<float>(pm, *messages, slot_in.data(), own_m.data());
+    layers::dispatch_rows<float>(ps, *shared, slot_in.data(), own_s.data());
+    EXPECT_TRUE(same_bytes(own_s, own_m)) << "owner rows differ at width " << width;
+    for (float& v : own_m) v = transform(v, 3);
+    std::vector<float> back_m(slot_in.size(), -3.0f), back_s(slot_in.size(), -4.0f);
+    layers::combine_rows<float>(pm, *messages, own_m.data(), back_m.data());
+    layers::combine_rows<float>(ps, *shared, own_m.data(), back_s.data());
+    EXPECT_TRUE(same_bytes(back_s, back_m)) << "rows back differ at width " << width;
+    for (std::int64_t k = 0; k < S * width; ++k) {
+      const auto i = static_cast<std::size_t>(k);
+      if (back_m[i] != transform(slot_in[i], 3)) {
+        ADD_FAILURE() << "slot element " << k << " did not make the round trip at width " << width;
+        break;
+      }
+    }
+  }
+  const bool still = shared->shared_memory();
+  shared->release();
+  messages->barrier();
+  return still;
+}
+
+TEST(SharedMemoryExchange, UnevenBlocksGrowingAndShrinking) {
+  if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  const bool on = check_shared_memory({4 * comm::world_size(), 300, 2, false, -1, 1},
+                                      {5, 1, 64, 512, 64, 7, 300, 3});
+  EXPECT_EQ(on, comm::ranks_on_node() == comm::world_size());
+}
+
+TEST(SharedMemoryExchange, EmptyExpertEmptyRankNoTokens) {
+  if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  check_shared_memory({2 * comm::world_size(), 120, 2, true, 1, 0}, {3, 3, 17});
+  check_shared_memory({2 * comm::world_size(), 0, 1, false, -1, -1}, {4, 4});
+  check_shared_memory({comm::world_size(), 257, 1, false, -1, 0}, {512, 1});
+}
+
+// No room in the shared-memory directory (here: a directory that does not exist): every rank
+// falls back to messages together, and the rows are still right.
+TEST(SharedMemoryExchange, FallsBackToMessagesWithoutRoom) {
+  if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  if (comm::ranks_on_node() != comm::world_size()) GTEST_SKIP() << "ranks on several nodes";
+  ASSERT_EQ(setenv("OMPI_MCA_osc_sm_backing_directory", "/nonexistent/routemoe-test", 1), 0);
+  const bool on = check_shared_memory({4 * comm::world_size(), 50, 2, false, -1, 1}, {8, 2});
+  unsetenv("OMPI_MCA_osc_sm_backing_directory");
+  EXPECT_FALSE(on) << "the exchange should have fallen back to messages";
 }
 
 // On ranks other than 0: no report, but every failure, prefixed with the rank.

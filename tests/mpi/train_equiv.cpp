@@ -2,8 +2,11 @@
 // 4 ranks (any ep_size) must give the same loss trajectory and the same final parameters.
 //
 //   train_equiv --expect-ranks N --data DIR --router R --ep E --out FILE.h5
-//               [--reference REF.h5] [--repeat]
+//               [--reference REF.h5] [--repeat] [--messages]
 //
+// The ep group's exchange goes through shared memory when its ranks share a node (as in
+// training); --messages asks for MPI messages overlapped with the experts instead (as across
+// nodes). Either way the run fails unless the exchange uses the transport asked for.
 // Every run uses micro-batches of the same 2 sequences (grad_accum = 4 / ranks), so each
 // router sees exactly the same token groups whatever the rank count: the AC statistics and
 // the load-balancing loss are per micro-batch, as in the papers. The run writes its losses and
@@ -99,7 +102,7 @@ std::string first_difference(const TrainSummary& a, const Params& pa, const Trai
 int run(int argc, char** argv) {
   CLI::App app{"multi-rank training equivalence"};
   int expect = 1, ep = 1, steps = 10;
-  bool repeat = false;
+  bool repeat = false, messages = false;
   std::string data, router = "topk", out, reference;
   app.add_option("--expect-ranks", expect)->required();
   app.add_option("--data", data)->required();
@@ -109,10 +112,18 @@ int run(int argc, char** argv) {
   app.add_option("--out", out)->required();
   app.add_option("--reference", reference);
   app.add_flag("--repeat", repeat, "train twice in this process; the runs must be bit-identical");
+  app.add_flag("--messages", messages,
+               "exchange by MPI messages (overlapped with the experts) even on one node");
   app.parse(argc, argv);
 
   comm::init_mpi(&argc, &argv);
-  comm::ProcessGroups groups = comm::ProcessGroups::create(comm::make_mpi_world(), ep);
+  comm::ProcessGroups groups =
+      comm::ProcessGroups::create(comm::make_mpi_world(), ep, /*shared_memory=*/!messages);
+  if (ep > 1 && groups.ep->shared_memory() == messages) {
+    std::fprintf(stderr, "train_equiv: the exchange %s shared memory, expected %s\n",
+                 messages ? "uses" : "does not use", messages ? "messages" : "shared memory");
+    return 1;
+  }
   const int W = groups.world->size();
   if (W != expect) {
     std::fprintf(stderr, "train_equiv: expected %d ranks, got %d\n", expect, W);
