@@ -5,7 +5,11 @@
 // Philox stream (random, balanced in expectation), lays the slots out as the MoE layer does
 // (sorted by global expert, then by token) and times, per iteration:
 //   ours: arena reset, plan_dispatch (count all-to-all + block layout), dispatch_rows (one block
-//         all-to-all straight into expert-major order), combine_rows (the reverse exchange);
+//         all-to-all straight into expert-major order), combine_rows (the reverse exchange), on
+//         the ep communicator as training makes it: through shared memory when every rank is on
+//         one node (Communicator::enable_shared_memory), else one message per block;
+//   messages: the same on a communicator without shared memory (only timed when ours uses it,
+//         so that both transports are compared in the same run);
 //   bare: two MPI_Alltoallv calls (there and back) with the same per-peer counts.
 // Iterations alternate ours/bare after a barrier; each rank takes the median of its iterations
 // and the figure is the maximum of those medians over the ranks (the engine's max_over_ranks).
@@ -97,7 +101,18 @@ Routing make_routing(std::int64_t n, std::int64_t k, std::int64_t e, std::uint64
 // Figures of one case, each the maximum over ranks of the per-rank statistics (seconds). With
 // --d-ff: the experts' computation alone, and exchange + experts blocking (one exchange each way
 // around all experts) and overlapped (exchange_overlapped).
-enum Fig { kOurs, kBare, kPlan, kDispatch, kCombine, kCompute, kSequential, kOverlapped, kFigs };
+enum Fig {
+  kOurs,
+  kMessages,
+  kBare,
+  kPlan,
+  kDispatch,
+  kCombine,
+  kCompute,
+  kSequential,
+  kOverlapped,
+  kFigs
+};
 
 // Random expert FFNs over the owner rows of a plan (the MoE layer's experts' forward).
 struct Experts {
@@ -133,7 +148,8 @@ struct CaseResult {
 };
 
 CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
-                    comm::ProcessGroups& groups, const Schedule& schedule) {
+                    comm::ProcessGroups& groups, comm::Communicator* msg_ep,
+                    const Schedule& schedule) {
   comm::Communicator& ep = *groups.ep;
   const int rank = groups.world->rank();
   const std::int64_t E = o.experts;
@@ -154,15 +170,16 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
   Arena arena("bench-alltoall", Device::CPU);
   float* ex_in = nullptr;
   // One pass of the real code path; ex_in stays valid until the next arena reset.
-  auto ours = [&](double* plan_s, double* dispatch_s, double* combine_s) {
+  auto exchange = [&](comm::Communicator& via, double* plan_s, double* dispatch_s,
+                      double* combine_s) {
     Timer t;
     arena.reset();
-    c = layers::plan_dispatch(expert_offset.data(), E, d, &ep, arena);
+    c = layers::plan_dispatch(expert_offset.data(), E, d, &via, arena);
     const double t_plan = t.seconds();
     ex_in = alloc_array<float>(arena, c.owner_rows * d);
-    layers::dispatch_rows<float>(c, ep, x_in.data(), ex_in);
+    layers::dispatch_rows<float>(c, via, x_in.data(), ex_in);
     const double t_dispatch = t.seconds();
-    layers::combine_rows<float>(c, ep, ex_in, y_out.data());  // identity "experts"
+    layers::combine_rows<float>(c, via, ex_in, y_out.data());  // identity "experts"
     const double t_all = t.seconds();
     if (plan_s != nullptr) {
       *plan_s = t_plan;
@@ -171,20 +188,27 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
     }
     return t_all;
   };
+  auto ours = [&](double* plan_s, double* dispatch_s, double* combine_s) {
+    return exchange(ep, plan_s, dispatch_s, combine_s);
+  };
 
-  // Correctness of the path being timed: owner rows are expert-major (column 0 = the expert of
+  // Correctness of the paths being timed: owner rows are expert-major (column 0 = the expert of
   // the block) and the round trip returns every slot's row unchanged.
-  ours(nullptr, nullptr, nullptr);
-  const std::int64_t first_expert = ep.rank() * c.local_experts;
-  for (std::int64_t l = 0; l < c.local_experts; ++l) {
-    for (std::int64_t row = c.local_offset[l]; row < c.local_offset[l + 1]; ++row) {
-      RM_CHECK(
-          ex_in[row * d] == static_cast<float>(first_expert + l),
-          fmt::format("bench alltoall: owner row {} is not of expert {}", row, first_expert + l));
+  for (comm::Communicator* via : {&ep, msg_ep}) {
+    if (via == nullptr) continue;
+    std::fill(y_out.begin(), y_out.end(), 0.0f);
+    exchange(*via, nullptr, nullptr, nullptr);
+    const std::int64_t first_expert = ep.rank() * c.local_experts;
+    for (std::int64_t l = 0; l < c.local_experts; ++l) {
+      for (std::int64_t row = c.local_offset[l]; row < c.local_offset[l + 1]; ++row) {
+        RM_CHECK(
+            ex_in[row * d] == static_cast<float>(first_expert + l),
+            fmt::format("bench alltoall: owner row {} is not of expert {}", row, first_expert + l));
+      }
     }
+    RM_CHECK(std::equal(x_in.begin(), x_in.end(), y_out.begin()),
+             "bench alltoall: dispatch + combine did not return the rows unchanged");
   }
-  RM_CHECK(std::equal(x_in.begin(), x_in.end(), y_out.begin()),
-           "bench alltoall: dispatch + combine did not return the rows unchanged");
 
   // The bare exchange: same per-peer element counts, taken from the plan.
   const int P = ep.size();
@@ -265,6 +289,9 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
   // each time so that drift in the machine's load hits them alike.
   std::vector<std::pair<Fig, std::function<double()>>> variants = {{kOurs, [&] { return 0.0; }},
                                                                    {kBare, bare}};
+  if (msg_ep != nullptr) {
+    variants.emplace_back(kMessages, [&] { return exchange(*msg_ep, nullptr, nullptr, nullptr); });
+  }
   if (o.d_ff > 0) {
     variants.emplace_back(kCompute, compute);
     variants.emplace_back(kSequential, sequential);
@@ -303,7 +330,8 @@ CaseResult run_case(const AlltoallOptions& o, std::int64_t n, std::int64_t d,
 // The overlap line: the exchange around real experts, overlapped, against the exchange alone
 // plus the experts alone (what they cost in sequence) and against the blocking exchange around
 // the same experts.
-void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks) {
+void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks,
+                   const std::string& transport) {
   const double ovl = r.fig[kOverlapped].median, seq = r.fig[kSequential].median;
   const double exch = r.fig[kOurs].median, comp = r.fig[kCompute].median;
   print_case(
@@ -318,8 +346,11 @@ void print_overlap(const AlltoallOptions& o, const CaseResult& r, int ranks) {
   fmt::print(
       "  where: serial = exchange + experts, each timed alone; overlapped/blocking = {:.3f}; "
       "experts = the local expert FFNs (d_ff {}) on their "
-      "rows without any exchange; exchange = plan + dispatch + combine alone (as above)\n",
-      ovl / seq, o.d_ff);
+      "rows without any exchange; exchange = plan + dispatch + combine alone (as above); "
+      "blocking and exchange use {}, overlapped uses messages (what training runs: "
+      "{})\n",
+      ovl / seq, o.d_ff, transport,
+      transport == "messages" ? "overlapped" : "blocking, through shared memory");
 }
 
 // One all-reduce (sum, fp32) of `mib` MiB over the world, as reduce_gradients does it for one
@@ -362,6 +393,11 @@ void run(const AlltoallOptions& o, Context& ctx) {
   }
   comm::ProcessGroups& groups = ctx.groups(W);  // ep group = world
   const Schedule schedule = ctx.schedule();
+  // The ep group exchanges through shared memory when its ranks share a node; then the same
+  // exchange over messages is timed too, on a communicator of its own.
+  const std::string transport = groups.ep->shared_memory() ? "shared-memory" : "messages";
+  std::unique_ptr<comm::Communicator> msg_ep;
+  if (groups.ep->shared_memory()) msg_ep = groups.world->split(0, groups.world->rank());
   const bool lead = ctx.lead();
   if (lead) {
     fmt::print(
@@ -373,12 +409,13 @@ void run(const AlltoallOptions& o, Context& ctx) {
   }
   for (std::int64_t n : o.tokens) {
     for (std::int64_t d : o.d) {
-      const CaseResult r = run_case(o, n, d, groups, schedule);
+      const CaseResult r = run_case(o, n, d, groups, msg_ep.get(), schedule);
       if (!lead) continue;
       const double ours = r.fig[kOurs].median, bare = r.fig[kBare].median;
       print_case(
           CaseLine("alltoall", "case", fmt::format("n{}_d{}_k{}_e{}", n, d, o.top_k, o.experts))
               .field("ranks", std::to_string(W))
+              .field("transport", transport)
               .figure("ours", ours * 1e3, 3, "ms")
               .figure("bare", bare * 1e3, 3, "ms")
               .figure("ours", r.bytes_per_rank / ours * 1e-9, 2, "GB/s")
@@ -389,7 +426,14 @@ void run(const AlltoallOptions& o, Context& ctx) {
           "combine {:.3f} ms; {:.1f} MB sent/rank/iter, rows per owner {}..{}\n",
           r.fig[kPlan].median * 1e3, r.fig[kDispatch].median * 1e3, r.fig[kCombine].median * 1e3,
           r.bytes_per_rank * 1e-6, r.min_rows, r.max_rows);
-      if (o.d_ff > 0) print_overlap(o, r, W);
+      if (msg_ep != nullptr) {
+        const double msgs = r.fig[kMessages].median;
+        fmt::print(
+            "  messages: the same exchange as MPI messages (one per block) {:.3f} ms, "
+            "messages/bare = {:.3f}, ours/messages = {:.3f}\n",
+            msgs * 1e3, msgs / bare, ours / msgs);
+      }
+      if (o.d_ff > 0) print_overlap(o, r, W, transport);
       std::fflush(stdout);
       ctx.json()
           .add_case()
@@ -401,6 +445,8 @@ void run(const AlltoallOptions& o, Context& ctx) {
           .stats_s("ours", r.fig[kOurs])
           .stats_s("bare", r.fig[kBare])
           .num("ratio", ours / bare)
+          .str("transport", transport)
+          .stats_s("messages", r.fig[kMessages])
           .stats_s("plan", r.fig[kPlan])
           .stats_s("dispatch", r.fig[kDispatch])
           .stats_s("combine", r.fig[kCombine])
@@ -416,6 +462,7 @@ void run(const AlltoallOptions& o, Context& ctx) {
   for (const double mib : o.allreduce_mib) {
     time_allreduce(mib, groups, schedule, ctx, lead);
   }
+  if (msg_ep != nullptr) msg_ep->release();
   ctx.json().header().integer("ranks", W).integer("threads", ctx.threads());
 }
 

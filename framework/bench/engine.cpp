@@ -329,10 +329,10 @@ int Context::size() {
   return world().size();
 }
 
-comm::ProcessGroups& Context::groups(int ep_size) {
+comm::ProcessGroups& Context::groups(int ep_size, bool shared_memory) {
   if (!groups_) {
     groups_ = std::make_unique<comm::ProcessGroups>(
-        comm::ProcessGroups::create(std::move(world_), ep_size));
+        comm::ProcessGroups::create(std::move(world_), ep_size, shared_memory));
   }
   RM_CHECK(groups_->ep_size == ep_size,
            fmt::format("process groups already split with ep {}, asked for {}", groups_->ep_size,

@@ -215,7 +215,8 @@ class Context {
   bool lead() { return rank() == 0; }  // prints and writes files
   // The world split into expert-parallel groups of `ep_size` ranks (created on the first call,
   // collectively; later calls must pass the same size). world() is groups.world afterwards.
-  comm::ProcessGroups& groups(int ep_size);
+  // `shared_memory`: see comm::ProcessGroups::create.
+  comm::ProcessGroups& groups(int ep_size, bool shared_memory = true);
 
   // The --json file's content (written by the lead rank when --json is given).
   JsonReport& json() { return json_; }

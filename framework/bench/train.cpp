@@ -59,8 +59,9 @@ struct TrainOptions {
   std::uint64_t seed = 1;
   std::int64_t square = 2048;
   std::int64_t batch = 8;
-  int ep = 0;             // under mpirun: expert-parallel size (0: all ranks)
-  int profile_steps = 2;  // profiled steps after the timed ones (0: no profile table)
+  int ep = 0;                     // under mpirun: expert-parallel size (0: all ranks)
+  bool no_shared_memory = false;  // under mpirun: exchange by messages even on one node
+  int profile_steps = 2;          // profiled steps after the timed ones (0: no profile table)
   ModelShape shape;  // reference config; every block is an MoE block with the router under test
 };
 
@@ -433,7 +434,7 @@ void run(const TrainOptions& given, Context& ctx) {
     RM_CHECK_KIND(Config, W % ep == 0 && m.n_experts % ep == 0,
                   fmt::format("bench train: --ep {} must divide the {} ranks and the {} experts",
                               ep, W, m.n_experts));
-    groups = &ctx.groups(ep);
+    groups = &ctx.groups(ep, !o.no_shared_memory);
     o.no_reference = true;
   }
   const bool lead = ctx.lead();
@@ -625,6 +626,9 @@ Benchmark train_benchmark() {
                    "parallel)")
         ->check(CLI::Range(0, 1 << 20))
         ->capture_default_str();
+    cmd.add_flag("--no-shared-memory", o->no_shared_memory,
+                 "under mpirun: exchange expert rows as MPI messages overlapped with the "
+                 "experts even when the ranks share a node (parallel.shared_memory = false)");
     cmd.add_option("--profile-steps", o->profile_steps,
                    "profiled steps after the timed ones, for the per-phase table (0: none)")
         ->check(CLI::Range(0, 1000))
