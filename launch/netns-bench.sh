@@ -6,6 +6,11 @@
 #   launch/netns-bench.sh <routemoe> <ranks per host> -- <bench arguments...>
 #   e.g. launch/netns-bench.sh build/release/routemoe 1 -- bench alltoall --tokens 256,8192
 #
+# NETNS_BENCH_RATE=<rate> (tc syntax, e.g. 2gbit) limits the pair to that rate in each
+# direction (a token-bucket qdisc on both ends, queueing up to 200 ms instead of dropping): then the wire, not the CPU copying into and out of
+# sockets, bounds the exchange, as on a real network link, and there is wall time for the
+# exchange to hide behind computation. Without it the pair is as fast as the CPU makes it.
+#
 # Needs root (ip netns). mpirun runs inside the first namespace (the root namespace has no route
 # to the pair); Open MPI's rsh agent enters the namespace named as the host; the launch channel
 # and the MPI traffic are restricted to the pair's private subnet. Everything the script creates
@@ -53,6 +58,19 @@ ip -n "$ns_b" addr add "$net.2/24" dev "$veth_b"
 for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
 ip -n "$ns_a" link set "$veth_a" up
 ip -n "$ns_b" link set "$veth_b" up
+if [[ -n ${NETNS_BENCH_RATE:-} ]]; then
+  # A queue long enough that the limit delays packets instead of dropping them.
+  for end in "$ns_a $veth_a" "$ns_b $veth_b"; do
+    read -r ns dev <<<"$end"
+    ip netns exec "$ns" tc qdisc add dev "$dev" root tbf rate "$NETNS_BENCH_RATE" burst 256kb \
+      latency 200ms
+    # TCP buffers that may grow to 64 MiB (as tuned on cluster nodes): a sender's MPI call
+    # hands the kernel whole blocks, which then move while the rank computes.
+    ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_wmem="4096 65536 67108864" \
+      net.ipv4.tcp_rmem="4096 131072 67108864"
+  done
+  echo "netns-bench: the pair is limited to $NETNS_BENCH_RATE in each direction (tc tbf)" >&2
+fi
 
 # Open MPI starts its daemon with `<agent> <host> <command...>`, as with ssh.
 cat >"$work/agent" <<'EOF'
