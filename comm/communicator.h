@@ -105,9 +105,10 @@ class Communicator {
   // lets all_to_all_blocks move blocks through a shared-memory window instead of messages when
   // every rank of this communicator is on one node (MPI backend; comm/mpi_shared_exchange.h:
   // one copy in, one copy out, one all-reduce per exchange). Returns whether it will, the same
-  // on every rank; false: messages (other backends, ranks on several nodes, want false). Should
-  // the window later fail to grow (no room in the shared-memory directory), the exchange falls
-  // back to messages for good and rank 0 prints one line saying why. The rows delivered are
+  // on every rank; false: messages (other backends, ranks on several nodes, want false, or a
+  // first window that MPI could not make: rank 0 then prints one line saying why). Should the
+  // window later fail to grow (no room in the shared-memory directory), the exchange falls
+  // back to messages for good, with the same line. The rows delivered are
   // the same either way. isend/irecv always use messages.
   virtual bool enable_shared_memory(bool want) {
     (void)want;

@@ -143,13 +143,7 @@ class MpiCommunicator final : public Communicator {
       // Every rank got the same answer (the sizes are all-reduced): all fall back together.
       shm_->release();
       shm_.reset();
-      if (rank_ == 0) {
-        std::fprintf(stderr,
-                     "note: the expert exchange uses MPI messages from now on instead of shared "
-                     "memory: %s (parallel.shared_memory = false chooses messages from the "
-                     "start)\n",
-                     why.c_str());
-      }
+      note_messages(why);
     }
     // Blocks correspond one to one (see communicator.h): the k-th block to a peer is matched
     // by that peer's k-th receive block, so each non-empty block travels as its own message,
@@ -225,7 +219,13 @@ class MpiCommunicator final : public Communicator {
       return false;
     }
     if (shm_ == nullptr && detail::SharedBlockExchange::one_node(comm_)) {
-      shm_ = std::make_unique<detail::SharedBlockExchange>(comm_, rank_, size_);
+      auto shm = std::make_unique<detail::SharedBlockExchange>(comm_, rank_, size_);
+      std::string why;
+      if (shm->prepare(why)) {
+        shm_ = std::move(shm);
+      } else {
+        note_messages(why);
+      }
     }
     return shm_ != nullptr;
   }
@@ -275,6 +275,15 @@ class MpiCommunicator final : public Communicator {
   void check_live() const {
     RM_CHECK(comm_ != MPI_COMM_NULL, "MPI communicator used after release()");
     RM_CHECK_KIND(Mpi, mpi_active(), "MPI communicator used while MPI is not active");
+  }
+
+  // Rank 0 says once why the exchange uses messages although its ranks share a node.
+  void note_messages(const std::string& why) const {
+    if (rank_ != 0) return;
+    std::fprintf(stderr,
+                 "note: the expert exchange uses MPI messages instead of shared memory: %s "
+                 "(parallel.shared_memory = false chooses messages without trying)\n",
+                 why.c_str());
   }
 
   void check_peer_tag(const char* what, int peer, int tag) const {

@@ -134,6 +134,10 @@ bool SharedBlockExchange::exchange(const void* send, const Communicator::Block* 
   return true;
 }
 
+bool SharedBlockExchange::prepare(std::string& why) {
+  return grow(kGrain, why);
+}
+
 bool SharedBlockExchange::grow(std::int64_t half, std::string& why) {
   release();
   const std::string dir = backing_directory();
@@ -158,20 +162,44 @@ bool SharedBlockExchange::grow(std::int64_t half, std::string& why) {
   // Each rank's segment on its own pages (first touched by its owner when packing).
   RM_MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));
   char* mine = nullptr;
+  win_ = MPI_WIN_NULL;
   const int rc =
       MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * half), 1, info, comm_, &mine, &win_);
   MPI_Info_free(&info);
-  RM_MPI_CHECK(rc);
+  // An MPI without shared windows (Open MPI with its osc/sm component left out, say) fails
+  // here on every rank alike: then the exchange falls back to messages.
+  int made = rc == MPI_SUCCESS ? 1 : 0;
+  RM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &made, 1, MPI_INT, MPI_MIN, comm_));
+  if (made == 0) {
+    RM_CHECK_KIND(Mpi, rc != MPI_SUCCESS,
+                  "MPI_Win_allocate_shared failed on some ranks of the expert-parallel group "
+                  "and succeeded on this one");
+    char text[MPI_MAX_ERROR_STRING] = {};
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
+    why =
+        fmt::format("MPI could not allocate a shared-memory window ({})",
+                    len > 0 ? std::string(text, static_cast<std::size_t>(len)) : "no reason given");
+    win_ = MPI_WIN_NULL;
+    return false;
+  }
   RM_MPI_CHECK(MPI_Win_set_errhandler(win_, MPI_ERRORS_RETURN));
+  int mapped = 1;
   for (int r = 0; r < size_; ++r) {
     MPI_Aint bytes = 0;
     int unit = 0;
     char* base = nullptr;
     RM_MPI_CHECK(MPI_Win_shared_query(win_, r, &bytes, &unit, &base));
-    RM_CHECK(bytes == static_cast<MPI_Aint>(2 * half) && base != nullptr,
-             fmt::format("shared-memory exchange: rank {}'s segment has {} bytes, expected {}", r,
-                         static_cast<long long>(bytes), 2 * half));
+    if (bytes != static_cast<MPI_Aint>(2 * half) || base == nullptr) mapped = 0;
     segment_[static_cast<std::size_t>(r)] = base;
+  }
+  RM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm_));
+  if (mapped == 0) {
+    RM_MPI_CHECK(MPI_Win_free(&win_));
+    win_ = MPI_WIN_NULL;
+    segment_.assign(segment_.size(), nullptr);
+    why = "MPI's shared-memory window does not map every rank's segment into this process";
+    return false;
   }
   RM_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_));
   half_ = half;

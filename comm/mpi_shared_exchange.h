@@ -24,7 +24,8 @@
 // backing directory (Open MPI: osc_sm_backing_directory, /dev/shm) is checked on every rank,
 // and if any rank lacks it the exchange reports "no room" and the caller falls back to
 // messages for good (a shared-memory file larger than its tmpfs would crash the job with
-// SIGBUS on first touch instead).
+// SIGBUS on first touch instead). An MPI that cannot make a shared window at all (Open MPI
+// without its osc/sm component) is found by prepare(), before the first exchange.
 //
 // Lifetime: release() (collective) frees the window; the destructor does nothing collective
 // (an unreleased window is left to MPI_Finalize).
@@ -58,6 +59,11 @@ class SharedBlockExchange {
   bool exchange(const void* send, const Communicator::Block* send_blocks,
                 const std::int64_t* send_first, void* recv, const Communicator::Block* recv_blocks,
                 const std::int64_t* recv_first, std::size_t esize, std::string& why);
+
+  // Collective: makes a first, small window (1 MiB halves), so that an MPI without shared
+  // windows or a shared-memory directory without room shows before any exchange. False (and
+  // `why`) on every rank alike when it cannot; the exchange must not be used then.
+  bool prepare(std::string& why);
 
   // Collective: frees the window. Idempotent.
   void release();

@@ -13,9 +13,11 @@
 // deliver the same rows as messages for the same layouts, across a growing window and
 // alternating halves, and fall back to messages when the window has no room.
 //
-// main(): `--expect-ranks N` fails unless the world has N ranks; failures on any rank fail all
-// of them (the flag is all-reduced); only rank 0 prints GoogleTest's report. Exit code 77 (ctest
-// "skipped") when a test was skipped (the exchange tests with a single rank) and none failed.
+// main(): `--expect-messages`: MPI here cannot make shared windows (the shared-memory tests then
+// expect messages). `--expect-ranks N` fails unless the world has N ranks; failures on any rank
+// fail all of them (the flag is all-reduced); only rank 0 prints GoogleTest's report. Exit code 77
+// (ctest "skipped") when a test was skipped (the exchange tests with a single rank) and none
+// failed.
 
 #include <gtest/gtest.h>
 
@@ -252,17 +254,37 @@ TEST(ExchangeOverlapped, NoTokensAnywhere) {
 
 // ---- the shared-memory transport of all_to_all_blocks -----------------------------------------
 
+// main()'s --expect-messages: this launch's MPI cannot make shared windows (mpiexec --mca osc
+// ^sm), so enable_shared_memory must say false and the exchange use messages.
+bool& expect_messages() {
+  static bool expect = false;
+  return expect;
+}
+
+bool shared_windows_expected() {
+  return !expect_messages() && comm::ranks_on_node() == comm::world_size();
+}
+
+constexpr const char* kBackingDirEnv = "OMPI_MCA_osc_sm_backing_directory";
+
 // dispatch_rows + combine_rows of `lay` at each width in turn (growing and shrinking: the window
 // grows, and successive exchanges alternate its halves), on a communicator that exchanges
 // through shared memory and on one that sends messages: the rows delivered must be the same,
 // bit for bit, in both directions. Returns whether the shared-memory communicator still used
 // shared memory at the end.
-bool check_shared_memory(const Layout& lay, const std::vector<std::int64_t>& widths) {
+// `backing_dir`: when set, the shared-memory directory is switched to it after the window was
+// made, so that the first exchange needing a larger window finds no room.
+bool check_shared_memory(const Layout& lay, const std::vector<std::int64_t>& widths,
+                         const char* backing_dir = nullptr) {
   auto messages = world();
   auto shared = messages->split(0, messages->rank());
   const bool on = shared->enable_shared_memory(true);
-  EXPECT_EQ(on, comm::ranks_on_node() == messages->size())
-      << "shared memory is used exactly when every rank is on this node";
+  EXPECT_EQ(on, shared_windows_expected())
+      << "shared memory is used exactly when every rank is on this node and MPI makes shared "
+         "windows";
+  if (backing_dir != nullptr) {
+    EXPECT_EQ(setenv(kBackingDirEnv, backing_dir, 1), 0);
+  }
   const int me = messages->rank();
   const std::vector<std::int64_t> offset = route(lay, me);
   for (const std::int64_t width : widths) {
@@ -296,6 +318,7 @@ bool check_shared_memory(const Layout& lay, const std::vector<std::int64_t>& wid
     }
   }
   const bool still = shared->shared_memory();
+  if (backing_dir != nullptr) unsetenv(kBackingDirEnv);
   shared->release();
   messages->barrier();
   return still;
@@ -304,8 +327,8 @@ bool check_shared_memory(const Layout& lay, const std::vector<std::int64_t>& wid
 TEST(SharedMemoryExchange, UnevenBlocksGrowingAndShrinking) {
   if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
   const bool on = check_shared_memory({4 * comm::world_size(), 300, 2, false, -1, 1},
-                                      {5, 1, 64, 512, 64, 7, 300, 3});
-  EXPECT_EQ(on, comm::ranks_on_node() == comm::world_size());
+                                      {5, 1, 64, 512, 64, 7, 300, 3, 2048});
+  EXPECT_EQ(on, shared_windows_expected());
 }
 
 TEST(SharedMemoryExchange, EmptyExpertEmptyRankNoTokens) {
@@ -315,14 +338,14 @@ TEST(SharedMemoryExchange, EmptyExpertEmptyRankNoTokens) {
   check_shared_memory({comm::world_size(), 257, 1, false, -1, 0}, {512, 1});
 }
 
-// No room in the shared-memory directory (here: a directory that does not exist): every rank
-// falls back to messages together, and the rows are still right.
+// No room in the shared-memory directory for a larger window (here: a directory that does not
+// exist, from after the first window on): every rank falls back to messages together, and the
+// rows are still right.
 TEST(SharedMemoryExchange, FallsBackToMessagesWithoutRoom) {
   if (comm::world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
-  if (comm::ranks_on_node() != comm::world_size()) GTEST_SKIP() << "ranks on several nodes";
-  ASSERT_EQ(setenv("OMPI_MCA_osc_sm_backing_directory", "/nonexistent/routemoe-test", 1), 0);
-  const bool on = check_shared_memory({4 * comm::world_size(), 50, 2, false, -1, 1}, {8, 2});
-  unsetenv("OMPI_MCA_osc_sm_backing_directory");
+  if (!shared_windows_expected()) GTEST_SKIP() << "no shared windows to fall back from";
+  const bool on = check_shared_memory({4 * comm::world_size(), 300, 2, false, -1, 1}, {8, 2048},
+                                      "/nonexistent/routemoe-test");
   EXPECT_FALSE(on) << "the exchange should have fallen back to messages";
 }
 
@@ -350,6 +373,13 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   namespace comm = routemoe::comm;
   int expect = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) != "--expect-messages") continue;
+    routemoe::expect_messages() = true;
+    for (int j = i; j + 1 <= argc; ++j) argv[j] = argv[j + 1];
+    argc -= 1;
+    break;
+  }
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::string(argv[i]) != "--expect-ranks") continue;
     expect = std::atoi(argv[i + 1]);
